@@ -1,0 +1,139 @@
+//! The colourization data set (SPEC §A.1): one class of CIFAR-10, pixels
+//! scaled by 1/256, grey input = plain mean of R, G and B, targets = colour
+//! classes of a [`Palette`], each split shuffled once with a seeded RNG.
+
+use candle_core::{Device, Tensor};
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+
+use crate::cifar::{CifarSet, Split, IMAGE_BYTES, SIDE};
+use crate::colours::Palette;
+use crate::error::{DataError, Result};
+
+/// One split, preprocessed and shuffled, ready to batch.
+#[derive(Debug, Clone)]
+pub struct ColourSplit {
+    n: usize,
+    /// CHW bytes of each image (kept for the colour strips).
+    bytes: Vec<u8>,
+    /// Grey input, `n * 32 * 32`, on the 1/256 scale.
+    grey: Vec<f32>,
+    /// Colour class per pixel, `n * 32 * 32`.
+    classes: Vec<u32>,
+}
+
+/// The fixed permutation of a split: Fisher-Yates with ChaCha8 seeded by
+/// `seed`, one stream per split, so each split's order depends only on its
+/// size, the seed and the split.
+pub fn shuffle_order(n: usize, seed: u64, split: Split) -> Vec<usize> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    rng.set_stream(match split {
+        Split::Train => 0,
+        Split::Test => 1,
+    });
+    let mut idx: Vec<usize> = (0..n).collect();
+    idx.shuffle(&mut rng);
+    idx
+}
+
+/// Grey value of one pixel exactly like the reference: mean of R/256, G/256
+/// and B/256 in f64, then f32.
+#[inline]
+pub fn grey_of(r: u8, g: u8, b: u8) -> f32 {
+    ((r as f64 / 256.0 + g as f64 / 256.0 + b as f64 / 256.0) / 3.0) as f32
+}
+
+impl ColourSplit {
+    /// Preprocesses `set` (already filtered to one class): shuffles it with
+    /// [`shuffle_order`] and computes grey inputs and colour classes.
+    pub fn new(set: &CifarSet, palette: &Palette, seed: u64, split: Split) -> Result<Self> {
+        if set.is_empty() {
+            return Err(DataError::EmptySelection {
+                what: format!("no images in the {} split", split.name()),
+            });
+        }
+        let n = set.len();
+        let hw = SIDE * SIDE;
+        let order = shuffle_order(n, seed, split);
+        let mut bytes = Vec::with_capacity(n * IMAGE_BYTES);
+        for &i in &order {
+            bytes.extend_from_slice(set.image(i));
+        }
+        let mut grey = Vec::with_capacity(n * hw);
+        for img in bytes.chunks_exact(IMAGE_BYTES) {
+            for p in 0..hw {
+                grey.push(grey_of(img[p], img[hw + p], img[2 * hw + p]));
+            }
+        }
+        let classes = palette.quantize_bytes(&bytes, hw);
+        Ok(Self {
+            n,
+            bytes,
+            grey,
+            classes,
+        })
+    }
+
+    /// Number of images.
+    pub fn len(&self) -> usize {
+        self.n
+    }
+
+    /// True when empty (never, for a constructed split).
+    pub fn is_empty(&self) -> bool {
+        self.n == 0
+    }
+
+    /// Colour classes of all pixels, image after image.
+    pub fn classes(&self) -> &[u32] {
+        &self.classes
+    }
+
+    /// Grey values of all pixels, image after image.
+    pub fn grey(&self) -> &[f32] {
+        &self.grey
+    }
+
+    /// CHW bytes of image `i` (after shuffling).
+    pub fn image_bytes(&self, i: usize) -> &[u8] {
+        &self.bytes[i * IMAGE_BYTES..(i + 1) * IMAGE_BYTES]
+    }
+
+    /// Number of batches of `batch_size` (the last one may be partial).
+    pub fn num_batches(&self, batch_size: usize) -> usize {
+        self.n.div_ceil(batch_size.max(1))
+    }
+
+    /// Images `start..start+len` as tensors.
+    ///
+    /// # Shapes
+    /// grey `[B, 1, 32, 32]` f32, classes `[B, 32, 32]` u32, `B = len`
+    /// clipped to the end of the split.
+    pub fn batch(&self, start: usize, len: usize, device: &Device) -> Result<(Tensor, Tensor)> {
+        let end = (start + len).min(self.n);
+        if start >= end {
+            return Err(DataError::Invalid(format!(
+                "batch start {start} is past the end of a split of {} images",
+                self.n
+            )));
+        }
+        let hw = SIDE * SIDE;
+        let b = end - start;
+        let grey = Tensor::from_slice(&self.grey[start * hw..end * hw], (b, 1, SIDE, SIDE), device)?;
+        let classes =
+            Tensor::from_slice(&self.classes[start * hw..end * hw], (b, SIDE, SIDE), device)?;
+        Ok((grey, classes))
+    }
+
+    /// Histogram of colour classes over the whole split.
+    pub fn class_histogram(&self, num_classes: usize) -> Vec<usize> {
+        let mut h = vec![0usize; num_classes];
+        for &c in &self.classes {
+            if let Some(slot) = h.get_mut(c as usize) {
+                *slot += 1;
+            }
+        }
+        h
+    }
+}

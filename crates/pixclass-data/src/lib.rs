@@ -1,0 +1,25 @@
+//! # pixclass-data
+//!
+//! Data for pixclass's per-pixel classification studies:
+//! - [`cifar`]: the CIFAR-10 binary format, validated and checksummed;
+//! - [`colours`]: colour palettes, nearest-colour classes, k-means;
+//! - [`colourize`]: the colourization data set of the study (SPEC §A.1);
+//! - [`fetch`]: resumable, verified downloads;
+//! - [`embedded`]: a real sample compiled in, for a fresh machine.
+//!
+//! This crate never trains or defines models; it hands out tensors and bytes.
+
+pub mod checksum;
+pub mod cifar;
+pub mod colourize;
+pub mod colours;
+pub mod embedded;
+pub mod error;
+pub mod fetch;
+pub mod paths;
+
+pub use cifar::{CifarLayout, CifarSet, CifarSource, Split, HORSE};
+pub use colourize::ColourSplit;
+pub use colours::Palette;
+pub use error::{DataError, Result};
+pub use paths::resolve_data_dir;

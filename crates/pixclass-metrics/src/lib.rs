@@ -1,0 +1,1 @@
+//! pixclass-metrics (filled by later issues).

@@ -1,0 +1,1 @@
+//! pixclass-models (filled by later issues).

@@ -1,0 +1,1 @@
+//! pixclass-train (filled by later issues).
