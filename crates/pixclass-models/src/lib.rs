@@ -1,1 +1,20 @@
-//! pixclass-models (filled by later issues).
+//! # pixclass-models
+//!
+//! Models of pixclass's per-pixel classification studies, in candle:
+//! - [`colourize`]: PoolUpsampleNet, ConvTransposeNet and UNet (SPEC §A.3);
+//! - [`layers`]: Conv2d, ConvTranspose2d and BatchNorm2d with PyTorch names
+//!   and initialisation, and explicit train/eval;
+//! - [`ops`]: pooling, upsampling, softmax and strided convolution with
+//!   gradients checked against finite differences and PyTorch;
+//! - [`summary`]: per-layer parameters, output shapes and connections.
+//!
+//! This crate never reads data sets or runs training loops.
+
+pub mod colourize;
+pub mod error;
+pub mod layers;
+pub mod ops;
+pub mod summary;
+
+pub use colourize::{ColourModelKind, ColourNet, ColourNetConfig};
+pub use error::{ModelError, Result};

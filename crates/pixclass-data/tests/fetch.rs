@@ -1,0 +1,165 @@
+//! Downloads against a real HTTP server on 127.0.0.1: checksum ok, checksum
+//! wrong, interrupted and resumed, and offline.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpListener;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use pixclass_data::checksum::{sha256_bytes, Checksum};
+use pixclass_data::fetch::{download, DownloadSpec, Fetched};
+use pixclass_data::DataError;
+
+/// Serves `body` at any path. The first `break_first` responses send only
+/// half the body and close the connection (a broken download). Honours
+/// `Range: bytes=N-` with 206. Returns the base URL and a request counter.
+fn serve(body: Vec<u8>, break_first: usize) -> (String, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let count = Arc::new(AtomicUsize::new(0));
+    let c2 = count.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().take(16) {
+            let Ok(mut stream) = stream else { continue };
+            let n = c2.fetch_add(1, Ordering::SeqCst);
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut start = 0usize;
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                let lower = line.to_ascii_lowercase();
+                if let Some(r) = lower.strip_prefix("range: bytes=") {
+                    start = r.trim().trim_end_matches('-').parse().unwrap_or(0);
+                }
+            }
+            let rest = &body[start.min(body.len())..];
+            let head = if start > 0 {
+                format!(
+                    "HTTP/1.1 206 Partial Content\r\nContent-Length: {}\r\nContent-Range: bytes {}-{}/{}\r\nConnection: close\r\n\r\n",
+                    rest.len(), start, body.len() - 1, body.len()
+                )
+            } else {
+                format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", rest.len())
+            };
+            let _ = stream.write_all(head.as_bytes());
+            if n < break_first {
+                let _ = stream.write_all(&rest[..rest.len() / 2]);
+                let _ = stream.flush();
+                drop(stream); // close mid-body
+                continue;
+            }
+            let _ = stream.write_all(rest);
+        }
+    });
+    (format!("http://{addr}/file.bin"), count)
+}
+
+fn body() -> Vec<u8> {
+    (0..200_000u32).map(|i| (i * 7 % 251) as u8).collect()
+}
+
+fn leak(s: String) -> &'static str {
+    Box::leak(s.into_boxed_str())
+}
+
+#[test]
+fn checksum_ok_then_no_op() {
+    let b = body();
+    let sum = leak(sha256_bytes(&b));
+    let (url, count) = serve(b.clone(), 0);
+    let dir = tempfile::tempdir().unwrap();
+    let spec = DownloadSpec { url: &url, dest: dir.path().join("f.bin"), checksum: Some(Checksum::Sha256(sum)), progress: false };
+    let got = download(&spec).unwrap();
+    assert_eq!(got, Fetched::Downloaded { bytes: b.len() as u64, resumed_from: 0 });
+    assert_eq!(std::fs::read(&spec.dest).unwrap(), b);
+    assert_eq!(download(&spec).unwrap(), Fetched::AlreadyPresent);
+    assert_eq!(count.load(Ordering::SeqCst), 1, "second call must not touch the network");
+}
+
+#[test]
+fn checksum_wrong_leaves_nothing_behind() {
+    let (url, _) = serve(body(), 0);
+    let dir = tempfile::tempdir().unwrap();
+    let wrong = "0000000000000000000000000000000000000000000000000000000000000000";
+    let spec = DownloadSpec { url: &url, dest: dir.path().join("f.bin"), checksum: Some(Checksum::Sha256(wrong)), progress: false };
+    let err = download(&spec).unwrap_err();
+    match &err {
+        DataError::ChecksumMismatch { expected, found, .. } => {
+            assert_eq!(expected, wrong);
+            assert_eq!(found, &sha256_bytes(&body()));
+        }
+        other => panic!("expected checksum mismatch, got {other:?}"),
+    }
+    assert!(err.to_string().contains("f.bin"));
+    assert!(!spec.dest.exists());
+    assert!(!dir.path().join("f.bin.part").exists());
+}
+
+#[test]
+fn interrupted_download_resumes() {
+    let b = body();
+    let sum = leak(sha256_bytes(&b));
+    let (url, count) = serve(b.clone(), 1);
+    let dir = tempfile::tempdir().unwrap();
+    let spec = DownloadSpec { url: &url, dest: dir.path().join("f.bin"), checksum: Some(Checksum::Sha256(sum)), progress: false };
+    let err = download(&spec).unwrap_err();
+    assert!(matches!(err, DataError::Download { .. }), "{err:?}");
+    let part = dir.path().join("f.bin.part");
+    let have = std::fs::metadata(&part).unwrap().len();
+    assert_eq!(have, b.len() as u64 / 2, "the partial file is kept");
+    assert!(!spec.dest.exists(), "no partial file under the final name");
+    let got = download(&spec).unwrap();
+    assert_eq!(got, Fetched::Downloaded { bytes: b.len() as u64 - have, resumed_from: have });
+    assert_eq!(std::fs::read(&spec.dest).unwrap(), b);
+    assert_eq!(count.load(Ordering::SeqCst), 2);
+}
+
+#[test]
+fn offline_fails_fast_and_says_where_to_put_the_file() {
+    // Bind then drop a listener: nothing listens on that port any more.
+    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let url = format!("http://127.0.0.1:{port}/cifar-10-binary.tar.gz");
+    let dir = tempfile::tempdir().unwrap();
+    let spec = DownloadSpec { url: &url, dest: dir.path().join("cifar-10-binary.tar.gz"), checksum: None, progress: false };
+    let t = std::time::Instant::now();
+    let err = download(&spec).unwrap_err();
+    assert!(t.elapsed().as_secs() < 10);
+    let msg = err.to_string();
+    assert!(msg.contains("download") && msg.contains(&spec.dest.display().to_string()), "{msg}");
+}
+
+#[test]
+fn cifar_fetch_unpacks_a_tarball_into_the_official_layout() {
+    // A tarball with the official layout, served locally and unpacked.
+    let rec = |label: u8| {
+        let mut r = vec![label; 3073];
+        r[0] = label;
+        r
+    };
+    let mut tar_bytes = Vec::new();
+    {
+        let gz = flate2::write::GzEncoder::new(&mut tar_bytes, flate2::Compression::fast());
+        let mut builder = tar::Builder::new(gz);
+        for name in ["data_batch_1.bin", "data_batch_2.bin", "data_batch_3.bin", "data_batch_4.bin", "data_batch_5.bin", "test_batch_x.bin"] {
+            let data = rec(7);
+            let mut header = tar::Header::new_gnu();
+            header.set_size(data.len() as u64);
+            header.set_mode(0o644);
+            header.set_cksum();
+            builder
+                .append_data(&mut header, format!("cifar-10-batches-bin/{name}"), &data[..])
+                .unwrap();
+        }
+        builder.into_inner().unwrap().finish().unwrap();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let tgz = dir.path().join("x.tar.gz");
+    std::fs::write(&tgz, &tar_bytes).unwrap();
+    pixclass_data::fetch::unpack_tar_gz(&tgz, &dir.path().join("cifar10")).unwrap();
+    let out = pixclass_data::cifar::official_dir(dir.path());
+    assert!(out.join("data_batch_5.bin").is_file());
+    let set = pixclass_data::CifarSet::read_file(&out.join("data_batch_3.bin")).unwrap();
+    assert_eq!(set.labels(), &[7]);
+}

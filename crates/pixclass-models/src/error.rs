@@ -1,0 +1,25 @@
+//! Typed errors of the models crate.
+
+/// What can go wrong when building, loading or running a model.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    /// An invalid configuration (kernel size, channel counts, ...).
+    #[error("invalid model configuration: {0}")]
+    Config(String),
+    /// An input whose shape the model cannot take.
+    #[error("bad input shape {shape:?} for {model}: {reason}")]
+    InputShape {
+        /// The model's name.
+        model: String,
+        /// The shape given.
+        shape: Vec<usize>,
+        /// Why it does not fit.
+        reason: String,
+    },
+    /// A tensor operation failed.
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+}
+
+/// Result alias of this crate.
+pub type Result<T, E = ModelError> = std::result::Result<T, E>;

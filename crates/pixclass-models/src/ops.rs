@@ -1,0 +1,181 @@
+//! Differentiable building blocks whose gradients are proven right.
+//!
+//! candle 0.11's built-ins have silent gradient bugs that break exactly the
+//! colourization nets (see `tests/gradients.rs`, which checks every op here
+//! against finite differences and detects the bugs in the built-ins):
+//! - `max_pool2d` backward is scaled by 1/(k·k);
+//! - `upsample_nearest2d` backward overwrites gradients that were already
+//!   accumulated for its input (U-Net skips);
+//! - `candle_nn::ops::softmax_last_dim` has no backward at all;
+//! - `conv2d` backward with stride > 1 fails when height and width differ in
+//!   their remainder modulo the stride.
+//!
+//! Every op here is a composition of candle primitives whose backward is
+//! correct (reshape, broadcast, narrow, pad, comparison masks, sums), so the
+//! same code runs unchanged on CPU, CUDA and Metal. This module is the one
+//! place where such work-arounds live; faster CPU kernels replace bodies here
+//! without changing signatures.
+
+use candle_core::{DType, Result, Tensor, D};
+
+/// Max pooling with a square window `k` and stride `k` (PyTorch's
+/// `MaxPool2d(k)`): trailing rows/columns that do not fill a window are
+/// dropped. The gradient goes to the first maximum of each window in
+/// row-major order, exactly like PyTorch, also on ties.
+///
+/// # Shapes
+/// `[N, C, H, W]` -> `[N, C, H / k, W / k]`.
+pub fn max_pool2d(x: &Tensor, k: usize) -> Result<Tensor> {
+    let (n, c, h, w) = x.dims4()?;
+    let (ho, wo) = (h / k, w / k);
+    if ho == 0 || wo == 0 {
+        candle_core::bail!("max_pool2d: window {k} is larger than the input {h}x{w}");
+    }
+    let x = if ho * k != h || wo * k != w {
+        x.narrow(2, 0, ho * k)?.narrow(3, 0, wo * k)?
+    } else {
+        x.clone()
+    };
+    // [N, C, Ho, k, Wo, k] -> [N, C, Ho, Wo, k*k]: one row per window.
+    let win = x
+        .reshape((n, c, ho, k, wo, k))?
+        .permute((0, 1, 2, 4, 3, 5))?
+        .reshape((n, c, ho, wo, k * k))?;
+    let first = first_max_mask(&win.detach())?;
+    win.mul(&first)?.sum(D::Minus1)
+}
+
+/// A 0/1 mask (same dtype) marking the first maximum along the last dim.
+fn first_max_mask(x: &Tensor) -> Result<Tensor> {
+    let max = x.max_keepdim(D::Minus1)?;
+    let is_max = x.broadcast_eq(&max)?.to_dtype(x.dtype())?;
+    // Running count of maxima; the first maximum is where the count is 1.
+    let count = is_max.cumsum(D::Minus1)?;
+    let first = count.eq(1.0)?.to_dtype(x.dtype())?;
+    is_max.mul(&first)
+}
+
+/// Nearest-neighbour upsampling by an integer factor (PyTorch's
+/// `Upsample(scale_factor=f, mode="nearest")`), as a broadcast: its backward
+/// sums each `f x f` block and accumulates with other uses of the input.
+///
+/// # Shapes
+/// `[N, C, H, W]` -> `[N, C, f·H, f·W]`.
+pub fn upsample_nearest(x: &Tensor, f: usize) -> Result<Tensor> {
+    let (n, c, h, w) = x.dims4()?;
+    x.reshape((n, c, h, 1, w, 1))?
+        .broadcast_as((n, c, h, f, w, f))?
+        .reshape((n, c, h * f, w * f))
+}
+
+/// Softmax along `dim`, with the usual max shift (detached: it cancels out of
+/// the gradient analytically).
+///
+/// # Shapes
+/// Any shape; the output has the input's shape.
+pub fn softmax<Dm: candle_core::shape::Dim + Copy>(x: &Tensor, dim: Dm) -> Result<Tensor> {
+    let max = x.detach().max_keepdim(dim)?;
+    let e = x.broadcast_sub(&max)?.exp()?;
+    let s = e.sum_keepdim(dim)?;
+    e.broadcast_div(&s)
+}
+
+/// Log-softmax along `dim`, numerically stable.
+///
+/// # Shapes
+/// Any shape; the output has the input's shape.
+pub fn log_softmax<Dm: candle_core::shape::Dim + Copy>(x: &Tensor, dim: Dm) -> Result<Tensor> {
+    let max = x.detach().max_keepdim(dim)?;
+    let shifted = x.broadcast_sub(&max)?;
+    let lse = shifted.exp()?.sum_keepdim(dim)?.log()?;
+    shifted.broadcast_sub(&lse)
+}
+
+/// Padding of one spatial dimension: `(before, after)` zeros.
+pub type Pad = (usize, usize);
+
+/// PyTorch's `padding="same"` for a stride-1 convolution: total
+/// `dilation·(k-1)`, the odd one extra after.
+pub fn same_padding(k: usize, dilation: usize) -> Pad {
+    let total = dilation * (k - 1);
+    (total / 2, total - total / 2)
+}
+
+/// 2-D convolution (cross-correlation like PyTorch) with per-side padding,
+/// stride, dilation and groups, whose backward works for every input shape.
+///
+/// candle's backward derives the transposed conv's output padding from the
+/// height only; when height and width differ in remainder it fails. Here the
+/// rows and columns that no output reads are cut off first (they get a zero
+/// gradient, which is exact), so the remainder is zero in both dimensions.
+///
+/// # Shapes
+/// `x`: `[N, C_in, H, W]`, `weight`: `[C_out, C_in / groups, KH, KW]` ->
+/// `[N, C_out, (H + pads - d·(KH-1) - 1) / s + 1, ...]`.
+pub fn conv2d(
+    x: &Tensor,
+    weight: &Tensor,
+    pad_h: Pad,
+    pad_w: Pad,
+    stride: usize,
+    dilation: usize,
+    groups: usize,
+) -> Result<Tensor> {
+    let (_, _, h, w) = x.dims4()?;
+    let (_, _, kh, kw) = weight.dims4()?;
+    let span_h = dilation * (kh - 1) + 1;
+    let span_w = dilation * (kw - 1) + 1;
+    let ph = h + pad_h.0 + pad_h.1;
+    let pw = w + pad_w.0 + pad_w.1;
+    if ph < span_h || pw < span_w {
+        candle_core::bail!(
+            "conv2d: kernel {kh}x{kw} (dilation {dilation}) does not fit the padded input {ph}x{pw}"
+        );
+    }
+    let rem_h = (ph - span_h) % stride;
+    let rem_w = (pw - span_w) % stride;
+    let symmetric = pad_h.0 == pad_h.1 && pad_w.0 == pad_w.1 && pad_h.0 == pad_w.0;
+    if symmetric && rem_h == rem_w && kh == kw {
+        return x.conv2d(weight, pad_h.0, stride, dilation, groups);
+    }
+    // Explicit zero padding, then drop what no output window reaches, so the
+    // remainder is zero in both dimensions.
+    let mut xp = x.clone();
+    if pad_h != (0, 0) {
+        xp = xp.pad_with_zeros(2, pad_h.0, pad_h.1)?;
+    }
+    if pad_w != (0, 0) {
+        xp = xp.pad_with_zeros(3, pad_w.0, pad_w.1)?;
+    }
+    if rem_h > 0 {
+        xp = xp.narrow(2, 0, ph - rem_h)?;
+    }
+    if rem_w > 0 {
+        xp = xp.narrow(3, 0, pw - rem_w)?;
+    }
+    xp.conv2d(weight, 0, stride, dilation, groups)
+}
+
+/// Transposed 2-D convolution (PyTorch's `ConvTranspose2d`, groups 1).
+///
+/// # Shapes
+/// `x`: `[N, C_in, H, W]`, `weight`: `[C_in, C_out, K, K]` ->
+/// `[N, C_out, (H-1)·s - 2p + d·(K-1) + op + 1, ...]`.
+pub fn conv_transpose2d(
+    x: &Tensor,
+    weight: &Tensor,
+    padding: usize,
+    output_padding: usize,
+    stride: usize,
+    dilation: usize,
+) -> Result<Tensor> {
+    x.conv_transpose2d(weight, padding, output_padding, stride, dilation)
+}
+
+/// Per-pixel class of the largest logit.
+///
+/// # Shapes
+/// `[N, K, H, W]` -> `[N, H, W]` u32.
+pub fn argmax_classes(logits: &Tensor) -> Result<Tensor> {
+    logits.argmax(1)?.to_dtype(DType::U32)
+}

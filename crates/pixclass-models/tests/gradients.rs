@@ -1,0 +1,176 @@
+//! Gradients of every op the models use, checked element by element against
+//! finite differences (f64) and against PyTorch; and proof that the buggy
+//! candle built-ins they replace are detected as wrong by the same checks.
+
+mod common;
+
+use candle_core::{DType, Result, Tensor, D};
+use common::*;
+use pixclass_models::ops;
+
+const TOL: f64 = 1e-6;
+
+#[test]
+fn max_pool_matches_finite_differences() {
+    let x = rand_tensor(&[2, 3, 6, 8], 1);
+    let r = rand_tensor(&[2, 3, 3, 4], 2);
+    let f = |x: &Tensor| weighted_sum(&ops::max_pool2d(x, 2)?, &r);
+    assert!(gradient_ok(&f, &x, TOL));
+    // Window 3 with dropped trailing rows and columns.
+    let x = rand_tensor(&[1, 2, 7, 8], 3);
+    let r = rand_tensor(&[1, 2, 2, 2], 4);
+    let f = |x: &Tensor| weighted_sum(&ops::max_pool2d(x, 3)?, &r);
+    assert!(gradient_ok(&f, &x, TOL));
+}
+
+#[test]
+fn builtin_max_pool_gradient_is_detected_as_wrong() {
+    // candle 0.11's max_pool2d backward is scaled by 1/(k*k). If this test
+    // fails, upstream fixed it: ops::max_pool2d may then use the built-in.
+    let x = rand_tensor(&[2, 3, 6, 8], 1);
+    let r = rand_tensor(&[2, 3, 3, 4], 2);
+    let f = |x: &Tensor| weighted_sum(&x.max_pool2d(2)?, &r);
+    assert!(!gradient_ok(&f, &x, TOL), "built-in max_pool2d backward is now right");
+}
+
+#[test]
+fn upsample_used_twice_matches_finite_differences() {
+    let x = rand_tensor(&[2, 3, 4, 5], 5);
+    let r = rand_tensor(&[2, 3, 8, 10], 6);
+    let r2 = rand_tensor(&[2, 3, 4, 5], 7);
+    let f = |x: &Tensor| weighted_sum(&ops::upsample_nearest(x, 2)?, &r)? + weighted_sum(x, &r2)?;
+    assert!(gradient_ok(&f, &x, TOL));
+    let r3 = rand_tensor(&[2, 3, 12, 15], 8);
+    let f = |x: &Tensor| weighted_sum(&ops::upsample_nearest(x, 3)?, &r3)? + weighted_sum(x, &r2)?;
+    assert!(gradient_ok(&f, &x, TOL));
+}
+
+#[test]
+fn builtin_upsample_gradient_is_detected_as_wrong() {
+    // The input is used directly first, then upsampled: candle 0.11's
+    // upsample_nearest2d backward overwrites the accumulated gradient.
+    let x = rand_tensor(&[2, 3, 4, 5], 5);
+    let r = rand_tensor(&[2, 3, 8, 10], 6);
+    let r2 = rand_tensor(&[2, 3, 4, 5], 7);
+    let f = |x: &Tensor| weighted_sum(x, &r2)? + weighted_sum(&x.upsample_nearest2d(8, 10)?, &r)?;
+    let g = |x: &Tensor| weighted_sum(&x.upsample_nearest2d(8, 10)?, &r)? + weighted_sum(x, &r2)?;
+    assert!(
+        !gradient_ok(&f, &x, TOL) || !gradient_ok(&g, &x, TOL),
+        "built-in upsample_nearest2d backward is now right"
+    );
+}
+
+#[test]
+fn softmax_and_log_softmax_match_finite_differences() {
+    let x = rand_tensor(&[2, 5, 3, 4], 9);
+    let r = rand_tensor(&[2, 5, 3, 4], 10);
+    let f = |x: &Tensor| weighted_sum(&ops::softmax(x, 1)?, &r);
+    assert!(gradient_ok(&f, &x, TOL));
+    let f = |x: &Tensor| weighted_sum(&ops::log_softmax(x, 1)?, &r);
+    assert!(gradient_ok(&f, &x, TOL));
+    let f = |x: &Tensor| weighted_sum(&ops::softmax(x, D::Minus1)?, &r);
+    assert!(gradient_ok(&f, &x, TOL));
+}
+
+#[test]
+fn builtin_softmax_last_dim_has_no_gradient() {
+    let x = rand_tensor(&[2, 5, 3, 4], 9).to_dtype(DType::F32).unwrap();
+    let r = rand_tensor(&[2, 5, 3, 4], 10).to_dtype(DType::F32).unwrap();
+    let v = candle_core::Var::from_tensor(&x).unwrap();
+    let y = candle_nn::ops::softmax_last_dim(v.as_tensor()).unwrap();
+    let res = weighted_sum(&y, &r).and_then(|l| l.backward());
+    let has_grad = matches!(&res, Ok(g) if g.get(v.as_tensor()).is_some());
+    assert!(!has_grad, "built-in softmax_last_dim now has a gradient");
+}
+
+#[test]
+fn strided_conv_on_mixed_parity_input_matches_finite_differences() {
+    let w = rand_tensor(&[4, 3, 3, 3], 11);
+    for (h, wd) in [(7usize, 10usize), (8, 9), (9, 9), (10, 10)] {
+        let x = rand_tensor(&[2, 3, h, wd], 12);
+        let ho = (h + 2 - 3) / 2 + 1;
+        let wo = (wd + 2 - 3) / 2 + 1;
+        let r = rand_tensor(&[2, 4, ho, wo], 13);
+        let fx = |x: &Tensor| weighted_sum(&ops::conv2d(x, &w, (1, 1), (1, 1), 2, 1, 1)?, &r);
+        assert!(gradient_ok(&fx, &x, 1e-5), "input gradient at {h}x{wd}");
+        let fw = |w: &Tensor| weighted_sum(&ops::conv2d(&x, w, (1, 1), (1, 1), 2, 1, 1)?, &r);
+        assert!(gradient_ok(&fw, &w, 1e-5), "weight gradient at {h}x{wd}");
+    }
+    // Asymmetric "same" padding (even kernel), stride 1.
+    let w2 = rand_tensor(&[2, 3, 4, 4], 14);
+    let x = rand_tensor(&[1, 3, 6, 5], 15);
+    let r = rand_tensor(&[1, 2, 6, 5], 16);
+    let p = ops::same_padding(4, 1);
+    let fx = |x: &Tensor| weighted_sum(&ops::conv2d(x, &w2, p, p, 1, 1, 1)?, &r);
+    assert!(gradient_ok(&fx, &x, 1e-5));
+}
+
+#[test]
+fn builtin_strided_conv_fails_on_mixed_parity() {
+    let w = rand_tensor(&[4, 3, 3, 3], 11);
+    let x = rand_tensor(&[2, 3, 7, 10], 12);
+    let r = rand_tensor(&[2, 4, 4, 5], 13);
+    let f = |x: &Tensor| weighted_sum(&x.conv2d(&w, 1, 2, 1, 1)?, &r);
+    assert!(!gradient_ok(&f, &x, 1e-5), "built-in conv2d stride-2 backward now works");
+}
+
+#[test]
+fn conv_transpose_matches_finite_differences() {
+    for (k, p, op) in [(3usize, 1usize, 1usize), (4, 1, 0), (5, 2, 1), (2, 0, 0)] {
+        let w = rand_tensor(&[3, 2, k, k], 20);
+        let x = rand_tensor(&[2, 3, 4, 3], 21);
+        let y0 = ops::conv_transpose2d(&x, &w, p, op, 2, 1).unwrap();
+        let r = rand_tensor(y0.dims(), 22);
+        let fx = |x: &Tensor| weighted_sum(&ops::conv_transpose2d(x, &w, p, op, 2, 1)?, &r);
+        assert!(gradient_ok(&fx, &x, 1e-5), "input gradient k={k}");
+        let fw = |w: &Tensor| weighted_sum(&ops::conv_transpose2d(&x, w, p, op, 2, 1)?, &r);
+        assert!(gradient_ok(&fw, &w, 1e-5), "weight gradient k={k}");
+    }
+}
+
+fn fixture_grad(
+    t: &std::collections::HashMap<String, Tensor>,
+    prefix: &str,
+    f: &dyn Fn(&Tensor) -> Result<Tensor>,
+) -> f64 {
+    let x = &t[&format!("{prefix}.x")];
+    let ours = analytic(f, x).unwrap();
+    let theirs: Vec<f64> = t[&format!("{prefix}.grad")].flatten_all().unwrap().to_vec1().unwrap();
+    rel_err(&ours, &theirs)
+}
+
+#[test]
+fn ops_match_pytorch() {
+    let t = load("ops.safetensors");
+    // Max-pool with exact ties: PyTorch routes the gradient to the first max.
+    let r = t["maxpool.r"].clone();
+    assert!(fixture_grad(&t, "maxpool", &|x| weighted_sum(&ops::max_pool2d(x, 2)?, &r)) < 1e-12);
+    let r = t["maxpool_odd.r"].clone();
+    assert!(fixture_grad(&t, "maxpool_odd", &|x| weighted_sum(&ops::max_pool2d(x, 2)?, &r)) < 1e-12);
+    let (r, r2) = (t["upsample.r"].clone(), t["upsample.r2"].clone());
+    assert!(
+        fixture_grad(&t, "upsample", &|x| weighted_sum(&ops::upsample_nearest(x, 2)?, &r)? + weighted_sum(x, &r2)?)
+            < 1e-12
+    );
+    let r = t["softmax.r"].clone();
+    assert!(fixture_grad(&t, "softmax", &|x| weighted_sum(&ops::softmax(x, 1)?, &r)) < 1e-12);
+
+    let (x, w, r) = (&t["conv_s2.x"], &t["conv_s2.w"], &t["conv_s2.r"]);
+    let y = ops::conv2d(x, w, (1, 1), (1, 1), 2, 1, 1).unwrap();
+    let yt: Vec<f64> = t["conv_s2.y"].flatten_all().unwrap().to_vec1().unwrap();
+    assert!(rel_err(&y.flatten_all().unwrap().to_vec1().unwrap(), &yt) < 1e-12);
+    let gx = analytic(&|x| weighted_sum(&ops::conv2d(x, w, (1, 1), (1, 1), 2, 1, 1)?, r), x).unwrap();
+    let gw = analytic(&|w| weighted_sum(&ops::conv2d(x, w, (1, 1), (1, 1), 2, 1, 1)?, r), w).unwrap();
+    let tx: Vec<f64> = t["conv_s2.grad_x"].flatten_all().unwrap().to_vec1().unwrap();
+    let tw: Vec<f64> = t["conv_s2.grad_w"].flatten_all().unwrap().to_vec1().unwrap();
+    assert!(rel_err(&gx, &tx) < 1e-12);
+    assert!(rel_err(&gw, &tw) < 1e-12);
+}
+
+#[test]
+fn builtin_max_pool_with_ties_differs_from_pytorch() {
+    let t = load("ops.safetensors");
+    let r = t["maxpool.r"].clone();
+    let err = fixture_grad(&t, "maxpool", &|x| weighted_sum(&x.max_pool2d(2)?, &r));
+    assert!(err > 1e-3, "built-in max_pool2d now matches PyTorch");
+}
