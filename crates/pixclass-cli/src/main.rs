@@ -1,1 +1,80 @@
-fn main() {}
+//! `pixclass`: the command-line tool. It only parses arguments and wires the
+//! library crates together; every piece of work lives in a library.
+
+mod colourize_cmd;
+mod data_cmd;
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+/// Per-pixel classification in Rust: colourization and segmentation.
+#[derive(Parser)]
+#[command(name = "pixclass", version, about, long_about = None)]
+struct Cli {
+    /// More log output (-v: debug).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    /// No progress bars.
+    #[arg(short, long, global = true)]
+    quiet: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Find, verify and download data sets.
+    Data {
+        #[command(subcommand)]
+        cmd: data_cmd::DataCmd,
+    },
+    /// Colour palettes (k-means on pixels).
+    Colours {
+        #[command(subcommand)]
+        cmd: data_cmd::ColoursCmd,
+    },
+    /// The colourization study (Parts A-C).
+    Colourize {
+        #[command(subcommand)]
+        cmd: colourize_cmd::ColourizeCmd,
+    },
+}
+
+/// Options naming the data directory (shared by commands that read data).
+#[derive(clap::Args, Clone, Debug)]
+pub struct DataArgs {
+    /// Data directory (default: $PIXCLASS_DATA, else ./data).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Use the small sample compiled into the binary, whatever is on disk.
+    #[arg(long)]
+    pub embedded: bool,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let level = match cli.verbose {
+        0 => "info",
+        1 => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("PIXCLASS_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+    let progress = !cli.quiet;
+    let result: Result<()> = match cli.command {
+        Command::Data { cmd } => data_cmd::run_data(cmd, progress),
+        Command::Colours { cmd } => data_cmd::run_colours(cmd),
+        Command::Colourize { cmd } => colourize_cmd::run(cmd, progress),
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}

@@ -249,7 +249,10 @@ impl CifarLayout {
             if !dir.is_dir() {
                 continue;
             }
-            let present: Vec<bool> = TRAIN_BATCHES.iter().map(|f| dir.join(f).is_file()).collect();
+            let present: Vec<bool> = TRAIN_BATCHES
+                .iter()
+                .map(|f| dir.join(f).is_file())
+                .collect();
             let train = if present.iter().all(|&p| p) {
                 TRAIN_BATCHES.iter().map(|f| dir.join(f)).collect()
             } else if present.iter().any(|&p| p) {

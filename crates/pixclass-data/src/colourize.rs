@@ -120,7 +120,8 @@ impl ColourSplit {
         }
         let hw = SIDE * SIDE;
         let b = end - start;
-        let grey = Tensor::from_slice(&self.grey[start * hw..end * hw], (b, 1, SIDE, SIDE), device)?;
+        let grey =
+            Tensor::from_slice(&self.grey[start * hw..end * hw], (b, 1, SIDE, SIDE), device)?;
         let classes =
             Tensor::from_slice(&self.classes[start * hw..end * hw], (b, SIDE, SIDE), device)?;
         Ok((grey, classes))

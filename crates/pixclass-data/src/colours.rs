@@ -24,7 +24,9 @@ impl Palette {
     /// A palette from centres; at least one is required.
     pub fn new(centres: Vec<[f64; 3]>, distortion: Option<f64>) -> Result<Self> {
         if centres.is_empty() {
-            return Err(DataError::Invalid("a palette needs at least one colour".into()));
+            return Err(DataError::Invalid(
+                "a palette needs at least one colour".into(),
+            ));
         }
         Ok(Self {
             centres,
@@ -41,11 +43,12 @@ impl Palette {
             let line = line.trim();
             if let Some(comment) = line.strip_prefix('#') {
                 if let Some(v) = comment.trim().strip_prefix("distortion:") {
-                    distortion = Some(v.trim().parse::<f64>().map_err(|e| DataError::BadPalette {
-                        source_name: source_name.into(),
-                        line: i + 1,
-                        reason: format!("bad distortion {v:?}: {e}"),
-                    })?);
+                    distortion =
+                        Some(v.trim().parse::<f64>().map_err(|e| DataError::BadPalette {
+                            source_name: source_name.into(),
+                            line: i + 1,
+                            reason: format!("bad distortion {v:?}: {e}"),
+                        })?);
                 }
                 continue;
             }
@@ -219,7 +222,10 @@ impl Palette {
         let centres = self.centres_tensor(classes.device())?;
         let flat = classes.flatten_all()?.to_dtype(DType::U32)?;
         let rgb = centres.index_select(&flat, 0)?; // [N*H*W, 3]
-        Ok(rgb.reshape((n, h, w, 3))?.permute((0, 3, 1, 2))?.contiguous()?)
+        Ok(rgb
+            .reshape((n, h, w, 3))?
+            .permute((0, 3, 1, 2))?
+            .contiguous()?)
     }
 
     /// Mean Euclidean distance from each pixel to its nearest centre (the

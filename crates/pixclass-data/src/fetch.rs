@@ -74,7 +74,10 @@ pub fn download(spec: &DownloadSpec<'_>) -> Result<Fetched> {
                 if c.verify(dest).is_ok() {
                     return Ok(Fetched::AlreadyPresent);
                 }
-                tracing::warn!("{} exists but fails its checksum; downloading again", dest.display());
+                tracing::warn!(
+                    "{} exists but fails its checksum; downloading again",
+                    dest.display()
+                );
                 std::fs::remove_file(dest).map_err(|e| DataError::io(dest, e))?;
             }
             None => return Ok(Fetched::AlreadyPresent),
@@ -146,13 +149,17 @@ pub fn download(spec: &DownloadSpec<'_>) -> Result<Fetched> {
         let mut reader = resp.body_mut().as_reader();
         let mut buf = vec![0u8; 1 << 16];
         loop {
-            let n = reader
-                .read(&mut buf)
-                .map_err(|e| dl_err(format!("connection broke after {} bytes: {e}", start + transferred)))?;
+            let n = reader.read(&mut buf).map_err(|e| {
+                dl_err(format!(
+                    "connection broke after {} bytes: {e}",
+                    start + transferred
+                ))
+            })?;
             if n == 0 {
                 break;
             }
-            file.write_all(&buf[..n]).map_err(|e| DataError::io(&part, e))?;
+            file.write_all(&buf[..n])
+                .map_err(|e| DataError::io(&part, e))?;
             transferred += n as u64;
             bar.inc(n as u64);
         }
@@ -206,7 +213,12 @@ pub fn fetch_cifar10(data_dir: &Path, url: Option<&str>, progress: bool) -> Resu
 }
 
 /// Downloads a [`KnownFile`] from `url` (default: its origin) to `dest`.
-pub fn fetch_known(known: &KnownFile, url: Option<&str>, dest: &Path, progress: bool) -> Result<Fetched> {
+pub fn fetch_known(
+    known: &KnownFile,
+    url: Option<&str>,
+    dest: &Path,
+    progress: bool,
+) -> Result<Fetched> {
     download(&DownloadSpec {
         url: url.unwrap_or(known.origin),
         dest: dest.to_path_buf(),
@@ -224,7 +236,9 @@ pub fn unpack_tar_gz(tarball: &Path, into: &Path) -> Result<()> {
     for entry in entries {
         let mut entry = entry.map_err(|e| DataError::io(tarball, e))?;
         // `unpack_in` rejects absolute paths and `..` components.
-        entry.unpack_in(into).map_err(|e| DataError::io(tarball, e))?;
+        entry
+            .unpack_in(into)
+            .map_err(|e| DataError::io(tarball, e))?;
     }
     Ok(())
 }

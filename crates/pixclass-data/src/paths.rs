@@ -38,6 +38,9 @@ pub fn real_data_dir(what: &str) -> Option<PathBuf> {
             return Some(c);
         }
     }
-    eprintln!("SKIPPED {what}: ${DATA_ENV}={} is not a directory", v.display());
+    eprintln!(
+        "SKIPPED {what}: ${DATA_ENV}={} is not a directory",
+        v.display()
+    );
     None
 }

@@ -27,8 +27,22 @@ fn size_not_a_multiple_of_the_record_names_file_and_bytes() {
     std::fs::write(&p, &bytes).unwrap();
     let err = CifarSet::read_file(&p).unwrap_err();
     let msg = err.to_string();
-    assert!(matches!(err, DataError::BadRecordSize { len: 3076, whole: 1, rest: 3, .. }), "{err:?}");
-    assert!(msg.contains("short.bin") && msg.contains("3076 bytes") && msg.contains("3073"), "{msg}");
+    assert!(
+        matches!(
+            err,
+            DataError::BadRecordSize {
+                len: 3076,
+                whole: 1,
+                rest: 3,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(
+        msg.contains("short.bin") && msg.contains("3076 bytes") && msg.contains("3073"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -39,9 +53,22 @@ fn label_above_nine_names_record_and_byte() {
     bytes.extend(record(12, 0));
     std::fs::write(&p, &bytes).unwrap();
     let err = CifarSet::read_file(&p).unwrap_err();
-    assert!(matches!(err, DataError::BadLabel { record: 1, label: 12, .. }), "{err:?}");
+    assert!(
+        matches!(
+            err,
+            DataError::BadLabel {
+                record: 1,
+                label: 12,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
     let msg = err.to_string();
-    assert!(msg.contains("badlabel.bin") && msg.contains("record 1") && msg.contains("12"), "{msg}");
+    assert!(
+        msg.contains("badlabel.bin") && msg.contains("record 1") && msg.contains("12"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -50,7 +77,10 @@ fn empty_file_and_empty_selection() {
     let p = dir.path().join("empty.bin");
     std::fs::write(&p, []).unwrap();
     let err = CifarSet::read_file(&p).unwrap_err();
-    assert!(err.to_string().contains("empty.bin") && err.to_string().contains("empty"), "{err}");
+    assert!(
+        err.to_string().contains("empty.bin") && err.to_string().contains("empty"),
+        "{err}"
+    );
 
     let p = dir.path().join("cats.bin");
     std::fs::write(&p, [record(3, 5), record(3, 6)].concat()).unwrap();
@@ -71,16 +101,27 @@ fn known_file_with_wrong_content_reports_both_hashes() {
     std::fs::write(&p, record(7, 9)).unwrap();
     let err = CifarSet::read_file(&p).unwrap_err();
     match &err {
-        DataError::ChecksumMismatch { expected, found, algorithm, .. } => {
+        DataError::ChecksumMismatch {
+            expected,
+            found,
+            algorithm,
+            ..
+        } => {
             assert_eq!(*algorithm, "sha256");
-            assert_eq!(expected, "8e2eb146ae340b09e24670f29cabc6326dba54da8789dab6768acf480273f65b");
+            assert_eq!(
+                expected,
+                "8e2eb146ae340b09e24670f29cabc6326dba54da8789dab6768acf480273f65b"
+            );
             assert_eq!(found.len(), 64);
             assert_ne!(found, expected);
         }
         other => panic!("expected a checksum mismatch, got {other:?}"),
     }
     let msg = err.to_string();
-    assert!(msg.contains("test_batch.bin") && msg.contains("8e2eb146"), "{msg}");
+    assert!(
+        msg.contains("test_batch.bin") && msg.contains("8e2eb146"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -99,7 +140,10 @@ fn directory_without_data_explains_where_files_go() {
     let dir = tempfile::tempdir().unwrap();
     let err = CifarLayout::discover(dir.path()).unwrap_err();
     let msg = err.to_string();
-    assert!(msg.contains("pixclass data fetch cifar10") && msg.contains("cifar-10-batches-bin"), "{msg}");
+    assert!(
+        msg.contains("pixclass data fetch cifar10") && msg.contains("cifar-10-batches-bin"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -119,14 +163,20 @@ fn partial_official_directory_lists_missing_batches() {
 fn bad_palettes_name_line_and_reason() {
     let err = Palette::parse("0.1 0.2 0.3\n0.5 0.5\n", "mine.txt").unwrap_err();
     let msg = err.to_string();
-    assert!(msg.contains("mine.txt") && msg.contains("line 2") && msg.contains("3 numbers"), "{msg}");
+    assert!(
+        msg.contains("mine.txt") && msg.contains("line 2") && msg.contains("3 numbers"),
+        "{msg}"
+    );
     let err = Palette::parse("0.1 0.2 x\n", "p").unwrap_err();
     assert!(err.to_string().contains("\"x\" is not a number"), "{err}");
     let err = Palette::parse("0.1 0.2 1.5\n", "p").unwrap_err();
     assert!(err.to_string().contains("outside [0, 1]"), "{err}");
     let err = Palette::parse("# nothing\n", "p").unwrap_err();
     assert!(err.to_string().contains("no colours"), "{err}");
-    assert!(Palette::reference(20).unwrap_err().to_string().contains("16, 24 and 32"));
+    assert!(Palette::reference(20)
+        .unwrap_err()
+        .to_string()
+        .contains("16, 24 and 32"));
 }
 
 #[test]

@@ -12,7 +12,10 @@ fn read_npy_f64(path: &std::path::Path) -> Vec<f64> {
     assert_eq!(&bytes[..6], b"\x93NUMPY");
     let header_len = u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
     let header = std::str::from_utf8(&bytes[10..10 + header_len]).unwrap();
-    assert!(header.contains("'<f8'") && header.contains("'fortran_order': False"), "{header}");
+    assert!(
+        header.contains("'<f8'") && header.contains("'fortran_order': False"),
+        "{header}"
+    );
     bytes[10 + header_len..]
         .chunks_exact(8)
         .map(|c| f64::from_le_bytes(c.try_into().unwrap()))
@@ -36,7 +39,11 @@ fn embedded_palettes_equal_the_original_files() {
         .iter()
         .map(|&k| Palette::reference(k).unwrap().distortion.unwrap())
         .collect();
-    assert!((d[0] - 0.0838).abs() < 1e-4 && (d[1] - 0.0728).abs() < 1e-4 && (d[2] - 0.0656).abs() < 1e-4);
+    assert!(
+        (d[0] - 0.0838).abs() < 1e-4
+            && (d[1] - 0.0728).abs() < 1e-4
+            && (d[2] - 0.0656).abs() < 1e-4
+    );
 }
 
 #[test]
@@ -52,7 +59,10 @@ fn embedded_sample_is_real_horses() {
 #[test]
 fn preprocessing_follows_the_reference() {
     // 1/256 scale and plain mean of R, G, B.
-    assert_eq!(grey_of(28, 35, 39), ((28.0 + 35.0 + 39.0) / 3.0 / 256.0) as f32);
+    assert_eq!(
+        grey_of(28, 35, 39),
+        ((28.0 + 35.0 + 39.0) / 3.0 / 256.0) as f32
+    );
     assert_eq!(grey_of(255, 255, 255), (255.0 / 256.0) as f32);
     let train = CifarSource::Embedded.load(Split::Train).unwrap();
     let palette = Palette::reference(24).unwrap();
@@ -66,7 +76,11 @@ fn preprocessing_follows_the_reference() {
     sorted.sort_unstable();
     assert_eq!(sorted, (0..500).collect::<Vec<_>>(), "a permutation");
     assert_ne!(order, (0..500).collect::<Vec<_>>());
-    assert_ne!(order, shuffle_order(500, 0, Split::Test), "one stream per split");
+    assert_ne!(
+        order,
+        shuffle_order(500, 0, Split::Test),
+        "one stream per split"
+    );
     // Image 0 of the split is record order[0].
     assert_eq!(a.image_bytes(0), train.image(order[0]));
 
@@ -81,20 +95,38 @@ fn preprocessing_follows_the_reference() {
 
 #[test]
 fn quantisation_ties_and_inverse() {
-    let palette = Palette::new(vec![[0.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.25, 0.25, 0.25]], None).unwrap();
+    let palette = Palette::new(
+        vec![[0.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.25, 0.25, 0.25]],
+        None,
+    )
+    .unwrap();
     // 0.25 is equidistant from centres 0 and 1 and equal to 2; 0.125 ties 0 and 2.
     assert_eq!(palette.nearest([0.25, 0.25, 0.25]), 2);
-    assert_eq!(palette.nearest([0.125, 0.125, 0.125]), 0, "lowest index on ties");
-    assert_eq!(palette.nearest([0.375, 0.375, 0.375]), 1, "tie between 1 and 2 -> 1");
+    assert_eq!(
+        palette.nearest([0.125, 0.125, 0.125]),
+        0,
+        "lowest index on ties"
+    );
+    assert_eq!(
+        palette.nearest([0.375, 0.375, 0.375]),
+        1,
+        "tie between 1 and 2 -> 1"
+    );
     let classes = Tensor::new(&[[[0u32, 1], [2, 1]]], &Device::Cpu).unwrap();
     let rgb = palette.classes_to_rgb(&classes).unwrap();
     assert_eq!(rgb.dims(), &[1, 3, 2, 2]);
     let v: Vec<f32> = rgb.flatten_all().unwrap().to_vec1().unwrap();
-    assert_eq!(v, vec![0.0, 0.5, 0.25, 0.5, 0.0, 0.5, 0.25, 0.5, 0.0, 0.5, 0.25, 0.5]);
+    assert_eq!(
+        v,
+        vec![0.0, 0.5, 0.25, 0.5, 0.0, 0.5, 0.25, 0.5, 0.0, 0.5, 0.25, 0.5]
+    );
     let back = palette
         .quantize_tensor(&rgb.to_dtype(candle_core::DType::F64).unwrap())
         .unwrap();
-    assert_eq!(back.to_vec3::<u32>().unwrap(), classes.to_vec3::<u32>().unwrap());
+    assert_eq!(
+        back.to_vec3::<u32>().unwrap(),
+        classes.to_vec3::<u32>().unwrap()
+    );
 }
 
 #[test]
@@ -109,7 +141,11 @@ fn kmeans_recovers_planted_colours() {
     }
     let (p, iters) = pixclass_data::colours::kmeans(
         &px,
-        pixclass_data::colours::KMeansConfig { k: 3, seed: 3, ..Default::default() },
+        pixclass_data::colours::KMeansConfig {
+            k: 3,
+            seed: 3,
+            ..Default::default()
+        },
     )
     .unwrap();
     assert!(iters >= 1);

@@ -41,7 +41,10 @@ fn serve(body: Vec<u8>, break_first: usize) -> (String, Arc<AtomicUsize>) {
                     rest.len(), start, body.len() - 1, body.len()
                 )
             } else {
-                format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", rest.len())
+                format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    rest.len()
+                )
             };
             let _ = stream.write_all(head.as_bytes());
             if n < break_first {
@@ -70,12 +73,27 @@ fn checksum_ok_then_no_op() {
     let sum = leak(sha256_bytes(&b));
     let (url, count) = serve(b.clone(), 0);
     let dir = tempfile::tempdir().unwrap();
-    let spec = DownloadSpec { url: &url, dest: dir.path().join("f.bin"), checksum: Some(Checksum::Sha256(sum)), progress: false };
+    let spec = DownloadSpec {
+        url: &url,
+        dest: dir.path().join("f.bin"),
+        checksum: Some(Checksum::Sha256(sum)),
+        progress: false,
+    };
     let got = download(&spec).unwrap();
-    assert_eq!(got, Fetched::Downloaded { bytes: b.len() as u64, resumed_from: 0 });
+    assert_eq!(
+        got,
+        Fetched::Downloaded {
+            bytes: b.len() as u64,
+            resumed_from: 0
+        }
+    );
     assert_eq!(std::fs::read(&spec.dest).unwrap(), b);
     assert_eq!(download(&spec).unwrap(), Fetched::AlreadyPresent);
-    assert_eq!(count.load(Ordering::SeqCst), 1, "second call must not touch the network");
+    assert_eq!(
+        count.load(Ordering::SeqCst),
+        1,
+        "second call must not touch the network"
+    );
 }
 
 #[test]
@@ -83,10 +101,17 @@ fn checksum_wrong_leaves_nothing_behind() {
     let (url, _) = serve(body(), 0);
     let dir = tempfile::tempdir().unwrap();
     let wrong = "0000000000000000000000000000000000000000000000000000000000000000";
-    let spec = DownloadSpec { url: &url, dest: dir.path().join("f.bin"), checksum: Some(Checksum::Sha256(wrong)), progress: false };
+    let spec = DownloadSpec {
+        url: &url,
+        dest: dir.path().join("f.bin"),
+        checksum: Some(Checksum::Sha256(wrong)),
+        progress: false,
+    };
     let err = download(&spec).unwrap_err();
     match &err {
-        DataError::ChecksumMismatch { expected, found, .. } => {
+        DataError::ChecksumMismatch {
+            expected, found, ..
+        } => {
             assert_eq!(expected, wrong);
             assert_eq!(found, &sha256_bytes(&body()));
         }
@@ -103,7 +128,12 @@ fn interrupted_download_resumes() {
     let sum = leak(sha256_bytes(&b));
     let (url, count) = serve(b.clone(), 1);
     let dir = tempfile::tempdir().unwrap();
-    let spec = DownloadSpec { url: &url, dest: dir.path().join("f.bin"), checksum: Some(Checksum::Sha256(sum)), progress: false };
+    let spec = DownloadSpec {
+        url: &url,
+        dest: dir.path().join("f.bin"),
+        checksum: Some(Checksum::Sha256(sum)),
+        progress: false,
+    };
     let err = download(&spec).unwrap_err();
     assert!(matches!(err, DataError::Download { .. }), "{err:?}");
     let part = dir.path().join("f.bin.part");
@@ -111,7 +141,13 @@ fn interrupted_download_resumes() {
     assert_eq!(have, b.len() as u64 / 2, "the partial file is kept");
     assert!(!spec.dest.exists(), "no partial file under the final name");
     let got = download(&spec).unwrap();
-    assert_eq!(got, Fetched::Downloaded { bytes: b.len() as u64 - have, resumed_from: have });
+    assert_eq!(
+        got,
+        Fetched::Downloaded {
+            bytes: b.len() as u64 - have,
+            resumed_from: have
+        }
+    );
     assert_eq!(std::fs::read(&spec.dest).unwrap(), b);
     assert_eq!(count.load(Ordering::SeqCst), 2);
 }
@@ -119,15 +155,27 @@ fn interrupted_download_resumes() {
 #[test]
 fn offline_fails_fast_and_says_where_to_put_the_file() {
     // Bind then drop a listener: nothing listens on that port any more.
-    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let url = format!("http://127.0.0.1:{port}/cifar-10-binary.tar.gz");
     let dir = tempfile::tempdir().unwrap();
-    let spec = DownloadSpec { url: &url, dest: dir.path().join("cifar-10-binary.tar.gz"), checksum: None, progress: false };
+    let spec = DownloadSpec {
+        url: &url,
+        dest: dir.path().join("cifar-10-binary.tar.gz"),
+        checksum: None,
+        progress: false,
+    };
     let t = std::time::Instant::now();
     let err = download(&spec).unwrap_err();
     assert!(t.elapsed().as_secs() < 10);
     let msg = err.to_string();
-    assert!(msg.contains("download") && msg.contains(&spec.dest.display().to_string()), "{msg}");
+    assert!(
+        msg.contains("download") && msg.contains(&spec.dest.display().to_string()),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -142,14 +190,25 @@ fn cifar_fetch_unpacks_a_tarball_into_the_official_layout() {
     {
         let gz = flate2::write::GzEncoder::new(&mut tar_bytes, flate2::Compression::fast());
         let mut builder = tar::Builder::new(gz);
-        for name in ["data_batch_1.bin", "data_batch_2.bin", "data_batch_3.bin", "data_batch_4.bin", "data_batch_5.bin", "test_batch_x.bin"] {
+        for name in [
+            "data_batch_1.bin",
+            "data_batch_2.bin",
+            "data_batch_3.bin",
+            "data_batch_4.bin",
+            "data_batch_5.bin",
+            "test_batch_x.bin",
+        ] {
             let data = rec(7);
             let mut header = tar::Header::new_gnu();
             header.set_size(data.len() as u64);
             header.set_mode(0o644);
             header.set_cksum();
             builder
-                .append_data(&mut header, format!("cifar-10-batches-bin/{name}"), &data[..])
+                .append_data(
+                    &mut header,
+                    format!("cifar-10-batches-bin/{name}"),
+                    &data[..],
+                )
                 .unwrap();
         }
         builder.into_inner().unwrap().finish().unwrap();

@@ -14,8 +14,14 @@ fn horse_counts_and_official_test_batch() {
         return;
     };
     let layout = CifarLayout::discover(&root).unwrap();
-    let train = CifarSet::read_files(&layout.train).unwrap().filter_class(HORSE).unwrap();
-    let test = CifarSet::read_files(&layout.test).unwrap().filter_class(HORSE).unwrap();
+    let train = CifarSet::read_files(&layout.train)
+        .unwrap()
+        .filter_class(HORSE)
+        .unwrap();
+    let test = CifarSet::read_files(&layout.test)
+        .unwrap()
+        .filter_class(HORSE)
+        .unwrap();
     assert_eq!(train.len(), 5000);
     assert_eq!(test.len(), 1000);
 
@@ -67,7 +73,10 @@ fn colour_class_histogram_of_the_training_horses() {
 
     // The tensor version agrees with the f64 reference pixel for pixel.
     let n = 200;
-    let rgb: Vec<f64> = train.pixels()[..n * 3072].iter().map(|&b| b as f64 / 256.0).collect();
+    let rgb: Vec<f64> = train.pixels()[..n * 3072]
+        .iter()
+        .map(|&b| b as f64 / 256.0)
+        .collect();
     let t = Tensor::from_vec(rgb, (n, 3, 32, 32), &Device::Cpu).unwrap();
     let classes = palette.quantize_tensor(&t).unwrap();
     assert_eq!(classes.dtype(), DType::U32);

@@ -50,7 +50,11 @@ pub fn cross_entropy(logits: &Tensor, target: &Tensor) -> Result<Tensor> {
     let (n, k, h, w) = logits.dims4()?;
     let (tn, th, tw) = target.dims3()?;
     if (tn, th, tw) != (n, h, w) {
-        candle_core::bail!("cross_entropy: logits {:?} and target {:?} disagree", logits.dims(), target.dims());
+        candle_core::bail!(
+            "cross_entropy: logits {:?} and target {:?} disagree",
+            logits.dims(),
+            target.dims()
+        );
     }
     let _ = k;
     let lsm = ops::log_softmax(logits, 1)?;

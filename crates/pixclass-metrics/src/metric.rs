@@ -23,7 +23,10 @@ pub struct ConfusionMatrix {
 impl ConfusionMatrix {
     /// An empty matrix for `k` classes.
     pub fn new(k: usize) -> Self {
-        Self { k, counts: vec![0; k * k] }
+        Self {
+            k,
+            counts: vec![0; k * k],
+        }
     }
 
     /// Adds pairs of (truth, prediction); values >= k are ignored.
@@ -38,7 +41,11 @@ impl ConfusionMatrix {
 
     /// Adds the argmax of `logits` `[N, K, H, W]` against `target` `[N, H, W]`.
     pub fn add_logits(&mut self, logits: &Tensor, target: &Tensor) -> Result<()> {
-        let pred: Vec<u32> = logits.argmax(1)?.to_dtype(DType::U32)?.flatten_all()?.to_vec1()?;
+        let pred: Vec<u32> = logits
+            .argmax(1)?
+            .to_dtype(DType::U32)?
+            .flatten_all()?
+            .to_vec1()?;
         let truth: Vec<u32> = target.to_dtype(DType::U32)?.flatten_all()?.to_vec1()?;
         self.add(&truth, &pred);
         Ok(())

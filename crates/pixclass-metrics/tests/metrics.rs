@@ -75,7 +75,10 @@ fn confusion_matrix_by_hand() {
     let mut cm = ConfusionMatrix::new(2);
     // truth:  1 1 0 0 0 ; pred: 1 0 1 0 0
     cm.add(&[1, 1, 0, 0, 0], &[1, 0, 1, 0, 0]);
-    assert_eq!((cm.get(0, 0), cm.get(0, 1), cm.get(1, 0), cm.get(1, 1)), (2, 1, 1, 1));
+    assert_eq!(
+        (cm.get(0, 0), cm.get(0, 1), cm.get(1, 0), cm.get(1, 1)),
+        (2, 1, 1, 1)
+    );
     assert!((cm.pixel_accuracy() - 0.6).abs() < 1e-12);
     let iou = cm.iou();
     assert!((iou[0] - 0.5).abs() < 1e-12); // 2 / (2 + 1 + 1)

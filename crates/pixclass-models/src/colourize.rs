@@ -14,7 +14,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{ModelError, Result};
 use crate::layers::{
-    BatchNorm2d, BatchNormConfig, Conv2d, Conv2dConfig, ConvTranspose2d, ConvTranspose2dConfig, Padding,
+    BatchNorm2d, BatchNormConfig, Conv2d, Conv2dConfig, ConvTranspose2d, ConvTranspose2dConfig,
+    Padding,
 };
 use crate::ops;
 use crate::summary::{LayerKind, Summary, Trace};
@@ -61,7 +62,11 @@ impl std::str::FromStr for ColourModelKind {
         Self::ALL
             .into_iter()
             .find(|k| k.name() == s)
-            .ok_or_else(|| ModelError::Config(format!("unknown model {s:?}: pool-upsample, conv-transpose or unet")))
+            .ok_or_else(|| {
+                ModelError::Config(format!(
+                    "unknown model {s:?}: pool-upsample, conv-transpose or unet"
+                ))
+            })
     }
 }
 
@@ -114,7 +119,10 @@ impl ColourNetConfig {
     /// Checks the configuration.
     pub fn validate(&self) -> Result<()> {
         if self.kernel < 2 {
-            return Err(ModelError::Config(format!("kernel size must be >= 2, got {}", self.kernel)));
+            return Err(ModelError::Config(format!(
+                "kernel size must be >= 2, got {}",
+                self.kernel
+            )));
         }
         for (name, v) in [
             ("num_filters", self.num_filters),
@@ -149,7 +157,13 @@ struct Block {
 }
 
 impl Block {
-    fn new(name: &str, op: Op, resample: Option<Resample>, out_c: usize, vb: &VarBuilder) -> Result<Self> {
+    fn new(
+        name: &str,
+        op: Op,
+        resample: Option<Resample>,
+        out_c: usize,
+        vb: &VarBuilder,
+    ) -> Result<Self> {
         let bn_idx = if resample.is_some() { 2 } else { 1 };
         let bn = BatchNorm2d::new(out_c, BatchNormConfig::default(), vb.pp(name).pp(bn_idx))?;
         Ok(Self {
@@ -199,7 +213,13 @@ impl Block {
         }
         let z = self.bn.forward_t(&y2, train)?;
         if let Some(t) = trace.as_deref_mut() {
-            t.push(&format!("{n}.{next}"), LayerKind::BatchNorm, self.bn.num_params(), &y2, &z);
+            t.push(
+                &format!("{n}.{next}"),
+                LayerKind::BatchNorm,
+                self.bn.num_params(),
+                &y2,
+                &z,
+            );
         }
         let r = z.relu()?;
         if let Some(t) = trace {
@@ -221,7 +241,12 @@ impl ColourNet {
     /// parameters through `vb`.
     pub fn new(cfg: ColourNetConfig, vb: VarBuilder) -> Result<Self> {
         cfg.validate()?;
-        let (k, nf, nc, nic) = (cfg.kernel, cfg.num_filters, cfg.num_colours, cfg.in_channels);
+        let (k, nf, nc, nic) = (
+            cfg.kernel,
+            cfg.num_filters,
+            cfg.num_colours,
+            cfg.in_channels,
+        );
         let same = Conv2dConfig {
             padding: Padding::Same,
             ..Default::default()
@@ -229,10 +254,34 @@ impl ColourNet {
         let conv = |name: &str, i, o, c: Conv2dConfig| Conv2d::new(i, o, k, c, vb.pp(name).pp(0));
         let blocks = match cfg.kind {
             ColourModelKind::PoolUpsample => [
-                Block::new("layer1", Op::Conv(conv("layer1", nic, nf, same)?), Some(Resample::Pool), nf, &vb)?,
-                Block::new("layer2", Op::Conv(conv("layer2", nf, 2 * nf, same)?), Some(Resample::Pool), 2 * nf, &vb)?,
-                Block::new("layer3", Op::Conv(conv("layer3", 2 * nf, nf, same)?), Some(Resample::Up), nf, &vb)?,
-                Block::new("layer4", Op::Conv(conv("layer4", nf, nc, same)?), Some(Resample::Up), nc, &vb)?,
+                Block::new(
+                    "layer1",
+                    Op::Conv(conv("layer1", nic, nf, same)?),
+                    Some(Resample::Pool),
+                    nf,
+                    &vb,
+                )?,
+                Block::new(
+                    "layer2",
+                    Op::Conv(conv("layer2", nf, 2 * nf, same)?),
+                    Some(Resample::Pool),
+                    2 * nf,
+                    &vb,
+                )?,
+                Block::new(
+                    "layer3",
+                    Op::Conv(conv("layer3", 2 * nf, nf, same)?),
+                    Some(Resample::Up),
+                    nf,
+                    &vb,
+                )?,
+                Block::new(
+                    "layer4",
+                    Op::Conv(conv("layer4", nf, nc, same)?),
+                    Some(Resample::Up),
+                    nc,
+                    &vb,
+                )?,
             ],
             ColourModelKind::ConvTranspose | ColourModelKind::UNet => {
                 let down = Conv2dConfig {
@@ -249,9 +298,27 @@ impl ColourNet {
                 let skip = cfg.kind == ColourModelKind::UNet;
                 let convt = |name: &str, i, o| ConvTranspose2d::new(i, o, k, up, vb.pp(name).pp(0));
                 [
-                    Block::new("layer1", Op::Conv(conv("layer1", nic, nf, down)?), None, nf, &vb)?,
-                    Block::new("layer2", Op::Conv(conv("layer2", nf, 2 * nf, down)?), None, 2 * nf, &vb)?,
-                    Block::new("layer3", Op::ConvT(convt("layer3", 2 * nf, nf)?), None, nf, &vb)?,
+                    Block::new(
+                        "layer1",
+                        Op::Conv(conv("layer1", nic, nf, down)?),
+                        None,
+                        nf,
+                        &vb,
+                    )?,
+                    Block::new(
+                        "layer2",
+                        Op::Conv(conv("layer2", nf, 2 * nf, down)?),
+                        None,
+                        2 * nf,
+                        &vb,
+                    )?,
+                    Block::new(
+                        "layer3",
+                        Op::ConvT(convt("layer3", 2 * nf, nf)?),
+                        None,
+                        nf,
+                        &vb,
+                    )?,
                     Block::new(
                         "layer4",
                         Op::ConvT(convt("layer4", if skip { 2 * nf } else { nf }, nc)?),
@@ -262,9 +329,17 @@ impl ColourNet {
                 ]
             }
         };
-        let final_in = if cfg.kind == ColourModelKind::UNet { nc + nic } else { nc };
+        let final_in = if cfg.kind == ColourModelKind::UNet {
+            nc + nic
+        } else {
+            nc
+        };
         let layer5 = Conv2d::new(final_in, nc, k, same, vb.pp("layer5"))?;
-        Ok(Self { cfg, blocks, layer5 })
+        Ok(Self {
+            cfg,
+            blocks,
+            layer5,
+        })
     }
 
     /// The configuration.
@@ -284,7 +359,11 @@ impl ColourNet {
     /// The layer summary for an input of `h x w` pixels, recorded from a real
     /// (eval-mode) forward pass on zeros.
     pub fn summary(&self, h: usize, w: usize) -> Result<Summary> {
-        let x = Tensor::zeros((1, self.cfg.in_channels, h, w), candle_core::DType::F32, &self.device())?;
+        let x = Tensor::zeros(
+            (1, self.cfg.in_channels, h, w),
+            candle_core::DType::F32,
+            &self.device(),
+        )?;
         let mut trace = Trace::default();
         self.forward_impl(&x, false, Some(&mut trace))?;
         Ok(trace.finish(self.cfg.kind.display_name(), [self.cfg.in_channels, h, w]))
@@ -294,7 +373,12 @@ impl ColourNet {
         self.layer5.weight().device().clone()
     }
 
-    fn forward_impl(&self, x: &Tensor, train: bool, mut trace: Option<&mut Trace>) -> Result<Tensor> {
+    fn forward_impl(
+        &self,
+        x: &Tensor,
+        train: bool,
+        mut trace: Option<&mut Trace>,
+    ) -> Result<Tensor> {
         let dims = x.dims();
         let shape_err = |reason: String| ModelError::InputShape {
             model: self.cfg.kind.display_name().into(),
@@ -305,19 +389,32 @@ impl ColourNet {
             return Err(shape_err("expected [N, C, H, W]".into()));
         }
         if dims[1] != self.cfg.in_channels {
-            return Err(shape_err(format!("expected {} input channel(s)", self.cfg.in_channels)));
+            return Err(shape_err(format!(
+                "expected {} input channel(s)",
+                self.cfg.in_channels
+            )));
         }
         if dims[2] % 4 != 0 || dims[3] % 4 != 0 || dims[2] == 0 || dims[3] == 0 {
-            return Err(shape_err("height and width must be positive multiples of 4".into()));
+            return Err(shape_err(
+                "height and width must be positive multiples of 4".into(),
+            ));
         }
         let [b1, b2, b3, b4] = &self.blocks;
         let unet = self.cfg.kind == ColourModelKind::UNet;
         let h1 = b1.forward(x, train, trace.as_deref_mut())?;
         let h2 = b2.forward(&h1, train, trace.as_deref_mut())?;
         let h3 = b3.forward(&h2, train, trace.as_deref_mut())?;
-        let h3 = if unet { self.concat(&[&h3, &h1], &mut trace)? } else { h3 };
+        let h3 = if unet {
+            self.concat(&[&h3, &h1], &mut trace)?
+        } else {
+            h3
+        };
         let h4 = b4.forward(&h3, train, trace.as_deref_mut())?;
-        let h4 = if unet { self.concat(&[&h4, x], &mut trace)? } else { h4 };
+        let h4 = if unet {
+            self.concat(&[&h4, x], &mut trace)?
+        } else {
+            h4
+        };
         let out = self.layer5.forward(&h4)?;
         if let Some(t) = trace {
             let w = self.layer5.weight();

@@ -61,12 +61,25 @@ pub struct Conv2d {
 
 impl Conv2d {
     /// Creates (or loads) `weight` `[out, in/groups, k, k]` and `bias` `[out]`.
-    pub fn new(in_c: usize, out_c: usize, k: usize, cfg: Conv2dConfig, vb: VarBuilder) -> Result<Self> {
+    pub fn new(
+        in_c: usize,
+        out_c: usize,
+        k: usize,
+        cfg: Conv2dConfig,
+        vb: VarBuilder,
+    ) -> Result<Self> {
         if cfg.groups == 0 || in_c % cfg.groups != 0 || out_c % cfg.groups != 0 {
-            candle_core::bail!("conv2d: groups {} must divide {in_c} and {out_c}", cfg.groups);
+            candle_core::bail!(
+                "conv2d: groups {} must divide {in_c} and {out_c}",
+                cfg.groups
+            );
         }
         let fan_in = in_c / cfg.groups * k * k;
-        let weight = vb.get_with_hints((out_c, in_c / cfg.groups, k, k), "weight", uniform_bound(fan_in))?;
+        let weight = vb.get_with_hints(
+            (out_c, in_c / cfg.groups, k, k),
+            "weight",
+            uniform_bound(fan_in),
+        )?;
         let bias = if cfg.bias {
             Some(vb.get_with_hints(out_c, "bias", uniform_bound(fan_in))?)
         } else {
@@ -115,7 +128,15 @@ impl Module for Conv2d {
     /// `[N, C_in, H, W]` -> `[N, C_out, H', W']`.
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let (ph, pw) = self.pads();
-        let y = ops::conv2d(x, &self.weight, ph, pw, self.cfg.stride, self.cfg.dilation, self.cfg.groups)?;
+        let y = ops::conv2d(
+            x,
+            &self.weight,
+            ph,
+            pw,
+            self.cfg.stride,
+            self.cfg.dilation,
+            self.cfg.groups,
+        )?;
         match &self.bias {
             Some(b) => y.broadcast_add(&b.reshape((1, (), 1, 1))?),
             None => Ok(y),
@@ -157,7 +178,13 @@ pub struct ConvTranspose2d {
 
 impl ConvTranspose2d {
     /// Creates (or loads) `weight` `[in, out, k, k]` and `bias` `[out]`.
-    pub fn new(in_c: usize, out_c: usize, k: usize, cfg: ConvTranspose2dConfig, vb: VarBuilder) -> Result<Self> {
+    pub fn new(
+        in_c: usize,
+        out_c: usize,
+        k: usize,
+        cfg: ConvTranspose2dConfig,
+        vb: VarBuilder,
+    ) -> Result<Self> {
         // PyTorch computes fan_in from weight.size(1) = out channels.
         let fan_in = out_c * k * k;
         let weight = vb.get_with_hints((in_c, out_c, k, k), "weight", uniform_bound(fan_in))?;
@@ -191,7 +218,14 @@ impl Module for ConvTranspose2d {
     /// `[N, C_in, H, W]` -> `[N, C_out, (H-1)·s - 2p + d·(k-1) + op + 1, ...]`.
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let c = self.cfg;
-        let y = ops::conv_transpose2d(x, &self.weight, c.padding, c.output_padding, c.stride, c.dilation)?;
+        let y = ops::conv_transpose2d(
+            x,
+            &self.weight,
+            c.padding,
+            c.output_padding,
+            c.stride,
+            c.dilation,
+        )?;
         y.broadcast_add(&self.bias.reshape((1, (), 1, 1))?)
     }
 }
@@ -258,7 +292,8 @@ impl BatchNorm2d {
 
     /// Number of trainable scalars (weight and bias).
     pub fn num_params(&self) -> usize {
-        self.weight.as_ref().map_or(0, |w| w.elem_count()) + self.bias.as_ref().map_or(0, |b| b.elem_count())
+        self.weight.as_ref().map_or(0, |w| w.elem_count())
+            + self.bias.as_ref().map_or(0, |b| b.elem_count())
     }
 
     /// The running mean `[C]`.
@@ -288,21 +323,32 @@ impl BatchNorm2d {
             let var = xc.sqr()?.mean_keepdim((0, 2, 3))?;
             let m = self.cfg.momentum;
             let unbiased = (var.detach().flatten_all()? * (count as f64 / (count as f64 - 1.0)))?;
-            let rm = ((self.running_mean.as_tensor() * (1.0 - m))? + (mean.detach().flatten_all()? * m)?)?;
+            let rm = ((self.running_mean.as_tensor() * (1.0 - m))?
+                + (mean.detach().flatten_all()? * m)?)?;
             let rv = ((self.running_var.as_tensor() * (1.0 - m))? + (unbiased * m)?)?;
-            self.running_mean.set(&rm.to_dtype(self.running_mean.dtype())?)?;
-            self.running_var.set(&rv.to_dtype(self.running_var.dtype())?)?;
+            self.running_mean
+                .set(&rm.to_dtype(self.running_mean.dtype())?)?;
+            self.running_var
+                .set(&rv.to_dtype(self.running_var.dtype())?)?;
             let inv = (var + self.cfg.eps)?.sqrt()?.recip()?;
             let y = xc.broadcast_mul(&inv)?;
             return self.affine(y, c);
         } else {
             (
-                self.running_mean.as_tensor().detach().reshape((1, c, 1, 1))?,
-                self.running_var.as_tensor().detach().reshape((1, c, 1, 1))?,
+                self.running_mean
+                    .as_tensor()
+                    .detach()
+                    .reshape((1, c, 1, 1))?,
+                self.running_var
+                    .as_tensor()
+                    .detach()
+                    .reshape((1, c, 1, 1))?,
             )
         };
         let inv = (var + self.cfg.eps)?.sqrt()?.recip()?.to_dtype(x.dtype())?;
-        let y = x.broadcast_sub(&mean.to_dtype(x.dtype())?)?.broadcast_mul(&inv)?;
+        let y = x
+            .broadcast_sub(&mean.to_dtype(x.dtype())?)?
+            .broadcast_mul(&inv)?;
         self.affine(y, c)
     }
 
@@ -319,7 +365,10 @@ impl BatchNorm2d {
 /// Counts the scalars of the trainable parameters of a `VarMap`: every
 /// variable except BatchNorm running statistics.
 pub fn trainable_scalars(varmap: &candle_nn::VarMap) -> usize {
-    trainable_vars(varmap).iter().map(|(_, v)| v.elem_count()).sum()
+    trainable_vars(varmap)
+        .iter()
+        .map(|(_, v)| v.elem_count())
+        .sum()
 }
 
 /// The trainable variables of a `VarMap` (sorted by name): every variable
@@ -338,6 +387,7 @@ pub fn trainable_vars(varmap: &candle_nn::VarMap) -> Vec<(String, Var)> {
 /// True for names of non-trainable buffers (`running_mean`, `running_var`,
 /// `num_batches_tracked`).
 pub fn is_buffer(name: &str) -> bool {
-    name.ends_with("running_mean") || name.ends_with("running_var") || name.ends_with("num_batches_tracked")
+    name.ends_with("running_mean")
+        || name.ends_with("running_var")
+        || name.ends_with("num_batches_tracked")
 }
-

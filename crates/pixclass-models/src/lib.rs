@@ -12,6 +12,7 @@
 
 pub mod colourize;
 pub mod error;
+pub mod init;
 pub mod layers;
 pub mod ops;
 pub mod summary;

@@ -56,7 +56,9 @@ impl LayerKind {
     pub fn label(&self) -> String {
         match self {
             LayerKind::Conv { k, stride, .. } => format!("Conv2d {k}x{k}/{stride}"),
-            LayerKind::ConvTranspose { k, stride, .. } => format!("ConvTranspose2d {k}x{k}/{stride}"),
+            LayerKind::ConvTranspose { k, stride, .. } => {
+                format!("ConvTranspose2d {k}x{k}/{stride}")
+            }
             LayerKind::MaxPool { k } => format!("MaxPool2d {k}"),
             LayerKind::Upsample { factor } => format!("Upsample x{factor}"),
             LayerKind::BatchNorm => "BatchNorm2d".into(),
@@ -100,7 +102,10 @@ impl Summary {
 
     /// Total output values of all layers.
     pub fn total_outputs(&self) -> usize {
-        self.rows.iter().map(|r| r.output.iter().product::<usize>()).sum()
+        self.rows
+            .iter()
+            .map(|r| r.output.iter().product::<usize>())
+            .sum()
     }
 
     /// Total connections.
@@ -112,7 +117,15 @@ impl Summary {
     pub fn to_table(&self) -> String {
         let mut s = format!(
             "{} — input {}x{}x{}\n{:<10} {:<24} {:>10} {:>14} {:>14}\n",
-            self.model, self.input[0], self.input[1], self.input[2], "layer", "type", "params", "output", "connections"
+            self.model,
+            self.input[0],
+            self.input[1],
+            self.input[2],
+            "layer",
+            "type",
+            "params",
+            "output",
+            "connections"
         );
         for r in &self.rows {
             s.push_str(&format!(
@@ -137,7 +150,9 @@ impl Summary {
 
     /// A markdown table with totals.
     pub fn to_markdown(&self) -> String {
-        let mut s = String::from("| layer | type | params | output | connections |\n|---|---|---:|---:|---:|\n");
+        let mut s = String::from(
+            "| layer | type | params | output | connections |\n|---|---|---:|---:|---:|\n",
+        );
         for r in &self.rows {
             s.push_str(&format!(
                 "| {} | {} | {} | {}x{}x{} | {} |\n",
@@ -168,14 +183,25 @@ pub struct Trace {
 
 impl Trace {
     /// Records a layer from its input and output tensors (batch dim first).
-    pub fn push(&mut self, name: &str, kind: LayerKind, params: usize, input: &Tensor, output: &Tensor) {
+    pub fn push(
+        &mut self,
+        name: &str,
+        kind: LayerKind,
+        params: usize,
+        input: &Tensor,
+        output: &Tensor,
+    ) {
         let d = output.dims();
         let out = [d[1], d[2], d[3]];
         let out_elems: usize = out.iter().product();
         let in_elems: usize = input.dims()[1..].iter().product();
         let connections = match kind {
-            LayerKind::Conv { k, in_per_group, .. } => out_elems * in_per_group * k * k,
-            LayerKind::ConvTranspose { k, out_channels, .. } => in_elems * out_channels * k * k,
+            LayerKind::Conv {
+                k, in_per_group, ..
+            } => out_elems * in_per_group * k * k,
+            LayerKind::ConvTranspose {
+                k, out_channels, ..
+            } => in_elems * out_channels * k * k,
             LayerKind::MaxPool { k } => out_elems * k * k,
             LayerKind::Upsample { .. } | LayerKind::BatchNorm | LayerKind::Relu => out_elems,
             LayerKind::Concat => 0,

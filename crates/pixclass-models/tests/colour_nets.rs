@@ -27,8 +27,20 @@ fn ce(logits: &Tensor, target: &Tensor) -> candle_core::Result<Tensor> {
 }
 
 fn max_rel(a: &Tensor, b: &Tensor) -> f64 {
-    let a: Vec<f64> = a.to_dtype(DType::F64).unwrap().flatten_all().unwrap().to_vec1().unwrap();
-    let b: Vec<f64> = b.to_dtype(DType::F64).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+    let a: Vec<f64> = a
+        .to_dtype(DType::F64)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    let b: Vec<f64> = b
+        .to_dtype(DType::F64)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
     rel_err(&a, &b)
 }
 
@@ -52,9 +64,15 @@ fn golden_case(file: &str) {
     {
         let data = vm.data().lock().unwrap();
         let params: Vec<&String> = t.keys().filter(|k| k.starts_with("param.")).collect();
-        assert_eq!(params.len(), data.len(), "{file}: tensor count differs from PyTorch's state dict");
+        assert_eq!(
+            params.len(),
+            data.len(),
+            "{file}: tensor count differs from PyTorch's state dict"
+        );
         for (name, var) in data.iter() {
-            let src = t.get(&format!("param.{name}")).unwrap_or_else(|| panic!("{file}: {name} missing"));
+            let src = t
+                .get(&format!("param.{name}"))
+                .unwrap_or_else(|| panic!("{file}: {name} missing"));
             var.set(src).unwrap();
         }
     }
@@ -66,12 +84,20 @@ fn golden_case(file: &str) {
             .sum::<usize>()
     );
     let logits = net.forward_t(&t["x"], true).unwrap();
-    assert!(max_rel(&logits, &t["logits_train"]) < 1e-4, "{file}: train logits");
+    assert!(
+        max_rel(&logits, &t["logits_train"]) < 1e-4,
+        "{file}: train logits"
+    );
     let loss = ce(&logits, &t["target"].to_dtype(DType::U32).unwrap()).unwrap();
-    assert!(max_rel(&loss.reshape(1).unwrap(), &t["loss"]) < 1e-5, "{file}: loss");
+    assert!(
+        max_rel(&loss.reshape(1).unwrap(), &t["loss"]) < 1e-5,
+        "{file}: loss"
+    );
     let grads = loss.backward().unwrap();
     for (name, var) in trainable_vars(&vm) {
-        let g = grads.get(var.as_tensor()).unwrap_or_else(|| panic!("{file}: no gradient for {name}"));
+        let g = grads
+            .get(var.as_tensor())
+            .unwrap_or_else(|| panic!("{file}: no gradient for {name}"));
         let e = max_rel(g, &t[&format!("grad.{name}")]);
         assert!(e < 1e-4, "{file}: gradient of {name} off by {e}");
     }
@@ -84,7 +110,10 @@ fn golden_case(file: &str) {
         }
     }
     let eval = net.forward_t(&t["x"], false).unwrap();
-    assert!(max_rel(&eval, &t["logits_eval"]) < 1e-4, "{file}: eval logits");
+    assert!(
+        max_rel(&eval, &t["logits_eval"]) < 1e-4,
+        "{file}: eval logits"
+    );
 }
 
 #[test]
@@ -109,18 +138,31 @@ fn unet_matches_pytorch() {
 fn every_kernel_size_keeps_the_resolution() {
     for kind in ColourModelKind::ALL {
         for k in 2..=7 {
-            let cfg = ColourNetConfig { kind, kernel: k, num_filters: 4, num_colours: 5, in_channels: 1 };
+            let cfg = ColourNetConfig {
+                kind,
+                kernel: k,
+                num_filters: 4,
+                num_colours: 5,
+                in_channels: 1,
+            };
             let (_vm, net) = build(cfg, DType::F32);
             let x = Tensor::rand(0f32, 1.0, (2, 1, 32, 32), &Device::Cpu).unwrap();
             let y = net.forward_t(&x, true).unwrap();
             assert_eq!(y.dims(), &[2, 5, 32, 32], "{kind} k={k}");
             // Fully convolutional: any size divisible by 4, non-square too.
             let x = Tensor::rand(0f32, 1.0, (1, 1, 44, 24), &Device::Cpu).unwrap();
-            assert_eq!(net.forward_t(&x, false).unwrap().dims(), &[1, 5, 44, 24], "{kind} k={k}");
+            assert_eq!(
+                net.forward_t(&x, false).unwrap().dims(),
+                &[1, 5, 44, 24],
+                "{kind} k={k}"
+            );
         }
     }
     assert_eq!(
-        [3, 4, 5].map(|k| (pixclass_models::colourize::strided_padding(k), pixclass_models::colourize::transposed_output_padding(k))),
+        [3, 4, 5].map(|k| (
+            pixclass_models::colourize::strided_padding(k),
+            pixclass_models::colourize::transposed_output_padding(k)
+        )),
         [(1, 1), (1, 0), (2, 1)]
     );
 }
@@ -128,21 +170,47 @@ fn every_kernel_size_keeps_the_resolution() {
 #[test]
 fn whole_net_gradients_match_finite_differences() {
     // Every parameter of a tiny UNet and PoolUpsampleNet in f64, train-mode BN.
-    for kind in [ColourModelKind::UNet, ColourModelKind::PoolUpsample, ColourModelKind::ConvTranspose] {
-        let cfg = ColourNetConfig { kind, kernel: 3, num_filters: 2, num_colours: 3, in_channels: 1 };
+    for kind in [
+        ColourModelKind::UNet,
+        ColourModelKind::PoolUpsample,
+        ColourModelKind::ConvTranspose,
+    ] {
+        let cfg = ColourNetConfig {
+            kind,
+            kernel: 3,
+            num_filters: 2,
+            num_colours: 3,
+            in_channels: 1,
+        };
         let (vm, net) = build(cfg, DType::F64);
         let x = rand_tensor(&[2, 1, 8, 8], 30);
-        let target = Tensor::from_vec((0..128u32).map(|i| (i * 7 + 1) % 3).collect(), (2, 8, 8), &Device::Cpu).unwrap();
+        let target = Tensor::from_vec(
+            (0..128u32).map(|i| (i * 7 + 1) % 3).collect(),
+            (2, 8, 8),
+            &Device::Cpu,
+        )
+        .unwrap();
         for (name, var) in trainable_vars(&vm) {
             let orig = var.as_tensor().copy().unwrap();
             let f = |p: &Tensor| {
                 var.set(p)?;
-                ce(&net.forward_t(&x, true).map_err(candle_core::Error::wrap)?, &target)
+                ce(
+                    &net.forward_t(&x, true).map_err(candle_core::Error::wrap)?,
+                    &target,
+                )
             };
             let num = numeric(&f, &orig).unwrap();
             var.set(&orig).unwrap();
             let loss = ce(&net.forward_t(&x, true).unwrap(), &target).unwrap();
-            let g: Vec<f64> = loss.backward().unwrap().get(var.as_tensor()).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+            let g: Vec<f64> = loss
+                .backward()
+                .unwrap()
+                .get(var.as_tensor())
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
             let e = rel_err(&g, &num);
             assert!(e < 1e-5, "{kind}: {name} gradient off by {e}");
         }
@@ -152,20 +220,58 @@ fn whole_net_gradients_match_finite_differences() {
 #[test]
 fn bad_inputs_are_errors_not_panics() {
     let (_vm, net) = build(ColourNetConfig::default(), DType::F32);
-    let err = net.forward_t(&Tensor::zeros((1, 1, 30, 32), DType::F32, &Device::Cpu).unwrap(), false).unwrap_err();
-    assert!(err.to_string().contains("multiples of 4") && err.to_string().contains("30"), "{err}");
-    let err = net.forward_t(&Tensor::zeros((1, 3, 32, 32), DType::F32, &Device::Cpu).unwrap(), false).unwrap_err();
+    let err = net
+        .forward_t(
+            &Tensor::zeros((1, 1, 30, 32), DType::F32, &Device::Cpu).unwrap(),
+            false,
+        )
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("multiples of 4") && err.to_string().contains("30"),
+        "{err}"
+    );
+    let err = net
+        .forward_t(
+            &Tensor::zeros((1, 3, 32, 32), DType::F32, &Device::Cpu).unwrap(),
+            false,
+        )
+        .unwrap_err();
     assert!(err.to_string().contains("1 input channel"), "{err}");
-    let err = net.forward_t(&Tensor::zeros((1, 1, 4, 4), DType::F32, &Device::Cpu).unwrap().reshape((1, 1, 16)).unwrap(), false);
+    let err = net.forward_t(
+        &Tensor::zeros((1, 1, 4, 4), DType::F32, &Device::Cpu)
+            .unwrap()
+            .reshape((1, 1, 16))
+            .unwrap(),
+        false,
+    );
     assert!(err.is_err());
-    let cfg = ColourNetConfig { kernel: 1, ..Default::default() };
+    let cfg = ColourNetConfig {
+        kernel: 1,
+        ..Default::default()
+    };
     let vm = VarMap::new();
-    let e = ColourNet::new(cfg, VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu)).err().unwrap();
+    let e = ColourNet::new(cfg, VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu))
+        .err()
+        .unwrap();
     assert!(e.to_string().contains("kernel size must be >= 2"));
     // BN refuses a single value per channel in train mode (NaN running_var otherwise).
-    let (_vm, net) = build(ColourNetConfig { kind: ColourModelKind::ConvTranspose, ..Default::default() }, DType::F32);
-    let err = net.forward_t(&Tensor::zeros((1, 1, 4, 4), DType::F32, &Device::Cpu).unwrap(), true).unwrap_err();
-    assert!(err.to_string().contains("more than one value per channel"), "{err}");
+    let (_vm, net) = build(
+        ColourNetConfig {
+            kind: ColourModelKind::ConvTranspose,
+            ..Default::default()
+        },
+        DType::F32,
+    );
+    let err = net
+        .forward_t(
+            &Tensor::zeros((1, 1, 4, 4), DType::F32, &Device::Cpu).unwrap(),
+            true,
+        )
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("more than one value per channel"),
+        "{err}"
+    );
 }
 
 fn closed_form(nic: usize, nf: usize, nc: usize) -> usize {
@@ -174,12 +280,26 @@ fn closed_form(nic: usize, nf: usize, nc: usize) -> usize {
 
 #[test]
 fn summary_totals_match_the_study_and_the_model() {
-    let expect = [(ColourModelKind::PoolUpsample, 49_728), (ColourModelKind::ConvTranspose, 49_728), (ColourModelKind::UNet, 56_856)];
+    let expect = [
+        (ColourModelKind::PoolUpsample, 49_728),
+        (ColourModelKind::ConvTranspose, 49_728),
+        (ColourModelKind::UNet, 56_856),
+    ];
     for (kind, params) in expect {
-        let (vm, net) = build(ColourNetConfig { kind, ..Default::default() }, DType::F32);
+        let (vm, net) = build(
+            ColourNetConfig {
+                kind,
+                ..Default::default()
+            },
+            DType::F32,
+        );
         let s = net.summary(32, 32).unwrap();
         assert_eq!(s.total_params(), params, "{kind}");
-        assert_eq!(s.total_params(), trainable_scalars(&vm), "{kind}: summary vs real parameters");
+        assert_eq!(
+            s.total_params(),
+            trainable_scalars(&vm),
+            "{kind}: summary vs real parameters"
+        );
         assert_eq!(s.rows.last().unwrap().output, [24, 32, 32]);
         // Doubling width and height: same parameters, 4x outputs and connections.
         let s2 = net.summary(64, 64).unwrap();
@@ -190,9 +310,18 @@ fn summary_totals_match_the_study_and_the_model() {
     for nic in [1, 3] {
         for nf in [1, 8, 32] {
             for nc in [16, 24, 32] {
-                let cfg = ColourNetConfig { kind: ColourModelKind::PoolUpsample, kernel: 3, num_filters: nf, num_colours: nc, in_channels: nic };
+                let cfg = ColourNetConfig {
+                    kind: ColourModelKind::PoolUpsample,
+                    kernel: 3,
+                    num_filters: nf,
+                    num_colours: nc,
+                    in_channels: nic,
+                };
                 let (vm, net) = build(cfg, DType::F32);
-                assert_eq!(net.summary(32, 32).unwrap().total_params(), closed_form(nic, nf, nc));
+                assert_eq!(
+                    net.summary(32, 32).unwrap().total_params(),
+                    closed_form(nic, nf, nc)
+                );
                 assert_eq!(trainable_scalars(&vm), closed_form(nic, nf, nc));
             }
         }
@@ -203,14 +332,36 @@ fn summary_totals_match_the_study_and_the_model() {
 fn pool_upsample_summary_rows_by_hand() {
     let (_vm, net) = build(ColourNetConfig::default(), DType::F32);
     let s = net.summary(32, 32).unwrap();
-    let rows: Vec<(&str, usize, [usize; 3], usize)> =
-        s.rows.iter().map(|r| (r.name.as_str(), r.params, r.output, r.connections)).collect();
-    assert_eq!(rows[0], ("layer1.0", 9 * 32 + 32, [32, 32, 32], 32 * 32 * 32 * 9));
+    let rows: Vec<(&str, usize, [usize; 3], usize)> = s
+        .rows
+        .iter()
+        .map(|r| (r.name.as_str(), r.params, r.output, r.connections))
+        .collect();
+    assert_eq!(
+        rows[0],
+        ("layer1.0", 9 * 32 + 32, [32, 32, 32], 32 * 32 * 32 * 9)
+    );
     assert_eq!(rows[1], ("layer1.1", 0, [32, 16, 16], 32 * 16 * 16 * 4));
     assert_eq!(rows[2], ("layer1.2", 64, [32, 16, 16], 32 * 16 * 16));
-    assert_eq!(rows[4], ("layer2.0", 9 * 32 * 64 + 64, [64, 16, 16], 64 * 16 * 16 * 32 * 9));
+    assert_eq!(
+        rows[4],
+        (
+            "layer2.0",
+            9 * 32 * 64 + 64,
+            [64, 16, 16],
+            64 * 16 * 16 * 32 * 9
+        )
+    );
     assert_eq!(rows[9], ("layer3.1", 0, [32, 16, 16], 32 * 16 * 16));
-    assert_eq!(rows[16], ("layer5", 9 * 24 * 24 + 24, [24, 32, 32], 24 * 32 * 32 * 24 * 9));
+    assert_eq!(
+        rows[16],
+        (
+            "layer5",
+            9 * 24 * 24 + 24,
+            [24, 32, 32],
+            24 * 32 * 32 * 24 * 9
+        )
+    );
     assert_eq!(rows.len(), 17);
     assert!(s.to_table().contains("49728"));
 }

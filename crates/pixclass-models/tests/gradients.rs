@@ -30,7 +30,10 @@ fn builtin_max_pool_gradient_is_detected_as_wrong() {
     let x = rand_tensor(&[2, 3, 6, 8], 1);
     let r = rand_tensor(&[2, 3, 3, 4], 2);
     let f = |x: &Tensor| weighted_sum(&x.max_pool2d(2)?, &r);
-    assert!(!gradient_ok(&f, &x, TOL), "built-in max_pool2d backward is now right");
+    assert!(
+        !gradient_ok(&f, &x, TOL),
+        "built-in max_pool2d backward is now right"
+    );
 }
 
 #[test]
@@ -111,7 +114,10 @@ fn builtin_strided_conv_fails_on_mixed_parity() {
     let x = rand_tensor(&[2, 3, 7, 10], 12);
     let r = rand_tensor(&[2, 4, 4, 5], 13);
     let f = |x: &Tensor| weighted_sum(&x.conv2d(&w, 1, 2, 1, 1)?, &r);
-    assert!(!gradient_ok(&f, &x, 1e-5), "built-in conv2d stride-2 backward now works");
+    assert!(
+        !gradient_ok(&f, &x, 1e-5),
+        "built-in conv2d stride-2 backward now works"
+    );
 }
 
 #[test]
@@ -135,7 +141,11 @@ fn fixture_grad(
 ) -> f64 {
     let x = &t[&format!("{prefix}.x")];
     let ours = analytic(f, x).unwrap();
-    let theirs: Vec<f64> = t[&format!("{prefix}.grad")].flatten_all().unwrap().to_vec1().unwrap();
+    let theirs: Vec<f64> = t[&format!("{prefix}.grad")]
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
     rel_err(&ours, &theirs)
 }
 
@@ -144,12 +154,25 @@ fn ops_match_pytorch() {
     let t = load("ops.safetensors");
     // Max-pool with exact ties: PyTorch routes the gradient to the first max.
     let r = t["maxpool.r"].clone();
-    assert!(fixture_grad(&t, "maxpool", &|x| weighted_sum(&ops::max_pool2d(x, 2)?, &r)) < 1e-12);
+    assert!(
+        fixture_grad(&t, "maxpool", &|x| weighted_sum(
+            &ops::max_pool2d(x, 2)?,
+            &r
+        )) < 1e-12
+    );
     let r = t["maxpool_odd.r"].clone();
-    assert!(fixture_grad(&t, "maxpool_odd", &|x| weighted_sum(&ops::max_pool2d(x, 2)?, &r)) < 1e-12);
+    assert!(
+        fixture_grad(&t, "maxpool_odd", &|x| weighted_sum(
+            &ops::max_pool2d(x, 2)?,
+            &r
+        )) < 1e-12
+    );
     let (r, r2) = (t["upsample.r"].clone(), t["upsample.r2"].clone());
     assert!(
-        fixture_grad(&t, "upsample", &|x| weighted_sum(&ops::upsample_nearest(x, 2)?, &r)? + weighted_sum(x, &r2)?)
+        fixture_grad(&t, "upsample", &|x| weighted_sum(
+            &ops::upsample_nearest(x, 2)?,
+            &r
+        )? + weighted_sum(x, &r2)?)
             < 1e-12
     );
     let r = t["softmax.r"].clone();
@@ -159,10 +182,26 @@ fn ops_match_pytorch() {
     let y = ops::conv2d(x, w, (1, 1), (1, 1), 2, 1, 1).unwrap();
     let yt: Vec<f64> = t["conv_s2.y"].flatten_all().unwrap().to_vec1().unwrap();
     assert!(rel_err(&y.flatten_all().unwrap().to_vec1().unwrap(), &yt) < 1e-12);
-    let gx = analytic(&|x| weighted_sum(&ops::conv2d(x, w, (1, 1), (1, 1), 2, 1, 1)?, r), x).unwrap();
-    let gw = analytic(&|w| weighted_sum(&ops::conv2d(x, w, (1, 1), (1, 1), 2, 1, 1)?, r), w).unwrap();
-    let tx: Vec<f64> = t["conv_s2.grad_x"].flatten_all().unwrap().to_vec1().unwrap();
-    let tw: Vec<f64> = t["conv_s2.grad_w"].flatten_all().unwrap().to_vec1().unwrap();
+    let gx = analytic(
+        &|x| weighted_sum(&ops::conv2d(x, w, (1, 1), (1, 1), 2, 1, 1)?, r),
+        x,
+    )
+    .unwrap();
+    let gw = analytic(
+        &|w| weighted_sum(&ops::conv2d(x, w, (1, 1), (1, 1), 2, 1, 1)?, r),
+        w,
+    )
+    .unwrap();
+    let tx: Vec<f64> = t["conv_s2.grad_x"]
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    let tw: Vec<f64> = t["conv_s2.grad_w"]
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
     assert!(rel_err(&gx, &tx) < 1e-12);
     assert!(rel_err(&gw, &tw) < 1e-12);
 }

@@ -1,0 +1,307 @@
+//! `pixclass colourize ...`: summary, train, sweep, eval, image.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Subcommand, ValueEnum};
+use pixclass_models::{ColourModelKind, ColourNet, ColourNetConfig};
+use pixclass_train::adam::AdamConfig;
+use pixclass_train::colourize::{self, ColourTrainConfig};
+use pixclass_train::DeviceKind;
+
+use crate::data_cmd::cifar_source;
+use crate::DataArgs;
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum Model {
+    PoolUpsample,
+    ConvTranspose,
+    Unet,
+}
+
+impl From<Model> for ColourModelKind {
+    fn from(m: Model) -> Self {
+        match m {
+            Model::PoolUpsample => ColourModelKind::PoolUpsample,
+            Model::ConvTranspose => ColourModelKind::ConvTranspose,
+            Model::Unet => ColourModelKind::UNet,
+        }
+    }
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum Format {
+    Text,
+    Json,
+    Markdown,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum Dev {
+    Cpu,
+    Cuda,
+    Metal,
+}
+
+impl From<Dev> for DeviceKind {
+    fn from(d: Dev) -> Self {
+        match d {
+            Dev::Cpu => DeviceKind::Cpu,
+            Dev::Cuda => DeviceKind::Cuda,
+            Dev::Metal => DeviceKind::Metal,
+        }
+    }
+}
+
+/// The network's hyperparameters.
+#[derive(Args, Clone)]
+pub struct NetArgs {
+    /// Network.
+    #[arg(long, value_enum, default_value = "pool-upsample")]
+    model: Model,
+    /// Kernel size k (>= 2).
+    #[arg(long, default_value_t = 3)]
+    kernel: usize,
+    /// NF: filters of the first block.
+    #[arg(long, default_value_t = 32)]
+    filters: usize,
+    /// NC: colour classes (a reference palette: 16, 24 or 32).
+    #[arg(long, default_value_t = 24)]
+    colours: usize,
+    /// NIC: input channels.
+    #[arg(long, default_value_t = 1)]
+    in_channels: usize,
+}
+
+impl NetArgs {
+    fn config(&self) -> ColourNetConfig {
+        ColourNetConfig {
+            kind: self.model.into(),
+            kernel: self.kernel,
+            num_filters: self.filters,
+            num_colours: self.colours,
+            in_channels: self.in_channels,
+        }
+    }
+}
+
+/// Training settings (defaults: the study's).
+#[derive(Args, Clone)]
+pub struct TrainArgs {
+    #[command(flatten)]
+    net: NetArgs,
+    /// Learning rate of Adam.
+    #[arg(long, default_value_t = 1e-3)]
+    lr: f64,
+    /// Batch size.
+    #[arg(long, default_value_t = 100)]
+    batch_size: usize,
+    /// Epochs.
+    #[arg(long, default_value_t = 25)]
+    epochs: usize,
+    /// Seed of the shuffle and the initial weights.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Device.
+    #[arg(long, value_enum, default_value = "cpu")]
+    device: Dev,
+    /// Use only the first N images of each split.
+    #[arg(long)]
+    limit: Option<usize>,
+    /// CIFAR-10 class to colourize.
+    #[arg(long, default_value_t = 7)]
+    class: u8,
+    #[command(flatten)]
+    data: DataArgs,
+}
+
+impl TrainArgs {
+    fn config(&self) -> ColourTrainConfig {
+        ColourTrainConfig {
+            model: self.net.config(),
+            adam: AdamConfig {
+                lr: self.lr,
+                ..Default::default()
+            },
+            batch_size: self.batch_size,
+            epochs: self.epochs,
+            seed: self.seed,
+            device: self.device.into(),
+            limit: self.limit,
+            class: self.class,
+            data: String::new(),
+        }
+    }
+}
+
+#[derive(Subcommand)]
+pub enum ColourizeCmd {
+    /// One row per layer: parameters, output shape, connections; then totals.
+    Summary {
+        #[command(flatten)]
+        net: NetArgs,
+        /// Input height and width.
+        #[arg(long, default_value_t = 32)]
+        size: usize,
+        /// Output format.
+        #[arg(long, value_enum, default_value = "text")]
+        format: Format,
+    },
+    /// Train a net (writes config.json, metrics.csv, curves.png, samples, checkpoint).
+    Train {
+        #[command(flatten)]
+        train: TrainArgs,
+        /// Run directory.
+        #[arg(long, default_value = "runs/colourize")]
+        out: PathBuf,
+        /// Continue the interrupted run in this directory.
+        #[arg(long)]
+        resume: Option<PathBuf>,
+    },
+    /// Train one run per batch size and compare them.
+    Sweep {
+        #[command(flatten)]
+        train: TrainArgs,
+        /// Batch sizes, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "10,20,50,100,200,500")]
+        batch_sizes: Vec<usize>,
+        /// Output directory.
+        #[arg(long, default_value = "runs/sweep")]
+        out: PathBuf,
+    },
+    /// Validation loss and accuracy of a saved run.
+    Eval {
+        /// Run directory.
+        #[arg(long)]
+        checkpoint: PathBuf,
+        /// Device.
+        #[arg(long, value_enum, default_value = "cpu")]
+        device: Dev,
+        #[command(flatten)]
+        data: DataArgs,
+    },
+    /// Colourize any photo with a saved run.
+    Image {
+        /// Run directory.
+        #[arg(long)]
+        checkpoint: PathBuf,
+        /// Input image (PNG or JPEG).
+        #[arg(long)]
+        input: PathBuf,
+        /// Output PNG: grey input and result side by side.
+        #[arg(long)]
+        output: PathBuf,
+        /// Downscale so the longer side is at most this.
+        #[arg(long, default_value_t = 512)]
+        max_side: u32,
+        /// Device.
+        #[arg(long, value_enum, default_value = "cpu")]
+        device: Dev,
+    },
+}
+
+pub fn run(cmd: ColourizeCmd, progress: bool) -> Result<()> {
+    match cmd {
+        ColourizeCmd::Summary { net, size, format } => {
+            if size == 0 || size % 4 != 0 {
+                bail!("--size must be a positive multiple of 4, got {size}");
+            }
+            let vm = candle_nn::VarMap::new();
+            let vb = candle_nn::VarBuilder::from_varmap(
+                &vm,
+                candle_core::DType::F32,
+                &candle_core::Device::Cpu,
+            );
+            let model = ColourNet::new(net.config(), vb)?;
+            let s = model.summary(size, size)?;
+            match format {
+                Format::Text => print!("{}", s.to_table()),
+                Format::Markdown => print!("{}", s.to_markdown()),
+                Format::Json => println!("{}", serde_json::to_string_pretty(&s)?),
+            }
+            Ok(())
+        }
+        ColourizeCmd::Train { train, out, resume } => {
+            let source = cifar_source(&train.data)?;
+            let (dir, resuming) = match resume {
+                Some(d) => (d, true),
+                None => (out, false),
+            };
+            let run =
+                colourize::train_colouriser(&train.config(), &source, &dir, resuming, progress)?;
+            let last = run.rows.last().context("no epochs ran")?;
+            println!(
+                "{}: final val loss {:.4}, val accuracy {:.2} % after {} epochs ({:.0} s); outputs in {}",
+                train.config().model.kind.display_name(),
+                last.values[0],
+                last.values[1],
+                last.epoch,
+                run.seconds,
+                run.out_dir.display()
+            );
+            Ok(())
+        }
+        ColourizeCmd::Sweep {
+            train,
+            batch_sizes,
+            out,
+        } => {
+            if batch_sizes.is_empty() {
+                bail!("--batch-sizes is empty");
+            }
+            let source = cifar_source(&train.data)?;
+            let rows = colourize::sweep(&train.config(), &batch_sizes, &source, &out, progress)?;
+            print!("{}", std::fs::read_to_string(out.join("sweep.md"))?);
+            println!(
+                "{} runs; sweep.csv, sweep.md and sweep.png in {}",
+                rows.len(),
+                out.display()
+            );
+            Ok(())
+        }
+        ColourizeCmd::Eval {
+            checkpoint,
+            device,
+            data,
+        } => {
+            let model = colourize::load_colouriser(&checkpoint, device.into())?;
+            let source = cifar_source(&data)?;
+            let palette = colourize::palette_for(&model.config.model)?;
+            let (_, val) = colourize::prepare_data(
+                &source,
+                model.config.class,
+                model.config.limit,
+                &palette,
+                model.config.seed,
+            )?;
+            let (loss, acc) = colourize::evaluate_split(
+                &model.net,
+                &val,
+                model.config.batch_size,
+                &model.device,
+            )?;
+            println!(
+                "val loss {loss:.4}, val accuracy {acc:.2} % on {} images ({})",
+                val.len(),
+                source.describe()
+            );
+            Ok(())
+        }
+        ColourizeCmd::Image {
+            checkpoint,
+            input,
+            output,
+            max_side,
+            device,
+        } => {
+            let model = colourize::load_colouriser(&checkpoint, device.into())?;
+            let (w, h) = colourize::colourize_image(&model, &input, &output, max_side)?;
+            println!(
+                "colourized {} at {w}x{h} -> {}",
+                input.display(),
+                output.display()
+            );
+            Ok(())
+        }
+    }
+}

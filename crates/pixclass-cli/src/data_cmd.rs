@@ -1,0 +1,213 @@
+//! `pixclass data ...` and `pixclass colours ...`.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use clap::Subcommand;
+use pixclass_data::checksum::{verify_if_known, VerifyStatus};
+use pixclass_data::cifar::{CifarLayout, CifarSet, CifarSource, Split, CLASS_NAMES};
+use pixclass_data::colours::{kmeans, pixels_of, KMeansConfig};
+use pixclass_data::{resolve_data_dir, Palette};
+
+use crate::DataArgs;
+
+#[derive(Subcommand)]
+pub enum DataCmd {
+    /// Show the data found: files, checksums, records per class, horse counts.
+    Info {
+        #[command(flatten)]
+        data: DataArgs,
+    },
+    /// Download and verify a data set into the data directory.
+    Fetch {
+        /// Which data set: cifar10.
+        dataset: String,
+        #[command(flatten)]
+        data: DataArgs,
+        /// Download from this address instead of the official one.
+        #[arg(long)]
+        url: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum ColoursCmd {
+    /// Recompute a palette with k-means++ on the training images of a class.
+    Kmeans {
+        /// Number of colours.
+        #[arg(long, default_value_t = 24)]
+        k: usize,
+        /// Seed of the k-means++ initialisation.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// CIFAR-10 class (7 = horse).
+        #[arg(long, default_value_t = 7)]
+        class: u8,
+        /// Maximum Lloyd iterations.
+        #[arg(long, default_value_t = 100)]
+        max_iter: usize,
+        /// Write the palette here (text format of assets/palettes).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        #[command(flatten)]
+        data: DataArgs,
+    },
+}
+
+/// Resolves the CIFAR source: explicit `--data-dir`/`$PIXCLASS_DATA` must hold
+/// data; the default `./data` falls back to the embedded sample, loudly.
+pub fn cifar_source(args: &DataArgs) -> Result<CifarSource> {
+    if args.embedded {
+        return Ok(CifarSource::Embedded);
+    }
+    let explicit = args.data_dir.is_some()
+        || std::env::var_os(pixclass_data::paths::DATA_ENV).is_some_and(|v| !v.is_empty());
+    let dir = resolve_data_dir(args.data_dir.as_deref());
+    match CifarLayout::discover(&dir) {
+        Ok(layout) => Ok(CifarSource::Files(layout)),
+        Err(e) if explicit => Err(e).context("no CIFAR-10 data in the data directory you named"),
+        Err(_) => {
+            tracing::warn!(
+                "no CIFAR-10 data under {}: using the EMBEDDED SAMPLE (500 train / 100 test horses). \
+                 Full results need the full data: `pixclass data fetch cifar10`",
+                dir.display()
+            );
+            Ok(CifarSource::Embedded)
+        }
+    }
+}
+
+pub fn run_data(cmd: DataCmd, progress: bool) -> Result<()> {
+    match cmd {
+        DataCmd::Info { data } => info(&data),
+        DataCmd::Fetch { dataset, data, url } => {
+            let dir = resolve_data_dir(data.data_dir.as_deref());
+            match dataset.as_str() {
+                "cifar10" => {
+                    let out = pixclass_data::fetch::fetch_cifar10(&dir, url.as_deref(), progress)?;
+                    println!("CIFAR-10 ready in {}", out.display());
+                    Ok(())
+                }
+                other => bail!("unknown data set {other:?}; known: cifar10"),
+            }
+        }
+    }
+}
+
+fn info(args: &DataArgs) -> Result<()> {
+    let source = if args.embedded {
+        CifarSource::Embedded
+    } else {
+        let dir = resolve_data_dir(args.data_dir.as_deref());
+        println!("data directory: {}", dir.display());
+        match CifarLayout::discover(&dir) {
+            Ok(l) => CifarSource::Files(l),
+            Err(e) => {
+                println!("CIFAR-10: not found ({e})");
+                println!("embedded sample: 500 train / 100 test horses (always available)");
+                return Ok(());
+            }
+        }
+    };
+    println!("CIFAR-10 source: {}", source.describe());
+    for split in [Split::Train, Split::Test] {
+        let set = match &source {
+            CifarSource::Files(layout) => {
+                let mut all = CifarSet::default();
+                for f in layout.files(split) {
+                    let status = match verify_if_known(f) {
+                        Ok(VerifyStatus::Verified(alg)) => format!("checksum ok ({alg})"),
+                        Ok(VerifyStatus::Unknown) => "no published checksum".to_string(),
+                        Err(e) => format!("FAILED: {e}"),
+                    };
+                    let size = std::fs::metadata(f).map(|m| m.len()).unwrap_or(0);
+                    println!(
+                        "  {} file {} ({} bytes): {status}",
+                        split.name(),
+                        f.display(),
+                        size
+                    );
+                    all.extend(CifarSet::read_file(f)?);
+                }
+                all
+            }
+            CifarSource::Embedded => source.load(split)?,
+        };
+        let counts = set.class_counts();
+        let per: Vec<String> = counts
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| **c > 0)
+            .map(|(i, c)| format!("{}={c}", CLASS_NAMES[i]))
+            .collect();
+        println!(
+            "  {} records: {} ({})",
+            split.name(),
+            set.len(),
+            per.join(", ")
+        );
+        println!(
+            "  {} horses: {}",
+            split.name(),
+            counts[pixclass_data::HORSE as usize]
+        );
+    }
+    Ok(())
+}
+
+pub fn run_colours(cmd: ColoursCmd) -> Result<()> {
+    match cmd {
+        ColoursCmd::Kmeans {
+            k,
+            seed,
+            class,
+            max_iter,
+            out,
+            data,
+        } => {
+            let source = cifar_source(&data)?;
+            let set = source.load(Split::Train)?.filter_class(class)?;
+            let pixels = pixels_of(set.pixels(), 1024);
+            println!(
+                "k-means++ with k = {k} on {} pixels of {} {} images ({})",
+                pixels.len(),
+                set.len(),
+                CLASS_NAMES[class as usize],
+                source.describe()
+            );
+            let t = std::time::Instant::now();
+            let (palette, iters) = kmeans(
+                &pixels,
+                KMeansConfig {
+                    k,
+                    seed,
+                    max_iter,
+                    ..Default::default()
+                },
+            )?;
+            let d = palette.distortion.unwrap_or(f64::NAN);
+            println!("{iters} iterations in {:.1} s; distortion (mean distance to nearest centre) {d:.4}", t.elapsed().as_secs_f64());
+            if let Ok(reference) = Palette::reference(k) {
+                if class == pixclass_data::HORSE {
+                    println!(
+                        "reference palette kmeans{k}_cat7: stored distortion {:.4}, on these pixels {:.4}",
+                        reference.distortion.unwrap_or(f64::NAN),
+                        reference.distortion_of(&pixels)
+                    );
+                }
+            }
+            let text = palette.to_text(&format!(
+                "k-means++ palette: k={k}, seed={seed}, class {class} ({})",
+                CLASS_NAMES[class as usize]
+            ));
+            match out {
+                Some(p) => {
+                    std::fs::write(&p, text).with_context(|| format!("writing {}", p.display()))?;
+                    println!("palette written to {}", p.display());
+                }
+                None => print!("{text}"),
+            }
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,199 @@
+//! The training engine: Adam against PyTorch, non-finite losses, best
+//! checkpoints and resume, on small tasks with known answers.
+
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor, Var};
+use candle_nn::VarMap;
+use pixclass_train::adam::{Adam, AdamConfig};
+use pixclass_train::checkpoint;
+use pixclass_train::engine::{fit, BestMetric, FitConfig, TrainTask};
+use pixclass_train::TrainError;
+
+#[test]
+fn adam_matches_torch() {
+    let text = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/adam.json"),
+    )
+    .unwrap();
+    let g: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let vec = |v: &serde_json::Value| {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap())
+            .collect::<Vec<f64>>()
+    };
+    let p =
+        Var::from_tensor(&Tensor::new(vec(&g["init"]).as_slice(), &Device::Cpu).unwrap()).unwrap();
+    let target = Tensor::new(vec(&g["target"]).as_slice(), &Device::Cpu).unwrap();
+    let mut adam = Adam::new(
+        vec![("p".into(), p.clone())],
+        AdamConfig {
+            lr: g["lr"].as_f64().unwrap(),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    for expected in g["history"].as_array().unwrap() {
+        let loss = p
+            .as_tensor()
+            .sub(&target)
+            .unwrap()
+            .powf(3.0)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .sum_all()
+            .unwrap();
+        adam.step(&loss.backward().unwrap()).unwrap();
+        let got: Vec<f64> = p.as_tensor().to_vec1().unwrap();
+        for (a, b) in got.iter().zip(vec(expected)) {
+            assert!((a - b).abs() < 1e-12, "{got:?} vs {expected:?}");
+        }
+    }
+    assert_eq!(adam.steps(), 5);
+}
+
+/// Fits w to 3 with loss (w-3)^2; optionally returns NaN at a given step.
+struct Toy {
+    w: Var,
+    nan_at: Option<(usize, usize)>,
+}
+
+impl TrainTask for Toy {
+    fn metric_names(&self) -> Vec<String> {
+        vec!["val_loss".into(), "w".into()]
+    }
+    fn num_train_batches(&self) -> usize {
+        4
+    }
+    fn train_loss(&mut self, epoch: usize, batch: usize) -> pixclass_train::Result<Tensor> {
+        let l = (self.w.as_tensor() - 3.0)?.sqr()?.sum_all()?;
+        if self.nan_at == Some((epoch, batch)) {
+            return Ok((l * f64::NAN)?);
+        }
+        Ok(l)
+    }
+    fn evaluate(&mut self) -> pixclass_train::Result<Vec<f64>> {
+        let w = self.w.as_tensor().sum_all()?.to_scalar::<f32>()? as f64;
+        Ok(vec![(w - 3.0).powi(2), w])
+    }
+}
+
+fn toy(nan_at: Option<(usize, usize)>) -> (VarMap, Toy, Vec<(String, Var)>) {
+    let vm = VarMap::new();
+    let w = vm
+        .get(
+            1,
+            "w",
+            candle_nn::Init::Const(0.0),
+            DType::F32,
+            &Device::Cpu,
+        )
+        .unwrap();
+    let var = vm.data().lock().unwrap()["w"].clone();
+    let _ = w;
+    (
+        vm,
+        Toy {
+            w: var.clone(),
+            nan_at,
+        },
+        vec![("w".into(), var)],
+    )
+}
+
+fn cfg(dir: &Path, epochs: usize, resume: bool) -> FitConfig {
+    FitConfig {
+        epochs,
+        adam: AdamConfig {
+            lr: 0.1,
+            ..Default::default()
+        },
+        out_dir: dir.to_path_buf(),
+        resume,
+        best: Some(BestMetric {
+            name: "val_loss".into(),
+            maximise: false,
+        }),
+        progress: false,
+        label: "toy".into(),
+    }
+}
+
+#[test]
+fn loss_falls_and_outputs_appear() {
+    let dir = tempfile::tempdir().unwrap();
+    let (vm, mut task, vars) = toy(None);
+    let rows = fit(&mut task, &vm, vars, &cfg(dir.path(), 5, false)).unwrap();
+    assert_eq!(rows.len(), 5);
+    assert!(rows[4].values[0] < rows[0].values[0]);
+    let csv = std::fs::read_to_string(dir.path().join("metrics.csv")).unwrap();
+    assert!(csv.starts_with("epoch,train_loss,val_loss,w,seconds\n"));
+    assert_eq!(csv.lines().count(), 6);
+    for f in ["curves.png", "checkpoint.safetensors", "best.safetensors"] {
+        assert!(dir.path().join(f).is_file(), "{f}");
+    }
+    let png = image::open(dir.path().join("curves.png")).unwrap();
+    assert!(png.width() > 500 && png.height() > 300);
+}
+
+#[test]
+fn non_finite_loss_names_epoch_and_step_and_keeps_last_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let (vm, mut task, vars) = toy(Some((3, 2)));
+    let err = fit(&mut task, &vm, vars, &cfg(dir.path(), 5, false)).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            TrainError::NonFinite {
+                epoch: 3,
+                step: 2,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("epoch 3, step 2"), "{err}");
+    let ck = checkpoint::load(&dir.path().join("checkpoint.safetensors")).unwrap();
+    assert_eq!(ck.state.epoch, 2, "the epoch-2 checkpoint is the latest");
+    assert_eq!(ck.state.rows.len(), 2);
+}
+
+#[test]
+fn resume_equals_an_uninterrupted_run() {
+    let a = tempfile::tempdir().unwrap();
+    let (vm, mut task, vars) = toy(None);
+    let full = fit(&mut task, &vm, vars, &cfg(a.path(), 6, false)).unwrap();
+    let w_full: Vec<f32> = task.w.as_tensor().to_vec1().unwrap();
+
+    let b = tempfile::tempdir().unwrap();
+    let (vm, mut task, vars) = toy(None);
+    fit(&mut task, &vm, vars, &cfg(b.path(), 2, false)).unwrap();
+    // A fresh process: new variables, restored from the checkpoint.
+    let (vm, mut task, vars) = toy(None);
+    let resumed = fit(&mut task, &vm, vars, &cfg(b.path(), 6, true)).unwrap();
+    let w_resumed: Vec<f32> = task.w.as_tensor().to_vec1().unwrap();
+    assert_eq!(w_full, w_resumed);
+    let strip = |r: &[checkpoint::EpochRow]| {
+        r.iter()
+            .map(|r| (r.epoch, r.train_loss, r.values.clone()))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(strip(&full), strip(&resumed));
+    // A resume with a missing checkpoint is a clear error.
+    let c = tempfile::tempdir().unwrap();
+    let (vm, mut task, vars) = toy(None);
+    let err = fit(&mut task, &vm, vars, &cfg(c.path(), 2, true)).unwrap_err();
+    assert!(err.to_string().contains("checkpoint.safetensors"), "{err}");
+}
+
+#[test]
+fn corrupt_checkpoint_is_an_error_naming_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("checkpoint.safetensors");
+    std::fs::write(&p, b"not a checkpoint").unwrap();
+    let err = checkpoint::load(&p).err().unwrap();
+    assert!(err.to_string().contains("checkpoint.safetensors"), "{err}");
+}
