@@ -1,1 +1,116 @@
-fn main() {}
+//! `cargo xtask <task>`: project automation, an ordinary crate with few
+//! dependencies. It drives the `pixclass` binary (built in release mode) and
+//! writes reports; it never re-implements what the library crates do.
+//!
+//! Tasks:
+//! - `reproduce [--quick|--full] [--device cpu|cuda|metal] [--out DIR] [--publish]`:
+//!   Parts A–C of the study with a report next to the reference numbers.
+//! - `fetch cifar10 [--data-dir D]`: official download, verified.
+//! - `golden [--python PY]`: regenerate the PyTorch golden fixtures.
+
+mod reproduce;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let Some((task, rest)) = args.split_first() else {
+        print_help();
+        return Ok(());
+    };
+    match task.as_str() {
+        "reproduce" => reproduce::run(rest),
+        "fetch" => fetch(rest),
+        "golden" => golden(rest),
+        "help" | "--help" | "-h" => {
+            print_help();
+            Ok(())
+        }
+        other => bail!("unknown task {other:?}; run `cargo xtask help`"),
+    }
+}
+
+fn print_help() {
+    println!(
+        "cargo xtask <task>\n\n\
+         reproduce [--quick|--full] [--device cpu|cuda|metal] [--out DIR] [--data-dir D] [--publish]\n\
+         \x20   run Parts A-C of the study and write DIR/report.md + DIR/results.json\n\
+         fetch cifar10 [--data-dir D]   download and verify the official data\n\
+         golden [--python PY]           regenerate the PyTorch golden fixtures (needs torch)"
+    );
+}
+
+/// The workspace root (xtask's parent directory).
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+/// Value of `--name VALUE` in `args`.
+pub fn opt(args: &[String], name: &str) -> Option<String> {
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .cloned()
+}
+
+/// True when `--name` is in `args`.
+pub fn flag(args: &[String], name: &str) -> bool {
+    args.iter().any(|a| a == name)
+}
+
+/// Builds the `pixclass` binary in release mode (with a GPU feature when
+/// asked) and returns its path.
+pub fn build_pixclass(features: Option<&str>) -> Result<PathBuf> {
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cmd.current_dir(root())
+        .args(["build", "--release", "--quiet", "-p", "pixclass-cli"]);
+    if let Some(f) = features {
+        cmd.args(["--features", f]);
+    }
+    let status = cmd.status().context("running cargo build")?;
+    if !status.success() {
+        bail!("cargo build of pixclass failed");
+    }
+    Ok(root().join("target/release/pixclass"))
+}
+
+fn fetch(args: &[String]) -> Result<()> {
+    let what = args.first().map(String::as_str).unwrap_or("cifar10");
+    let bin = build_pixclass(None)?;
+    let mut cmd = Command::new(bin);
+    cmd.args(["data", "fetch", what]);
+    if let Some(d) = opt(args, "--data-dir") {
+        cmd.args(["--data-dir", &d]);
+    }
+    if !cmd.status()?.success() {
+        bail!("fetching {what} failed (see above for where to place the files by hand)");
+    }
+    Ok(())
+}
+
+fn golden(args: &[String]) -> Result<()> {
+    let py = opt(args, "--python")
+        .or_else(|| std::env::var("PIXCLASS_TORCH_PYTHON").ok())
+        .unwrap_or_else(|| "python3".into());
+    for script in [
+        "crates/pixclass-models/tests/golden/make_colour_golden.py",
+        "crates/pixclass-train/tests/golden/make_adam_golden.py",
+    ] {
+        println!("{py} {script}");
+        if !Command::new(&py)
+            .current_dir(root())
+            .arg(script)
+            .status()?
+            .success()
+        {
+            bail!("{script} failed: it needs torch and safetensors (see DEVELOPERS.md)");
+        }
+    }
+    Ok(())
+}

@@ -16,7 +16,7 @@ pub enum DataError {
         hint: String,
     },
     /// An I/O error while reading or writing `path`.
-    #[error("I/O error on {path}: {source}")]
+    #[error("I/O error on {path}")]
     Io {
         /// The file involved.
         path: PathBuf,

@@ -242,9 +242,8 @@ pub fn fit(
             best_value = best_col.map(|i| row.values[i]);
         }
         rows.push(row);
-        task.after_epoch(epoch, &cfg.out_dir)?;
-        write_metrics_csv(&cfg.out_dir.join("metrics.csv"), &columns, &rows)?;
-        write_curves(&cfg.out_dir.join("curves.png"), &cfg.label, &columns, &rows)?;
+        // The checkpoint first: it holds the metrics too, so a run killed
+        // after it resumes at the next epoch and rewrites the files below.
         let state = RunState {
             epoch,
             adam_step: adam.steps(),
@@ -253,10 +252,13 @@ pub fn fit(
             rng: task.rng_state(),
         };
         let extra = adam.state_tensors();
-        checkpoint::save(&latest, varmap, &extra, &state)?;
         if is_best {
             checkpoint::save(&cfg.out_dir.join(checkpoint::BEST), varmap, &extra, &state)?;
         }
+        checkpoint::save(&latest, varmap, &extra, &state)?;
+        task.after_epoch(epoch, &cfg.out_dir)?;
+        write_metrics_csv(&cfg.out_dir.join("metrics.csv"), &columns, &rows)?;
+        write_curves(&cfg.out_dir.join("curves.png"), &cfg.label, &columns, &rows)?;
     }
     Ok(rows)
 }

@@ -37,7 +37,7 @@ pub enum TrainError {
     #[error("invalid configuration: {0}")]
     Config(String),
     /// I/O on a file.
-    #[error("I/O error on {path}: {source}")]
+    #[error("I/O error on {path}")]
     Io {
         /// The file.
         path: PathBuf,

@@ -1,0 +1,370 @@
+//! `cargo xtask reproduce`: Parts A–C of the study, with a report next to the
+//! reference numbers of SPEC §A.5. Part D (segmentation) joins this report
+//! once its fine-tuning lands (issue 6); the report says so.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use serde_json::json;
+
+use crate::{build_pixclass, flag, opt, root};
+
+/// Reference results (SPEC §A.5): model, (loss band), (accuracy band), the
+/// accuracy a full reproduction must reach.
+const PARTS_A: [(&str, &str, (f64, f64), (f64, f64), f64); 3] = [
+    (
+        "pool-upsample",
+        "PoolUpsampleNet",
+        (1.58, 1.59),
+        (40.7, 41.3),
+        40.5,
+    ),
+    (
+        "conv-transpose",
+        "ConvTransposeNet",
+        (1.14, 1.15),
+        (54.9, 55.7),
+        54.5,
+    ),
+    ("unet", "UNet", (1.06, 1.07), (57.9, 58.3), 57.5),
+];
+/// Batch-size study of the reference: batch, val acc, val loss.
+const PART_B: [(usize, f64, f64); 6] = [
+    (10, 57.1, 1.109),
+    (20, 56.6, 1.117),
+    (50, 54.9, 1.144),
+    (100, 55.0, 1.153),
+    (200, 52.3, 1.238),
+    (500, 46.6, 1.421),
+];
+
+struct Mode {
+    quick: bool,
+    epochs: usize,
+    batch_sizes: Vec<usize>,
+    data_args: Vec<String>,
+    data_note: String,
+}
+
+fn last_row(metrics: &Path) -> Result<Vec<f64>> {
+    let text = std::fs::read_to_string(metrics)
+        .with_context(|| format!("reading {}", metrics.display()))?;
+    let line = text.lines().last().context("empty metrics.csv")?;
+    line.split(',')
+        .map(|v| v.parse::<f64>().context("bad number in metrics.csv"))
+        .collect()
+}
+
+fn total_seconds(metrics: &Path) -> Result<f64> {
+    let text = std::fs::read_to_string(metrics)?;
+    Ok(text
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.rsplit(',').next()?.parse::<f64>().ok())
+        .sum())
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    format!(
+        "{cpu}, {cores} cores, {} {}",
+        std::env::consts::OS,
+        std::env::consts::ARCH
+    )
+}
+
+fn pixclass(bin: &Path, args: &[String]) -> Result<String> {
+    let out = Command::new(bin)
+        .args(args)
+        .stderr(std::process::Stdio::inherit())
+        .output()?;
+    if !out.status.success() {
+        bail!("pixclass {} failed", args.join(" "));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn s(v: &[&str]) -> Vec<String> {
+    v.iter().map(|x| x.to_string()).collect()
+}
+
+pub fn run(args: &[String]) -> Result<()> {
+    let device = opt(args, "--device").unwrap_or_else(|| "cpu".into());
+    let features = match device.as_str() {
+        "cpu" => None,
+        "cuda" => Some("cuda"),
+        "metal" => Some("metal"),
+        other => bail!("unknown device {other:?}: cpu, cuda or metal"),
+    };
+    let out = PathBuf::from(opt(args, "--out").unwrap_or_else(|| "runs/reproduce".into()));
+    let out = if out.is_absolute() {
+        out
+    } else {
+        std::env::current_dir()?.join(out)
+    };
+    std::fs::create_dir_all(&out)?;
+    let bin = build_pixclass(features)?;
+    let t0 = Instant::now();
+
+    // Data: --data-dir, $PIXCLASS_DATA or ./data when they hold CIFAR-10,
+    // else the embedded sample (and the report says so).
+    let data_dir = opt(args, "--data-dir")
+        .or_else(|| std::env::var("PIXCLASS_DATA").ok())
+        .unwrap_or_else(|| "data".into());
+    let info = Command::new(&bin)
+        .args(["data", "info", "--data-dir", &data_dir])
+        .output()?;
+    let has_data = info.status.success()
+        && String::from_utf8_lossy(&info.stdout).contains("train horses: 5000");
+    let quick = flag(args, "--quick") || !has_data;
+    let full = flag(args, "--full");
+    if full && !has_data {
+        bail!("--full needs the full CIFAR-10 data: `cargo xtask fetch cifar10` or --data-dir");
+    }
+    let (data_args, data_note) = if has_data && !flag(args, "--quick") {
+        (
+            s(&["--data-dir", &data_dir]),
+            format!("full CIFAR-10 data from `{data_dir}`"),
+        )
+    } else if has_data {
+        (s(&["--data-dir", &data_dir, "--limit", "500"]), format!("QUICK run: the first 500/500 horses of `{data_dir}`, few epochs; not comparable to the reference"))
+    } else {
+        (s(&["--embedded"]), "EMBEDDED SAMPLE (500 train / 100 test horses shipped in the binary), few epochs: no data was found on disk. Full results need `cargo xtask fetch cifar10`".to_string())
+    };
+    let mode = if quick {
+        Mode {
+            quick,
+            epochs: 2,
+            batch_sizes: vec![25, 50, 100],
+            data_args,
+            data_note,
+        }
+    } else {
+        Mode {
+            quick,
+            epochs: 25,
+            batch_sizes: PART_B.iter().map(|b| b.0).collect(),
+            data_args,
+            data_note,
+        }
+    };
+    println!("reproduce: {} -> {}", mode.data_note, out.display());
+
+    let mut md = String::new();
+    writeln!(md, "# pixclass reproduction report\n")?;
+    writeln!(md, "> **Data:** {}\n", mode.data_note)?;
+    writeln!(md, "- Command: `cargo xtask reproduce {}`", args.join(" "))?;
+    writeln!(md, "- Machine: {}; device: {device}", machine())?;
+    writeln!(
+        md,
+        "- Mode: {} ({} epochs per run)\n",
+        if mode.quick { "quick" } else { "full" },
+        mode.epochs
+    )?;
+
+    // Part A: layer summaries and the three nets.
+    writeln!(
+        md,
+        "## Part A: layer summaries (k 3, NF 32, NC 24, NIC 1, 32x32 input)\n"
+    )?;
+    for (name, display, ..) in PARTS_A {
+        let table = pixclass(
+            &bin,
+            &s(&[
+                "colourize",
+                "summary",
+                "--model",
+                name,
+                "--format",
+                "markdown",
+            ]),
+        )?;
+        writeln!(md, "### {display}\n\n{table}")?;
+    }
+    writeln!(
+        md,
+        "## Parts A and C: colourization, batch 100, final epoch\n"
+    )?;
+    writeln!(md, "| model | reference val loss | ours | reference val acc (%) | ours | difference (pp) | wall time (s) |\n|---|---|---:|---|---:|---:|---:|")?;
+    let mut results = Vec::new();
+    let mut failures = Vec::new();
+    let mut pictures = String::new();
+    for (name, display, loss_band, acc_band, floor) in PARTS_A {
+        let dir = out.join("colourize").join(name);
+        let mut a = s(&[
+            "--quiet",
+            "colourize",
+            "train",
+            "--model",
+            name,
+            "--epochs",
+            &mode.epochs.to_string(),
+            "--device",
+            &device,
+            "--out",
+        ]);
+        a.push(dir.to_string_lossy().into_owned());
+        a.extend(mode.data_args.clone());
+        pixclass(&bin, &a)?;
+        let last = last_row(&dir.join("metrics.csv"))?;
+        let (loss, acc) = (last[2], last[3]);
+        let secs = total_seconds(&dir.join("metrics.csv"))?;
+        let mid = (acc_band.0 + acc_band.1) / 2.0;
+        writeln!(
+            md,
+            "| {display} | {:.2}-{:.2} | {loss:.3} | {:.1}-{:.1} | {acc:.1} | {:+.1} | {secs:.0} |",
+            loss_band.0,
+            loss_band.1,
+            acc_band.0,
+            acc_band.1,
+            acc - mid
+        )?;
+        if !mode.quick && acc < floor {
+            failures.push(format!("{display}: val accuracy {acc:.1} % < {floor} %"));
+        }
+        let rel = |f: &str| {
+            dir.join(f)
+                .strip_prefix(&out)
+                .map(|p| p.display().to_string())
+                .unwrap_or_default()
+        };
+        writeln!(
+            pictures,
+            "### {display}\n\n![curves]({})\n\n![samples]({})\n",
+            rel("curves.png"),
+            rel(&format!("samples_epoch_{:02}.png", mode.epochs))
+        )?;
+        results.push(json!({"model": display, "val_loss": loss, "val_acc": acc, "reference_loss": loss_band, "reference_acc": acc_band, "floor_acc": floor, "seconds": secs}));
+    }
+    writeln!(md, "\nReference bands: SPEC §A.5. Rows: grey input / true quantised colours / predicted colours.\n\n{pictures}")?;
+
+    // Part B: batch-size study.
+    let sweep_dir = out.join("sweep");
+    let mut a = s(&[
+        "--quiet",
+        "colourize",
+        "sweep",
+        "--model",
+        "conv-transpose",
+        "--epochs",
+        &mode.epochs.to_string(),
+        "--device",
+        &device,
+        "--out",
+    ]);
+    a.push(sweep_dir.to_string_lossy().into_owned());
+    a.push("--batch-sizes".into());
+    a.push(
+        mode.batch_sizes
+            .iter()
+            .map(|b| b.to_string())
+            .collect::<Vec<_>>()
+            .join(","),
+    );
+    a.extend(mode.data_args.clone());
+    pixclass(&bin, &a)?;
+    writeln!(
+        md,
+        "## Part B: batch-size study (ConvTransposeNet, {} epochs)\n",
+        mode.epochs
+    )?;
+    writeln!(md, "| batch | reference val acc (%) | ours | reference val loss | ours | wall time (s) |\n|---:|---:|---:|---:|---:|---:|")?;
+    let sweep_csv = std::fs::read_to_string(sweep_dir.join("sweep.csv"))?;
+    let mut sweep = Vec::new();
+    for line in sweep_csv.lines().skip(1) {
+        let v: Vec<f64> = line.split(',').filter_map(|x| x.parse().ok()).collect();
+        let bs = v[0] as usize;
+        let reference = PART_B.iter().find(|r| r.0 == bs);
+        let (ra, rl) = reference
+            .map(|r| (format!("{:.1}", r.1), format!("{:.3}", r.2)))
+            .unwrap_or(("-".into(), "-".into()));
+        writeln!(
+            md,
+            "| {bs} | {ra} | {:.1} | {rl} | {:.3} | {:.0} |",
+            v[2], v[1], v[4]
+        )?;
+        sweep.push(json!({"batch_size": bs, "val_loss": v[1], "val_acc": v[2], "seconds": v[4]}));
+    }
+    if !mode.quick {
+        let acc = |bs: usize| {
+            sweep
+                .iter()
+                .find(|r| r["batch_size"] == bs)
+                .and_then(|r| r["val_acc"].as_f64())
+        };
+        if let (Some(small), Some(large)) = (
+            acc(10).into_iter().chain(acc(20)).reduce(f64::max),
+            acc(500),
+        ) {
+            if small <= large {
+                failures.push(format!("batch-size trend: accuracy at batch 10-20 ({small:.1}) is not above batch 500 ({large:.1})"));
+            }
+        }
+    }
+    writeln!(md, "\n![sweep](sweep/sweep.png)\n")?;
+    writeln!(md, "## Part D: segmentation\n\nNot part of this report yet: DeepLabV3 fine-tuning lands with issues 5 and 6.\n")?;
+    let total = t0.elapsed().as_secs_f64();
+    writeln!(md, "Total wall time: {total:.0} s.")?;
+    if !failures.is_empty() {
+        writeln!(md, "\n**Outside the reference bands:**\n")?;
+        for f in &failures {
+            writeln!(md, "- {f}")?;
+        }
+    }
+    std::fs::write(out.join("report.md"), &md)?;
+    let results_json = json!({"data": mode.data_note, "quick": mode.quick, "device": device, "machine": machine(), "colourization": results, "batch_size_study": sweep, "seconds": total, "failures": failures});
+    std::fs::write(
+        out.join("results.json"),
+        serde_json::to_string_pretty(&results_json)?,
+    )?;
+    println!("report: {}", out.join("report.md").display());
+    if flag(args, "--publish") {
+        publish(&out, &md)?;
+    }
+    if full && !failures.is_empty() {
+        bail!(
+            "{} result(s) outside the reference bands: {}",
+            failures.len(),
+            failures.join("; ")
+        );
+    }
+    Ok(())
+}
+
+/// Copies the report to docs/RESULTS.md and its pictures to docs/results/.
+fn publish(out: &Path, md: &str) -> Result<()> {
+    let docs = root().join("docs");
+    let pics = docs.join("results");
+    std::fs::create_dir_all(&pics)?;
+    let mut text = md.to_string();
+    for line in md.lines() {
+        if let Some(path) = line
+            .strip_prefix("![")
+            .and_then(|l| l.split_once("]("))
+            .map(|(_, p)| p.trim_end_matches(')'))
+        {
+            let flat = path.replace('/', "_");
+            std::fs::copy(out.join(path), pics.join(&flat))
+                .with_context(|| format!("copying {path}"))?;
+            text = text.replace(&format!("]({path})"), &format!("](results/{flat})"));
+        }
+    }
+    let header =
+        "<!-- Generated by `cargo xtask reproduce --publish`; do not edit by hand. -->\n\n";
+    std::fs::write(docs.join("RESULTS.md"), format!("{header}{text}"))?;
+    println!("published to {}", docs.join("RESULTS.md").display());
+    Ok(())
+}
