@@ -12,9 +12,12 @@ use serde_json::json;
 
 use crate::{build_pixclass, flag, opt, root};
 
-/// Reference results (SPEC §A.5): model, (loss band), (accuracy band), the
-/// accuracy a full reproduction must reach.
-const PARTS_A: [(&str, &str, (f64, f64), (f64, f64), f64); 3] = [
+/// One reference row: CLI name, display name, (loss band), (accuracy band),
+/// the accuracy a full reproduction must reach.
+type Reference = (&'static str, &'static str, (f64, f64), (f64, f64), f64);
+
+/// Reference results (SPEC §A.5).
+const PARTS_A: [Reference; 3] = [
     (
         "pool-upsample",
         "PoolUpsampleNet",

@@ -1,4 +1,5 @@
 //! The `pixclass` binary end to end, on the embedded sample (always runs).
+#![allow(clippy::unwrap_used)]
 
 use std::path::Path;
 use std::process::{Command, Output};

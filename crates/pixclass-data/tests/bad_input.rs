@@ -1,4 +1,5 @@
 //! Every kind of bad input is a typed error whose message names the problem.
+#![allow(clippy::unwrap_used)]
 
 use pixclass_data::cifar::{CifarLayout, CifarSet, RECORD_BYTES};
 use pixclass_data::{DataError, Palette};

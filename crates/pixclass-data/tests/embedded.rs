@@ -1,4 +1,5 @@
 //! Tests on the embedded sample and palettes: always run.
+#![allow(clippy::unwrap_used)]
 
 use candle_core::{Device, Tensor};
 use pixclass_data::cifar::{CifarSource, Split, HORSE};

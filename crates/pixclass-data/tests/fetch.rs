@@ -1,5 +1,6 @@
 //! Downloads against a real HTTP server on 127.0.0.1: checksum ok, checksum
 //! wrong, interrupted and resumed, and offline.
+#![allow(clippy::unwrap_used)]
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;

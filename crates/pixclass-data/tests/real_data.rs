@@ -1,5 +1,6 @@
 //! Tests on the real CIFAR-10 files of `$PIXCLASS_DATA` (../shared/data).
 //! They print a loud SKIPPED line when the data is absent.
+#![allow(clippy::unwrap_used)]
 
 use candle_core::{DType, Device, Tensor};
 use pixclass_data::checksum::{verify_if_known, VerifyStatus};

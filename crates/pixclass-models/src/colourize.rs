@@ -211,19 +211,16 @@ impl Block {
             };
             t.push(&format!("{n}.1"), kind, 0, &y, &y2);
         }
-        let z = self.bn.forward_t(&y2, train)?;
-        if let Some(t) = trace.as_deref_mut() {
+        let r = self.bn.forward_relu_t(&y2, train)?;
+        if let Some(t) = trace {
             t.push(
                 &format!("{n}.{next}"),
                 LayerKind::BatchNorm,
                 self.bn.num_params(),
                 &y2,
-                &z,
+                &r,
             );
-        }
-        let r = z.relu()?;
-        if let Some(t) = trace {
-            t.push(&format!("{n}.{}", next + 1), LayerKind::Relu, 0, &z, &r);
+            t.push(&format!("{n}.{}", next + 1), LayerKind::Relu, 0, &r, &r);
         }
         Ok(r)
     }

@@ -309,47 +309,92 @@ impl BatchNorm2d {
     /// # Shapes
     /// `[N, C, H, W]` -> `[N, C, H, W]`.
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        self.forward_impl(x, train, false, true)
+    }
+
+    /// [`BatchNorm2d::forward_t`] (with an optional ReLU) through candle
+    /// primitives only: the path CUDA and Metal take.
+    ///
+    /// # Shapes
+    /// `[N, C, H, W]` -> `[N, C, H, W]`.
+    pub fn forward_portable_t(&self, x: &Tensor, train: bool, relu: bool) -> Result<Tensor> {
+        self.forward_impl(x, train, relu, false)
+    }
+
+    /// `relu(batch_norm(x))`, fused into one kernel on the CPU.
+    ///
+    /// # Shapes
+    /// `[N, C, H, W]` -> `[N, C, H, W]`.
+    pub fn forward_relu_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        self.forward_impl(x, train, true, true)
+    }
+
+    fn update_running(&self, mean: &Tensor, var_biased: &Tensor, count: usize) -> Result<()> {
+        let m = self.cfg.momentum;
+        let dt = self.running_mean.dtype();
+        let unbiased = (var_biased * (count as f64 / (count as f64 - 1.0)))?;
+        let rm = ((self.running_mean.as_tensor() * (1.0 - m))? + (mean.to_dtype(dt)? * m)?)?;
+        let rv = ((self.running_var.as_tensor() * (1.0 - m))? + (unbiased.to_dtype(dt)? * m)?)?;
+        self.running_mean.set(&rm)?;
+        self.running_var.set(&rv)
+    }
+
+    fn forward_impl(&self, x: &Tensor, train: bool, relu: bool, kernels: bool) -> Result<Tensor> {
         let (n, c, h, w) = x.dims4()?;
-        let (mean, var) = if train {
-            let count = n * h * w;
-            if count < 2 {
-                candle_core::bail!(
-                    "batch norm in train mode needs more than one value per channel, got input {:?}",
-                    x.dims()
-                );
-            }
-            let mean = x.mean_keepdim((0, 2, 3))?;
-            let xc = x.broadcast_sub(&mean)?;
-            let var = xc.sqr()?.mean_keepdim((0, 2, 3))?;
-            let m = self.cfg.momentum;
-            let unbiased = (var.detach().flatten_all()? * (count as f64 / (count as f64 - 1.0)))?;
-            let rm = ((self.running_mean.as_tensor() * (1.0 - m))?
-                + (mean.detach().flatten_all()? * m)?)?;
-            let rv = ((self.running_var.as_tensor() * (1.0 - m))? + (unbiased * m)?)?;
-            self.running_mean
-                .set(&rm.to_dtype(self.running_mean.dtype())?)?;
-            self.running_var
-                .set(&rv.to_dtype(self.running_var.dtype())?)?;
-            let inv = (var + self.cfg.eps)?.sqrt()?.recip()?;
-            let y = xc.broadcast_mul(&inv)?;
-            return self.affine(y, c);
+        if !train {
+            let mean = self
+                .running_mean
+                .as_tensor()
+                .detach()
+                .reshape((1, c, 1, 1))?
+                .to_dtype(x.dtype())?;
+            let var = self
+                .running_var
+                .as_tensor()
+                .detach()
+                .reshape((1, c, 1, 1))?;
+            let inv = (var + self.cfg.eps)?.sqrt()?.recip()?.to_dtype(x.dtype())?;
+            let y = self.affine(x.broadcast_sub(&mean)?.broadcast_mul(&inv)?, c)?;
+            return if relu { y.relu() } else { Ok(y) };
+        }
+        let count = n * h * w;
+        if count < 2 {
+            candle_core::bail!(
+                "batch norm in train mode needs more than one value per channel, got input {:?}",
+                x.dims()
+            );
+        }
+        if let (true, Some(g), Some(b)) = (
+            kernels && crate::ops::cpu_float(x),
+            &self.weight,
+            &self.bias,
+        ) {
+            let (y, mean, var) = crate::cpu_kernels::batch_norm_train(x, g, b, self.cfg.eps, relu)?;
+            let dev = x.device();
+            self.update_running(
+                &Tensor::new(mean.as_slice(), dev)?,
+                &Tensor::new(var.as_slice(), dev)?,
+                count,
+            )?;
+            return Ok(y);
+        }
+        // Portable path (CUDA, Metal): sums one dimension at a time.
+        let sum = |t: &Tensor| t.sum_keepdim(3)?.sum_keepdim(2)?.sum_keepdim(0);
+        let mean = (sum(x)? / count as f64)?;
+        let xc = x.broadcast_sub(&mean)?;
+        let var = (sum(&xc.sqr()?)? / count as f64)?;
+        self.update_running(
+            &mean.detach().flatten_all()?,
+            &var.detach().flatten_all()?,
+            count,
+        )?;
+        let inv = (var + self.cfg.eps)?.sqrt()?.recip()?;
+        let y = self.affine(xc.broadcast_mul(&inv)?, c)?;
+        if relu {
+            y.relu()
         } else {
-            (
-                self.running_mean
-                    .as_tensor()
-                    .detach()
-                    .reshape((1, c, 1, 1))?,
-                self.running_var
-                    .as_tensor()
-                    .detach()
-                    .reshape((1, c, 1, 1))?,
-            )
-        };
-        let inv = (var + self.cfg.eps)?.sqrt()?.recip()?.to_dtype(x.dtype())?;
-        let y = x
-            .broadcast_sub(&mean.to_dtype(x.dtype())?)?
-            .broadcast_mul(&inv)?;
-        self.affine(y, c)
+            Ok(y)
+        }
     }
 
     fn affine(&self, y: Tensor, c: usize) -> Result<Tensor> {

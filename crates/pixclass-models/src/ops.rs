@@ -13,8 +13,9 @@
 //! Every op here is a composition of candle primitives whose backward is
 //! correct (reshape, broadcast, narrow, pad, comparison masks, sums), so the
 //! same code runs unchanged on CPU, CUDA and Metal. This module is the one
-//! place where such work-arounds live; faster CPU kernels replace bodies here
-//! without changing signatures.
+//! place where such work-arounds live. On the CPU, convolutions go through
+//! the GEMM-based kernels of [`crate::cpu_kernels`] (same gradients, checked
+//! by the same tests); other devices use candle's own paths.
 
 use candle_core::{DType, Result, Tensor, D};
 
@@ -26,6 +27,28 @@ use candle_core::{DType, Result, Tensor, D};
 /// # Shapes
 /// `[N, C, H, W]` -> `[N, C, H / k, W / k]`.
 pub fn max_pool2d(x: &Tensor, k: usize) -> Result<Tensor> {
+    if cpu_float(x) {
+        let (_, _, h, w) = x.dims4()?;
+        if h < k || w < k {
+            candle_core::bail!("max_pool2d: window {k} is larger than the input {h}x{w}");
+        }
+        return crate::cpu_kernels::max_pool2d(x, k);
+    }
+    max_pool2d_portable(x, k)
+}
+
+/// True for f32/f64 tensors on the CPU, where the kernels of
+/// [`crate::cpu_kernels`] run.
+pub(crate) fn cpu_float(x: &Tensor) -> bool {
+    x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64)
+}
+
+/// [`max_pool2d`] from candle primitives (used on CUDA and Metal): windows
+/// reshaped into a last dimension, a detached first-maximum mask, a sum.
+///
+/// # Shapes
+/// As [`max_pool2d`].
+pub fn max_pool2d_portable(x: &Tensor, k: usize) -> Result<Tensor> {
     let (n, c, h, w) = x.dims4()?;
     let (ho, wo) = (h / k, w / k);
     if ho == 0 || wo == 0 {
@@ -62,6 +85,18 @@ fn first_max_mask(x: &Tensor) -> Result<Tensor> {
 /// # Shapes
 /// `[N, C, H, W]` -> `[N, C, f·H, f·W]`.
 pub fn upsample_nearest(x: &Tensor, f: usize) -> Result<Tensor> {
+    if cpu_float(x) {
+        return crate::cpu_kernels::upsample_nearest(x, f);
+    }
+    upsample_nearest_portable(x, f)
+}
+
+/// [`upsample_nearest`] from candle primitives (a broadcast; used on CUDA
+/// and Metal).
+///
+/// # Shapes
+/// As [`upsample_nearest`].
+pub fn upsample_nearest_portable(x: &Tensor, f: usize) -> Result<Tensor> {
     let (n, c, h, w) = x.dims4()?;
     x.reshape((n, c, h, 1, w, 1))?
         .broadcast_as((n, c, h, f, w, f))?
@@ -132,6 +167,32 @@ pub fn conv2d(
             "conv2d: kernel {kh}x{kw} (dilation {dilation}) does not fit the padded input {ph}x{pw}"
         );
     }
+    if cpu_float(x) && groups == 1 {
+        return crate::cpu_kernels::conv2d(x, weight, (pad_h, pad_w), stride, dilation);
+    }
+    conv2d_portable(x, weight, pad_h, pad_w, stride, dilation, groups)
+}
+
+/// [`conv2d`] through candle's own convolution (used on CUDA and Metal, and
+/// for grouped convolutions), with the stride-parity work-around.
+///
+/// # Shapes
+/// As [`conv2d`].
+pub fn conv2d_portable(
+    x: &Tensor,
+    weight: &Tensor,
+    pad_h: Pad,
+    pad_w: Pad,
+    stride: usize,
+    dilation: usize,
+    groups: usize,
+) -> Result<Tensor> {
+    let (_, _, h, w) = x.dims4()?;
+    let (_, _, kh, kw) = weight.dims4()?;
+    let span_h = dilation * (kh - 1) + 1;
+    let span_w = dilation * (kw - 1) + 1;
+    let ph = h + pad_h.0 + pad_h.1;
+    let pw = w + pad_w.0 + pad_w.1;
     let rem_h = (ph - span_h) % stride;
     let rem_w = (pw - span_w) % stride;
     let symmetric = pad_h.0 == pad_h.1 && pad_w.0 == pad_w.1 && pad_h.0 == pad_w.0;
@@ -169,6 +230,16 @@ pub fn conv_transpose2d(
     stride: usize,
     dilation: usize,
 ) -> Result<Tensor> {
+    if cpu_float(x) {
+        return crate::cpu_kernels::conv_transpose2d(
+            x,
+            weight,
+            padding,
+            output_padding,
+            stride,
+            dilation,
+        );
+    }
     x.conv_transpose2d(weight, padding, output_padding, stride, dilation)
 }
 

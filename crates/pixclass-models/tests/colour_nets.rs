@@ -1,5 +1,6 @@
 //! The colourization nets against PyTorch (golden fixtures), for every kernel
 //! size, and their layer summaries.
+#![allow(clippy::unwrap_used)]
 
 mod common;
 

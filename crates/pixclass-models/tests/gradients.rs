@@ -1,6 +1,7 @@
 //! Gradients of every op the models use, checked element by element against
 //! finite differences (f64) and against PyTorch; and proof that the buggy
 //! candle built-ins they replace are detected as wrong by the same checks.
+#![allow(clippy::unwrap_used)]
 
 mod common;
 
@@ -12,15 +13,74 @@ const TOL: f64 = 1e-6;
 
 #[test]
 fn max_pool_matches_finite_differences() {
-    let x = rand_tensor(&[2, 3, 6, 8], 1);
-    let r = rand_tensor(&[2, 3, 3, 4], 2);
-    let f = |x: &Tensor| weighted_sum(&ops::max_pool2d(x, 2)?, &r);
-    assert!(gradient_ok(&f, &x, TOL));
-    // Window 3 with dropped trailing rows and columns.
-    let x = rand_tensor(&[1, 2, 7, 8], 3);
-    let r = rand_tensor(&[1, 2, 2, 2], 4);
-    let f = |x: &Tensor| weighted_sum(&ops::max_pool2d(x, 3)?, &r);
-    assert!(gradient_ok(&f, &x, TOL));
+    // The CPU kernel and the portable formulation used on GPUs.
+    for pool in [ops::max_pool2d, ops::max_pool2d_portable] {
+        let x = rand_tensor(&[2, 3, 6, 8], 1);
+        let r = rand_tensor(&[2, 3, 3, 4], 2);
+        let f = |x: &Tensor| weighted_sum(&pool(x, 2)?, &r);
+        assert!(gradient_ok(&f, &x, TOL));
+        // Window 3 with dropped trailing rows and columns.
+        let x = rand_tensor(&[1, 2, 7, 8], 3);
+        let r = rand_tensor(&[1, 2, 2, 2], 4);
+        let f = |x: &Tensor| weighted_sum(&pool(x, 3)?, &r);
+        assert!(gradient_ok(&f, &x, TOL));
+    }
+}
+
+#[test]
+fn batch_norm_train_matches_finite_differences() {
+    use candle_nn::{VarBuilder, VarMap};
+    use pixclass_models::layers::{BatchNorm2d, BatchNormConfig};
+    let vm = VarMap::new();
+    let bn = BatchNorm2d::new(
+        3,
+        BatchNormConfig::default(),
+        VarBuilder::from_varmap(&vm, DType::F64, &candle_core::Device::Cpu),
+    )
+    .unwrap();
+    {
+        let data = vm.data().lock().unwrap();
+        data["weight"].set(&rand_tensor(&[3], 40)).unwrap();
+        data["bias"]
+            .set(&rand_tensor(&[3], 41).affine(0.3, 0.0).unwrap())
+            .unwrap();
+    }
+    let x = rand_tensor(&[2, 3, 4, 5], 42);
+    let r = rand_tensor(&[2, 3, 4, 5], 43);
+    for relu in [false, true] {
+        let kernel = |x: &Tensor| {
+            weighted_sum(
+                &if relu {
+                    bn.forward_relu_t(x, true)?
+                } else {
+                    bn.forward_t(x, true)?
+                },
+                &r,
+            )
+        };
+        let portable = |x: &Tensor| weighted_sum(&bn.forward_portable_t(x, true, relu)?, &r);
+        assert!(gradient_ok(&kernel, &x, 1e-6), "kernel relu={relu}");
+        assert!(gradient_ok(&portable, &x, 1e-6), "portable relu={relu}");
+        let a = kernel(&x).unwrap().to_scalar::<f64>().unwrap();
+        let b = portable(&x).unwrap().to_scalar::<f64>().unwrap();
+        assert!((a - b).abs() < 1e-12, "same forward: {a} vs {b}");
+    }
+    // Gradients of weight and bias agree between the two paths.
+    let data = vm.data().lock().unwrap().clone();
+    let (w, b) = (data["weight"].clone(), data["bias"].clone());
+    let g1 = weighted_sum(&bn.forward_relu_t(&x, true).unwrap(), &r)
+        .unwrap()
+        .backward()
+        .unwrap();
+    let g2 = weighted_sum(&bn.forward_portable_t(&x, true, true).unwrap(), &r)
+        .unwrap()
+        .backward()
+        .unwrap();
+    for v in [&w, &b] {
+        let a: Vec<f64> = g1.get(v.as_tensor()).unwrap().to_vec1().unwrap();
+        let c: Vec<f64> = g2.get(v.as_tensor()).unwrap().to_vec1().unwrap();
+        assert!(rel_err(&a, &c) < 1e-12, "{a:?} vs {c:?}");
+    }
 }
 
 #[test]
@@ -38,14 +98,16 @@ fn builtin_max_pool_gradient_is_detected_as_wrong() {
 
 #[test]
 fn upsample_used_twice_matches_finite_differences() {
-    let x = rand_tensor(&[2, 3, 4, 5], 5);
-    let r = rand_tensor(&[2, 3, 8, 10], 6);
-    let r2 = rand_tensor(&[2, 3, 4, 5], 7);
-    let f = |x: &Tensor| weighted_sum(&ops::upsample_nearest(x, 2)?, &r)? + weighted_sum(x, &r2)?;
-    assert!(gradient_ok(&f, &x, TOL));
-    let r3 = rand_tensor(&[2, 3, 12, 15], 8);
-    let f = |x: &Tensor| weighted_sum(&ops::upsample_nearest(x, 3)?, &r3)? + weighted_sum(x, &r2)?;
-    assert!(gradient_ok(&f, &x, TOL));
+    for up in [ops::upsample_nearest, ops::upsample_nearest_portable] {
+        let x = rand_tensor(&[2, 3, 4, 5], 5);
+        let r = rand_tensor(&[2, 3, 8, 10], 6);
+        let r2 = rand_tensor(&[2, 3, 4, 5], 7);
+        let f = |x: &Tensor| weighted_sum(x, &r2)? + weighted_sum(&up(x, 2)?, &r)?;
+        assert!(gradient_ok(&f, &x, TOL));
+        let r3 = rand_tensor(&[2, 3, 12, 15], 8);
+        let f = |x: &Tensor| weighted_sum(&up(x, 3)?, &r3)? + weighted_sum(x, &r2)?;
+        assert!(gradient_ok(&f, &x, TOL));
+    }
 }
 
 #[test]
@@ -94,18 +156,36 @@ fn strided_conv_on_mixed_parity_input_matches_finite_differences() {
         let ho = (h + 2 - 3) / 2 + 1;
         let wo = (wd + 2 - 3) / 2 + 1;
         let r = rand_tensor(&[2, 4, ho, wo], 13);
-        let fx = |x: &Tensor| weighted_sum(&ops::conv2d(x, &w, (1, 1), (1, 1), 2, 1, 1)?, &r);
-        assert!(gradient_ok(&fx, &x, 1e-5), "input gradient at {h}x{wd}");
-        let fw = |w: &Tensor| weighted_sum(&ops::conv2d(&x, w, (1, 1), (1, 1), 2, 1, 1)?, &r);
-        assert!(gradient_ok(&fw, &w, 1e-5), "weight gradient at {h}x{wd}");
+        // The CPU GEMM kernels and the portable path used on GPUs.
+        for conv in [ops::conv2d, ops::conv2d_portable] {
+            let fx = |x: &Tensor| weighted_sum(&conv(x, &w, (1, 1), (1, 1), 2, 1, 1)?, &r);
+            assert!(gradient_ok(&fx, &x, 1e-5), "input gradient at {h}x{wd}");
+            let fw = |w: &Tensor| weighted_sum(&conv(&x, w, (1, 1), (1, 1), 2, 1, 1)?, &r);
+            assert!(gradient_ok(&fw, &w, 1e-5), "weight gradient at {h}x{wd}");
+        }
     }
     // Asymmetric "same" padding (even kernel), stride 1.
     let w2 = rand_tensor(&[2, 3, 4, 4], 14);
     let x = rand_tensor(&[1, 3, 6, 5], 15);
     let r = rand_tensor(&[1, 2, 6, 5], 16);
     let p = ops::same_padding(4, 1);
-    let fx = |x: &Tensor| weighted_sum(&ops::conv2d(x, &w2, p, p, 1, 1, 1)?, &r);
-    assert!(gradient_ok(&fx, &x, 1e-5));
+    for conv in [ops::conv2d, ops::conv2d_portable] {
+        let fx = |x: &Tensor| weighted_sum(&conv(x, &w2, p, p, 1, 1, 1)?, &r);
+        assert!(gradient_ok(&fx, &x, 1e-5));
+        let fw = |w: &Tensor| weighted_sum(&conv(&x, w, p, p, 1, 1, 1)?, &r);
+        assert!(gradient_ok(&fw, &w2, 1e-5));
+    }
+    // Dilation 2, stride 2, odd sizes.
+    let w3 = rand_tensor(&[3, 2, 3, 3], 17);
+    let x = rand_tensor(&[2, 2, 9, 8], 18);
+    let y = ops::conv2d(&x, &w3, (2, 2), (2, 2), 2, 2, 1).unwrap();
+    let r = rand_tensor(y.dims(), 19);
+    for conv in [ops::conv2d, ops::conv2d_portable] {
+        let fx = |x: &Tensor| weighted_sum(&conv(x, &w3, (2, 2), (2, 2), 2, 2, 1)?, &r);
+        assert!(gradient_ok(&fx, &x, 1e-5));
+        let fw = |w: &Tensor| weighted_sum(&conv(&x, w, (2, 2), (2, 2), 2, 2, 1)?, &r);
+        assert!(gradient_ok(&fw, &w3, 1e-5));
+    }
 }
 
 #[test]
@@ -126,6 +206,19 @@ fn conv_transpose_matches_finite_differences() {
         let w = rand_tensor(&[3, 2, k, k], 20);
         let x = rand_tensor(&[2, 3, 4, 3], 21);
         let y0 = ops::conv_transpose2d(&x, &w, p, op, 2, 1).unwrap();
+        let y1 = x.conv_transpose2d(&w, p, op, 2, 1).unwrap();
+        assert!(
+            y0.sub(&y1)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f64>()
+                .unwrap()
+                < 1e-12,
+            "forward = candle's"
+        );
         let r = rand_tensor(y0.dims(), 22);
         let fx = |x: &Tensor| weighted_sum(&ops::conv_transpose2d(x, &w, p, op, 2, 1)?, &r);
         assert!(gradient_ok(&fx, &x, 1e-5), "input gradient k={k}");

@@ -1,5 +1,6 @@
 //! The training engine: Adam against PyTorch, non-finite losses, best
 //! checkpoints and resume, on small tasks with known answers.
+#![allow(clippy::unwrap_used)]
 
 use std::path::Path;
 

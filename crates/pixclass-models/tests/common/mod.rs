@@ -1,4 +1,5 @@
 //! Helpers shared by the model tests: finite differences and fixture access.
+#![allow(clippy::unwrap_used)]
 #![allow(dead_code)]
 
 use std::collections::HashMap;

@@ -1,0 +1,813 @@
+//! CPU kernels behind candle's `CustomOp1`: `im2col` and its adjoint
+//! `col2im`. With them a convolution is one large GEMM (candle's matmul, the
+//! `gemm` crate) instead of candle's scalar gather, and both convolution
+//! gradients are GEMMs too (the input gradient is `col2im(Wᵀ·dY)`, not a
+//! direct-loop transposed convolution). Each op's backward is the other op,
+//! so autograd through `ops::conv2d` / `ops::conv_transpose2d` is exact.
+//!
+//! These kernels only run on the CPU; `ops` keeps candle's own paths for CUDA
+//! and Metal.
+
+use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Result, Shape, Tensor, WithDType};
+use rayon::prelude::*;
+
+/// Geometry of a convolution seen from its input image: an `n x c x h x w`
+/// image, a `kh x kw` kernel, stride, dilation, top/left padding, and the
+/// `ho x wo` output positions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Geometry {
+    /// Batch.
+    pub n: usize,
+    /// Channels of the image.
+    pub c: usize,
+    /// Image height.
+    pub h: usize,
+    /// Image width.
+    pub w: usize,
+    /// Kernel height.
+    pub kh: usize,
+    /// Kernel width.
+    pub kw: usize,
+    /// Stride (both dimensions).
+    pub stride: usize,
+    /// Dilation (both dimensions).
+    pub dilation: usize,
+    /// Zeros above the image.
+    pub pad_top: usize,
+    /// Zeros left of the image.
+    pub pad_left: usize,
+    /// Output rows.
+    pub ho: usize,
+    /// Output columns.
+    pub wo: usize,
+}
+
+impl Geometry {
+    /// Rows of the column matrix: `c·kh·kw`.
+    pub fn rows(&self) -> usize {
+        self.c * self.kh * self.kw
+    }
+
+    /// Columns of the column matrix: `n·ho·wo`.
+    pub fn cols(&self) -> usize {
+        self.n * self.ho * self.wo
+    }
+
+    /// The output columns `ox` whose input column `ox·s + kx·d - pad_left`
+    /// lies inside the image, as a half-open range.
+    fn valid(&self, k: usize, pad: usize, out: usize, size: usize) -> (usize, usize) {
+        let off = k * self.dilation; // input index = o*s + off - pad
+        let s = self.stride;
+        let lo = if pad > off {
+            (pad - off).div_ceil(s)
+        } else {
+            0
+        };
+        let hi = if size + pad > off {
+            ((size + pad - off - 1) / s + 1).min(out)
+        } else {
+            0
+        };
+        (lo.min(hi), hi)
+    }
+}
+
+fn im2col<T: WithDType>(x: &[T], g: Geometry) -> Vec<T> {
+    let (hw, ohw) = (g.h * g.w, g.ho * g.wo);
+    let mut out = vec![T::zero(); g.rows() * g.cols()];
+    out.par_chunks_mut(g.cols())
+        .enumerate()
+        .for_each(|(row, dst)| {
+            let c = row / (g.kh * g.kw);
+            let ky = (row / g.kw) % g.kh;
+            let kx = row % g.kw;
+            let (ylo, yhi) = g.valid(ky, g.pad_top, g.ho, g.h);
+            let (xlo, xhi) = g.valid(kx, g.pad_left, g.wo, g.w);
+            for n in 0..g.n {
+                let plane = &x[(n * g.c + c) * hw..(n * g.c + c + 1) * hw];
+                let d = &mut dst[n * ohw..(n + 1) * ohw];
+                for oy in ylo..yhi {
+                    let iy = oy * g.stride + ky * g.dilation - g.pad_top;
+                    let src = &plane[iy * g.w..(iy + 1) * g.w];
+                    let drow = &mut d[oy * g.wo..(oy + 1) * g.wo];
+                    if g.stride == 1 {
+                        let ix0 = xlo + kx * g.dilation - g.pad_left;
+                        drow[xlo..xhi].copy_from_slice(&src[ix0..ix0 + (xhi - xlo)]);
+                    } else {
+                        for ox in xlo..xhi {
+                            drow[ox] = src[ox * g.stride + kx * g.dilation - g.pad_left];
+                        }
+                    }
+                }
+            }
+        });
+    out
+}
+
+fn col2im<T: WithDType>(cols: &[T], g: Geometry) -> Vec<T> {
+    let (hw, ohw) = (g.h * g.w, g.ho * g.wo);
+    let ncols = g.cols();
+    let mut out = vec![T::zero(); g.n * g.c * hw];
+    out.par_chunks_mut(hw).enumerate().for_each(|(nc, plane)| {
+        let (n, c) = (nc / g.c, nc % g.c);
+        for ky in 0..g.kh {
+            let (ylo, yhi) = g.valid(ky, g.pad_top, g.ho, g.h);
+            for kx in 0..g.kw {
+                let (xlo, xhi) = g.valid(kx, g.pad_left, g.wo, g.w);
+                let row = (c * g.kh + ky) * g.kw + kx;
+                let src = &cols[row * ncols + n * ohw..row * ncols + (n + 1) * ohw];
+                for oy in ylo..yhi {
+                    let iy = oy * g.stride + ky * g.dilation - g.pad_top;
+                    let prow = &mut plane[iy * g.w..(iy + 1) * g.w];
+                    let srow = &src[oy * g.wo..(oy + 1) * g.wo];
+                    if g.stride == 1 {
+                        let ix0 = xlo + kx * g.dilation - g.pad_left;
+                        for (p, v) in prow[ix0..ix0 + (xhi - xlo)].iter_mut().zip(&srow[xlo..xhi]) {
+                            *p += *v;
+                        }
+                    } else {
+                        for ox in xlo..xhi {
+                            prow[ox * g.stride + kx * g.dilation - g.pad_left] += srow[ox];
+                        }
+                    }
+                }
+            }
+        }
+    });
+    out
+}
+
+fn contiguous_slice<'a, T: WithDType>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [T]> {
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&s.as_slice::<T>()?[a..b]),
+        None => candle_core::bail!("im2col/col2im need a contiguous input"),
+    }
+}
+
+/// `[N, C, H, W]` image -> `[C·kh·kw, N·ho·wo]` column matrix.
+#[derive(Debug, Clone, Copy)]
+pub struct Im2Col(pub Geometry);
+
+/// `[C·kh·kw, N·ho·wo]` column matrix -> `[N, C, H, W]` image (summing
+/// overlaps): the adjoint of [`Im2Col`].
+#[derive(Debug, Clone, Copy)]
+pub struct Col2Im(pub Geometry);
+
+impl CustomOp1 for Im2Col {
+    fn name(&self) -> &'static str {
+        "pixclass-im2col"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let g = self.0;
+        if l.shape().dims() != [g.n, g.c, g.h, g.w] {
+            candle_core::bail!(
+                "im2col: input {:?} does not match geometry {g:?}",
+                l.shape().dims()
+            );
+        }
+        let shape = Shape::from((g.rows(), g.cols()));
+        Ok(match s {
+            CpuStorage::F32(_) => (
+                CpuStorage::F32(im2col(contiguous_slice::<f32>(s, l)?, g)),
+                shape,
+            ),
+            CpuStorage::F64(_) => (
+                CpuStorage::F64(im2col(contiguous_slice::<f64>(s, l)?, g)),
+                shape,
+            ),
+            _ => candle_core::bail!("im2col: only f32 and f64"),
+        })
+    }
+
+    fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(grad.contiguous()?.apply_op1_no_bwd(&Col2Im(self.0))?))
+    }
+}
+
+impl CustomOp1 for Col2Im {
+    fn name(&self) -> &'static str {
+        "pixclass-col2im"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let g = self.0;
+        if l.shape().dims() != [g.rows(), g.cols()] {
+            candle_core::bail!(
+                "col2im: input {:?} does not match geometry {g:?}",
+                l.shape().dims()
+            );
+        }
+        let shape = Shape::from((g.n, g.c, g.h, g.w));
+        Ok(match s {
+            CpuStorage::F32(_) => (
+                CpuStorage::F32(col2im(contiguous_slice::<f32>(s, l)?, g)),
+                shape,
+            ),
+            CpuStorage::F64(_) => (
+                CpuStorage::F64(col2im(contiguous_slice::<f64>(s, l)?, g)),
+                shape,
+            ),
+            _ => candle_core::bail!("col2im: only f32 and f64"),
+        })
+    }
+
+    fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(grad.contiguous()?.apply_op1_no_bwd(&Im2Col(self.0))?))
+    }
+}
+
+/// Convolution (groups 1) as `W·im2col(x)` on the CPU.
+///
+/// # Shapes
+/// `x` `[N, C, H, W]`, `weight` `[O, C, kh, kw]` -> `[N, O, ho, wo]`.
+pub fn conv2d(
+    x: &Tensor,
+    weight: &Tensor,
+    pad: ((usize, usize), (usize, usize)),
+    stride: usize,
+    dilation: usize,
+) -> Result<Tensor> {
+    let (n, c, h, w) = x.dims4()?;
+    let (o, _, kh, kw) = weight.dims4()?;
+    let ((pt, pb), (pl, pr)) = pad;
+    let ho = (h + pt + pb - (dilation * (kh - 1) + 1)) / stride + 1;
+    let wo = (w + pl + pr - (dilation * (kw - 1) + 1)) / stride + 1;
+    let g = Geometry {
+        n,
+        c,
+        h,
+        w,
+        kh,
+        kw,
+        stride,
+        dilation,
+        pad_top: pt,
+        pad_left: pl,
+        ho,
+        wo,
+    };
+    let cols = x.contiguous()?.apply_op1(Im2Col(g))?;
+    let y = weight.reshape((o, c * kh * kw))?.matmul(&cols)?; // [O, N·ho·wo]
+    y.reshape((o, n, ho, wo))?.transpose(0, 1)?.contiguous()
+}
+
+/// Transposed convolution (groups 1) as `col2im(Wᵀ·x)` on the CPU.
+///
+/// # Shapes
+/// `x` `[N, Cin, H, W]`, `weight` `[Cin, Cout, k, k]` ->
+/// `[N, Cout, (H-1)·s - 2p + d·(k-1) + op + 1, ...]`.
+pub fn conv_transpose2d(
+    x: &Tensor,
+    weight: &Tensor,
+    padding: usize,
+    output_padding: usize,
+    stride: usize,
+    dilation: usize,
+) -> Result<Tensor> {
+    let (n, cin, h, w) = x.dims4()?;
+    let (_, cout, kh, kw) = weight.dims4()?;
+    let oh = (h - 1) * stride + dilation * (kh - 1) + output_padding + 1 - 2 * padding;
+    let ow = (w - 1) * stride + dilation * (kw - 1) + output_padding + 1 - 2 * padding;
+    let g = Geometry {
+        n,
+        c: cout,
+        h: oh,
+        w: ow,
+        kh,
+        kw,
+        stride,
+        dilation,
+        pad_top: padding,
+        pad_left: padding,
+        ho: h,
+        wo: w,
+    };
+    let xm = x.transpose(0, 1)?.contiguous()?.reshape((cin, n * h * w))?;
+    let wm = weight.reshape((cin, cout * kh * kw))?.t()?;
+    let cols = wm.matmul(&xm)?.contiguous()?; // [Cout·kh·kw, N·H·W]
+    cols.apply_op1(Col2Im(g))
+}
+
+// ---------------------------------------------------------------------------
+// BatchNorm (train mode) fused with an optional ReLU, max-pooling and
+// nearest upsampling: single-pass kernels with exact hand-written gradients.
+// candle's multi-dimension reductions (used by the portable formulations in
+// `ops` and `layers`) cost ~15 ns per element; these are memory-bound.
+// ---------------------------------------------------------------------------
+
+use std::sync::Arc;
+
+fn dims4(l: &Layout) -> Result<(usize, usize, usize, usize)> {
+    l.shape().dims4()
+}
+
+macro_rules! dispatch {
+    ($s:expr, $l:expr, |$x:ident| $body:expr) => {
+        match $s {
+            CpuStorage::F32(_) => {
+                let $x = contiguous_slice::<f32>($s, $l)?;
+                CpuStorage::F32($body)
+            }
+            CpuStorage::F64(_) => {
+                let $x = contiguous_slice::<f64>($s, $l)?;
+                CpuStorage::F64($body)
+            }
+            _ => candle_core::bail!("pixclass CPU kernels support f32 and f64 only"),
+        }
+    };
+}
+
+/// Per-channel mean and biased variance of `[N, C, H, W]`, as `[2, C]` f64.
+#[derive(Debug, Clone, Copy)]
+pub struct ChannelStats;
+
+fn channel_stats<T: WithDType>(x: &[T], n: usize, c: usize, hw: usize) -> Vec<f64> {
+    let per: Vec<(f64, f64)> = (0..c)
+        .into_par_iter()
+        .map(|ch| {
+            let m = (n * hw) as f64;
+            let mut sum = 0.0;
+            for i in 0..n {
+                sum += x[(i * c + ch) * hw..(i * c + ch + 1) * hw]
+                    .iter()
+                    .map(|v| v.to_f64())
+                    .sum::<f64>();
+            }
+            let mean = sum / m;
+            let mut sq = 0.0;
+            for i in 0..n {
+                sq += x[(i * c + ch) * hw..(i * c + ch + 1) * hw]
+                    .iter()
+                    .map(|v| (v.to_f64() - mean).powi(2))
+                    .sum::<f64>();
+            }
+            (mean, sq / m)
+        })
+        .collect();
+    per.iter()
+        .map(|p| p.0)
+        .chain(per.iter().map(|p| p.1))
+        .collect()
+}
+
+impl CustomOp1 for ChannelStats {
+    fn name(&self) -> &'static str {
+        "pixclass-channel-stats"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (n, c, h, w) = dims4(l)?;
+        let out = match s {
+            CpuStorage::F32(_) => channel_stats(contiguous_slice::<f32>(s, l)?, n, c, h * w),
+            CpuStorage::F64(_) => channel_stats(contiguous_slice::<f64>(s, l)?, n, c, h * w),
+            _ => candle_core::bail!("channel stats: f32 and f64 only"),
+        };
+        Ok((CpuStorage::F64(out), Shape::from((2, c))))
+    }
+}
+
+/// `y = [relu](γ·(x - μ)·σ⁻¹ + β)` per channel, with the batch statistics
+/// `μ`, `σ⁻¹` computed beforehand. Inputs: x `[N, C, H, W]`, γ `[C]`, β `[C]`.
+#[derive(Debug, Clone)]
+pub struct BnTrain {
+    mean: Arc<Vec<f64>>,
+    invstd: Arc<Vec<f64>>,
+    relu: bool,
+}
+
+/// Gradient of [`BnTrain`]: inputs x, dy, `[γ; β]` (`[2C]`); output packed
+/// `[dx (N·C·H·W), dγ (C), dβ (C)]`.
+#[derive(Debug, Clone)]
+struct BnTrainBwd(BnTrain);
+
+impl BnTrain {
+    fn value(&self, x: f64, ch: usize, g: f64, b: f64) -> f64 {
+        let v = (x - self.mean[ch]) * self.invstd[ch] * g + b;
+        if self.relu && v <= 0.0 {
+            0.0
+        } else {
+            v
+        }
+    }
+}
+
+fn bn_fwd<T: WithDType>(
+    op: &BnTrain,
+    x: &[T],
+    gamma: &[T],
+    beta: &[T],
+    c: usize,
+    hw: usize,
+) -> Vec<T> {
+    let mut out = vec![T::zero(); x.len()];
+    out.par_chunks_mut(hw)
+        .zip(x.par_chunks(hw))
+        .enumerate()
+        .for_each(|(p, (o, xs))| {
+            let ch = p % c;
+            let (g, b) = (gamma[ch].to_f64(), beta[ch].to_f64());
+            for (o, v) in o.iter_mut().zip(xs) {
+                *o = T::from_f64(op.value(v.to_f64(), ch, g, b));
+            }
+        });
+    out
+}
+
+fn bn_bwd<T: WithDType>(
+    op: &BnTrain,
+    x: &[T],
+    dy: &[T],
+    gb: &[T],
+    n: usize,
+    c: usize,
+    hw: usize,
+) -> Vec<T> {
+    let m = (n * hw) as f64;
+    // Pass 1: per channel Σ dy' and Σ dy'·x̂, where dy' = dy masked by ReLU.
+    let sums: Vec<(f64, f64)> = (0..c)
+        .into_par_iter()
+        .map(|ch| {
+            let (g, b) = (gb[ch].to_f64(), gb[c + ch].to_f64());
+            let (mut s, mut sx) = (0.0, 0.0);
+            for i in 0..n {
+                let r = (i * c + ch) * hw..(i * c + ch + 1) * hw;
+                for (xv, dv) in x[r.clone()].iter().zip(&dy[r]) {
+                    let xf = xv.to_f64();
+                    let xhat = (xf - op.mean[ch]) * op.invstd[ch];
+                    if op.relu && xhat * g + b <= 0.0 {
+                        continue;
+                    }
+                    let d = dv.to_f64();
+                    s += d;
+                    sx += d * xhat;
+                }
+            }
+            (s, sx)
+        })
+        .collect();
+    // Pass 2: dx = γσ⁻¹/M · (M·dy' - Σdy' - x̂·Σdy'x̂).
+    let mut out = vec![T::zero(); x.len() + 2 * c];
+    let (dx, rest) = out.split_at_mut(x.len());
+    dx.par_chunks_mut(hw).enumerate().for_each(|(p, o)| {
+        let ch = p % c;
+        let (g, b) = (gb[ch].to_f64(), gb[c + ch].to_f64());
+        let (s, sx) = sums[ch];
+        let k = g * op.invstd[ch] / m;
+        let xs = &x[p * hw..(p + 1) * hw];
+        let ds = &dy[p * hw..(p + 1) * hw];
+        for ((o, xv), dv) in o.iter_mut().zip(xs).zip(ds) {
+            let xhat = (xv.to_f64() - op.mean[ch]) * op.invstd[ch];
+            let d = if op.relu && xhat * g + b <= 0.0 {
+                0.0
+            } else {
+                dv.to_f64()
+            };
+            *o = T::from_f64(k * (m * d - s - xhat * sx));
+        }
+    });
+    for ch in 0..c {
+        rest[ch] = T::from_f64(sums[ch].1);
+        rest[c + ch] = T::from_f64(sums[ch].0);
+    }
+    out
+}
+
+impl CustomOp3 for BnTrain {
+    fn name(&self) -> &'static str {
+        "pixclass-batchnorm-train"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (_, c, h, w) = dims4(l1)?;
+        let out = match (s1, s2, s3) {
+            (CpuStorage::F32(_), CpuStorage::F32(_), CpuStorage::F32(_)) => {
+                CpuStorage::F32(bn_fwd(
+                    self,
+                    contiguous_slice::<f32>(s1, l1)?,
+                    contiguous_slice::<f32>(s2, l2)?,
+                    contiguous_slice::<f32>(s3, l3)?,
+                    c,
+                    h * w,
+                ))
+            }
+            (CpuStorage::F64(_), CpuStorage::F64(_), CpuStorage::F64(_)) => {
+                CpuStorage::F64(bn_fwd(
+                    self,
+                    contiguous_slice::<f64>(s1, l1)?,
+                    contiguous_slice::<f64>(s2, l2)?,
+                    contiguous_slice::<f64>(s3, l3)?,
+                    c,
+                    h * w,
+                ))
+            }
+            _ => candle_core::bail!("batch norm kernel: f32 or f64, all inputs alike"),
+        };
+        Ok((out, l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        gamma: &Tensor,
+        beta: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let c = gamma.elem_count();
+        let gb = Tensor::cat(&[gamma, beta], 0)?;
+        let packed = x.contiguous()?.apply_op3_no_bwd(
+            &grad.contiguous()?,
+            &gb,
+            &BnTrainBwd(self.clone()),
+        )?;
+        let numel = x.elem_count();
+        let dx = packed.narrow(0, 0, numel)?.reshape(x.shape())?;
+        let dg = packed.narrow(0, numel, c)?;
+        let db = packed.narrow(0, numel + c, c)?;
+        Ok((Some(dx), Some(dg), Some(db)))
+    }
+}
+
+impl CustomOp3 for BnTrainBwd {
+    fn name(&self) -> &'static str {
+        "pixclass-batchnorm-train-bwd"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (n, c, h, w) = dims4(l1)?;
+        let out = match (s1, s2, s3) {
+            (CpuStorage::F32(_), CpuStorage::F32(_), CpuStorage::F32(_)) => {
+                CpuStorage::F32(bn_bwd(
+                    &self.0,
+                    contiguous_slice::<f32>(s1, l1)?,
+                    contiguous_slice::<f32>(s2, l2)?,
+                    contiguous_slice::<f32>(s3, l3)?,
+                    n,
+                    c,
+                    h * w,
+                ))
+            }
+            (CpuStorage::F64(_), CpuStorage::F64(_), CpuStorage::F64(_)) => {
+                CpuStorage::F64(bn_bwd(
+                    &self.0,
+                    contiguous_slice::<f64>(s1, l1)?,
+                    contiguous_slice::<f64>(s2, l2)?,
+                    contiguous_slice::<f64>(s3, l3)?,
+                    n,
+                    c,
+                    h * w,
+                ))
+            }
+            _ => candle_core::bail!("batch norm kernel: f32 or f64, all inputs alike"),
+        };
+        Ok((out, Shape::from(l1.shape().elem_count() + 2 * c)))
+    }
+}
+
+/// Train-mode batch normalisation (and ReLU when `relu`) on the CPU; returns
+/// the output and the batch's per-channel mean and biased variance (f64).
+///
+/// # Shapes
+/// `x` `[N, C, H, W]`, `gamma`/`beta` `[C]` -> `[N, C, H, W]`, `[C]`, `[C]`.
+pub fn batch_norm_train(
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    eps: f64,
+    relu: bool,
+) -> Result<(Tensor, Vec<f64>, Vec<f64>)> {
+    let x = x.contiguous()?;
+    let stats: Vec<f64> = x
+        .apply_op1_no_bwd(&ChannelStats)?
+        .flatten_all()?
+        .to_vec1()?;
+    let c = stats.len() / 2;
+    let (mean, var) = (stats[..c].to_vec(), stats[c..].to_vec());
+    let invstd: Vec<f64> = var.iter().map(|v| 1.0 / (v + eps).sqrt()).collect();
+    let op = BnTrain {
+        mean: Arc::new(mean.clone()),
+        invstd: Arc::new(invstd),
+        relu,
+    };
+    let y = x.apply_op3(&gamma.contiguous()?, &beta.contiguous()?, op)?;
+    Ok((y, mean, var))
+}
+
+/// Max pooling with window and stride `k`; the gradient goes to the first
+/// maximum of each window (row-major), like PyTorch.
+#[derive(Debug, Clone, Copy)]
+pub struct MaxPool(pub usize);
+
+fn argmax_window<T: WithDType>(plane: &[T], w: usize, k: usize, oy: usize, ox: usize) -> usize {
+    let mut best = oy * k * w + ox * k;
+    for dy in 0..k {
+        for dx in 0..k {
+            let i = (oy * k + dy) * w + ox * k + dx;
+            if plane[i] > plane[best] {
+                best = i;
+            }
+        }
+    }
+    best
+}
+
+fn maxpool_fwd<T: WithDType>(x: &[T], h: usize, w: usize, k: usize) -> Vec<T> {
+    let (ho, wo) = (h / k, w / k);
+    let planes = x.len() / (h * w);
+    let mut out = vec![T::zero(); planes * ho * wo];
+    out.par_chunks_mut(ho * wo).enumerate().for_each(|(p, o)| {
+        let plane = &x[p * h * w..(p + 1) * h * w];
+        for oy in 0..ho {
+            for ox in 0..wo {
+                o[oy * wo + ox] = plane[argmax_window(plane, w, k, oy, ox)];
+            }
+        }
+    });
+    out
+}
+
+fn maxpool_bwd<T: WithDType>(x: &[T], g: &[T], h: usize, w: usize, k: usize) -> Vec<T> {
+    let (ho, wo) = (h / k, w / k);
+    let mut out = vec![T::zero(); x.len()];
+    out.par_chunks_mut(h * w).enumerate().for_each(|(p, o)| {
+        let plane = &x[p * h * w..(p + 1) * h * w];
+        let gp = &g[p * ho * wo..(p + 1) * ho * wo];
+        for oy in 0..ho {
+            for ox in 0..wo {
+                o[argmax_window(plane, w, k, oy, ox)] += gp[oy * wo + ox];
+            }
+        }
+    });
+    out
+}
+
+#[derive(Debug, Clone, Copy)]
+struct MaxPoolBwd(usize);
+
+impl CustomOp1 for MaxPool {
+    fn name(&self) -> &'static str {
+        "pixclass-maxpool"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (n, c, h, w) = dims4(l)?;
+        let k = self.0;
+        let out = dispatch!(s, l, |x| maxpool_fwd(x, h, w, k));
+        Ok((out, Shape::from((n, c, h / k, w / k))))
+    }
+
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(arg.contiguous()?.apply_op2_no_bwd(
+            &grad.contiguous()?,
+            &MaxPoolBwd(self.0),
+        )?))
+    }
+}
+
+impl candle_core::CustomOp2 for MaxPoolBwd {
+    fn name(&self) -> &'static str {
+        "pixclass-maxpool-bwd"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (_, _, h, w) = dims4(l1)?;
+        let k = self.0;
+        let out = match (s1, s2) {
+            (CpuStorage::F32(_), CpuStorage::F32(_)) => CpuStorage::F32(maxpool_bwd(
+                contiguous_slice::<f32>(s1, l1)?,
+                contiguous_slice::<f32>(s2, l2)?,
+                h,
+                w,
+                k,
+            )),
+            (CpuStorage::F64(_), CpuStorage::F64(_)) => CpuStorage::F64(maxpool_bwd(
+                contiguous_slice::<f64>(s1, l1)?,
+                contiguous_slice::<f64>(s2, l2)?,
+                h,
+                w,
+                k,
+            )),
+            _ => candle_core::bail!("max-pool kernel: f32 or f64"),
+        };
+        Ok((out, l1.shape().clone()))
+    }
+}
+
+/// Max pooling on the CPU (window = stride = `k`; trailing rows and columns
+/// that do not fill a window are dropped).
+///
+/// # Shapes
+/// `[N, C, H, W]` -> `[N, C, H / k, W / k]`.
+pub fn max_pool2d(x: &Tensor, k: usize) -> Result<Tensor> {
+    let (_, _, h, w) = x.dims4()?;
+    let x = if h % k != 0 || w % k != 0 {
+        x.narrow(2, 0, h / k * k)?.narrow(3, 0, w / k * k)?
+    } else {
+        x.clone()
+    };
+    x.contiguous()?.apply_op1(MaxPool(k))
+}
+
+/// Nearest upsampling by an integer factor.
+#[derive(Debug, Clone, Copy)]
+pub struct Upsample(pub usize);
+
+/// Its adjoint: sums each `f x f` block.
+#[derive(Debug, Clone, Copy)]
+struct BlockSum(usize);
+
+fn upsample_fwd<T: WithDType>(x: &[T], h: usize, w: usize, f: usize) -> Vec<T> {
+    let (oh, ow) = (h * f, w * f);
+    let mut out = vec![T::zero(); x.len() * f * f];
+    out.par_chunks_mut(oh * ow).enumerate().for_each(|(p, o)| {
+        let plane = &x[p * h * w..(p + 1) * h * w];
+        for y in 0..oh {
+            let src = &plane[(y / f) * w..(y / f + 1) * w];
+            for (xo, v) in o[y * ow..(y + 1) * ow].iter_mut().enumerate() {
+                *v = src[xo / f];
+            }
+        }
+    });
+    out
+}
+
+fn block_sum<T: WithDType>(g: &[T], h: usize, w: usize, f: usize) -> Vec<T> {
+    // g is [.., h*f, w*f]; the result [.., h, w].
+    let (gh, gw) = (h * f, w * f);
+    let mut out = vec![T::zero(); g.len() / (f * f)];
+    out.par_chunks_mut(h * w).enumerate().for_each(|(p, o)| {
+        let plane = &g[p * gh * gw..(p + 1) * gh * gw];
+        for y in 0..gh {
+            let row = &plane[y * gw..(y + 1) * gw];
+            let orow = &mut o[(y / f) * w..(y / f + 1) * w];
+            for (xg, v) in row.iter().enumerate() {
+                orow[xg / f] += *v;
+            }
+        }
+    });
+    out
+}
+
+impl CustomOp1 for Upsample {
+    fn name(&self) -> &'static str {
+        "pixclass-upsample-nearest"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (n, c, h, w) = dims4(l)?;
+        let f = self.0;
+        let out = dispatch!(s, l, |x| upsample_fwd(x, h, w, f));
+        Ok((out, Shape::from((n, c, h * f, w * f))))
+    }
+
+    fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(
+            grad.contiguous()?.apply_op1_no_bwd(&BlockSum(self.0))?,
+        ))
+    }
+}
+
+impl CustomOp1 for BlockSum {
+    fn name(&self) -> &'static str {
+        "pixclass-block-sum"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (n, c, gh, gw) = dims4(l)?;
+        let f = self.0;
+        let (h, w) = (gh / f, gw / f);
+        let out = dispatch!(s, l, |g| block_sum(g, h, w, f));
+        Ok((out, Shape::from((n, c, h, w))))
+    }
+}
+
+/// Nearest upsampling on the CPU.
+///
+/// # Shapes
+/// `[N, C, H, W]` -> `[N, C, f·H, f·W]`.
+pub fn upsample_nearest(x: &Tensor, f: usize) -> Result<Tensor> {
+    x.contiguous()?.apply_op1(Upsample(f))
+}
