@@ -1,12 +1,10 @@
-//! CPU kernels behind candle's `CustomOp1`: `im2col` and its adjoint
-//! `col2im`. With them a convolution is one large GEMM (candle's matmul, the
-//! `gemm` crate) instead of candle's scalar gather, and both convolution
-//! gradients are GEMMs too (the input gradient is `col2im(Wᵀ·dY)`, not a
-//! direct-loop transposed convolution). Each op's backward is the other op,
-//! so autograd through `ops::conv2d` / `ops::conv_transpose2d` is exact.
+//! CPU kernels behind candle's custom-op traits, each with an exact
+//! hand-written backward: train-mode BatchNorm fused with ReLU, max-pooling
+//! and nearest upsampling (convolutions live in [`crate::conv_gemm`]), plus
+//! the convolution [`Geometry`] they share.
 //!
-//! These kernels only run on the CPU; `ops` keeps candle's own paths for CUDA
-//! and Metal.
+//! These kernels only run on the CPU; `ops` keeps portable formulations made
+//! of candle primitives for CUDA and Metal.
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Result, Shape, Tensor, WithDType};
 use rayon::prelude::*;
@@ -53,9 +51,15 @@ impl Geometry {
         self.n * self.ho * self.wo
     }
 
-    /// The output columns `ox` whose input column `ox·s + kx·d - pad_left`
-    /// lies inside the image, as a half-open range.
-    fn valid(&self, k: usize, pad: usize, out: usize, size: usize) -> (usize, usize) {
+    /// The output positions whose input position `o·s + k·d - pad` lies
+    /// inside the image (of `size`), as a half-open range.
+    pub(crate) fn valid_range(
+        &self,
+        k: usize,
+        pad: usize,
+        out: usize,
+        size: usize,
+    ) -> (usize, usize) {
         let off = k * self.dilation; // input index = o*s + off - pad
         let s = self.stride;
         let lo = if pad > off {
@@ -72,221 +76,11 @@ impl Geometry {
     }
 }
 
-fn im2col<T: WithDType>(x: &[T], g: Geometry) -> Vec<T> {
-    let (hw, ohw) = (g.h * g.w, g.ho * g.wo);
-    let mut out = vec![T::zero(); g.rows() * g.cols()];
-    out.par_chunks_mut(g.cols())
-        .enumerate()
-        .for_each(|(row, dst)| {
-            let c = row / (g.kh * g.kw);
-            let ky = (row / g.kw) % g.kh;
-            let kx = row % g.kw;
-            let (ylo, yhi) = g.valid(ky, g.pad_top, g.ho, g.h);
-            let (xlo, xhi) = g.valid(kx, g.pad_left, g.wo, g.w);
-            for n in 0..g.n {
-                let plane = &x[(n * g.c + c) * hw..(n * g.c + c + 1) * hw];
-                let d = &mut dst[n * ohw..(n + 1) * ohw];
-                for oy in ylo..yhi {
-                    let iy = oy * g.stride + ky * g.dilation - g.pad_top;
-                    let src = &plane[iy * g.w..(iy + 1) * g.w];
-                    let drow = &mut d[oy * g.wo..(oy + 1) * g.wo];
-                    if g.stride == 1 {
-                        let ix0 = xlo + kx * g.dilation - g.pad_left;
-                        drow[xlo..xhi].copy_from_slice(&src[ix0..ix0 + (xhi - xlo)]);
-                    } else {
-                        for ox in xlo..xhi {
-                            drow[ox] = src[ox * g.stride + kx * g.dilation - g.pad_left];
-                        }
-                    }
-                }
-            }
-        });
-    out
-}
-
-fn col2im<T: WithDType>(cols: &[T], g: Geometry) -> Vec<T> {
-    let (hw, ohw) = (g.h * g.w, g.ho * g.wo);
-    let ncols = g.cols();
-    let mut out = vec![T::zero(); g.n * g.c * hw];
-    out.par_chunks_mut(hw).enumerate().for_each(|(nc, plane)| {
-        let (n, c) = (nc / g.c, nc % g.c);
-        for ky in 0..g.kh {
-            let (ylo, yhi) = g.valid(ky, g.pad_top, g.ho, g.h);
-            for kx in 0..g.kw {
-                let (xlo, xhi) = g.valid(kx, g.pad_left, g.wo, g.w);
-                let row = (c * g.kh + ky) * g.kw + kx;
-                let src = &cols[row * ncols + n * ohw..row * ncols + (n + 1) * ohw];
-                for oy in ylo..yhi {
-                    let iy = oy * g.stride + ky * g.dilation - g.pad_top;
-                    let prow = &mut plane[iy * g.w..(iy + 1) * g.w];
-                    let srow = &src[oy * g.wo..(oy + 1) * g.wo];
-                    if g.stride == 1 {
-                        let ix0 = xlo + kx * g.dilation - g.pad_left;
-                        for (p, v) in prow[ix0..ix0 + (xhi - xlo)].iter_mut().zip(&srow[xlo..xhi]) {
-                            *p += *v;
-                        }
-                    } else {
-                        for ox in xlo..xhi {
-                            prow[ox * g.stride + kx * g.dilation - g.pad_left] += srow[ox];
-                        }
-                    }
-                }
-            }
-        }
-    });
-    out
-}
-
 fn contiguous_slice<'a, T: WithDType>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [T]> {
     match l.contiguous_offsets() {
         Some((a, b)) => Ok(&s.as_slice::<T>()?[a..b]),
-        None => candle_core::bail!("im2col/col2im need a contiguous input"),
+        None => candle_core::bail!("pixclass CPU kernels need a contiguous input"),
     }
-}
-
-/// `[N, C, H, W]` image -> `[C·kh·kw, N·ho·wo]` column matrix.
-#[derive(Debug, Clone, Copy)]
-pub struct Im2Col(pub Geometry);
-
-/// `[C·kh·kw, N·ho·wo]` column matrix -> `[N, C, H, W]` image (summing
-/// overlaps): the adjoint of [`Im2Col`].
-#[derive(Debug, Clone, Copy)]
-pub struct Col2Im(pub Geometry);
-
-impl CustomOp1 for Im2Col {
-    fn name(&self) -> &'static str {
-        "pixclass-im2col"
-    }
-
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let g = self.0;
-        if l.shape().dims() != [g.n, g.c, g.h, g.w] {
-            candle_core::bail!(
-                "im2col: input {:?} does not match geometry {g:?}",
-                l.shape().dims()
-            );
-        }
-        let shape = Shape::from((g.rows(), g.cols()));
-        Ok(match s {
-            CpuStorage::F32(_) => (
-                CpuStorage::F32(im2col(contiguous_slice::<f32>(s, l)?, g)),
-                shape,
-            ),
-            CpuStorage::F64(_) => (
-                CpuStorage::F64(im2col(contiguous_slice::<f64>(s, l)?, g)),
-                shape,
-            ),
-            _ => candle_core::bail!("im2col: only f32 and f64"),
-        })
-    }
-
-    fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        Ok(Some(grad.contiguous()?.apply_op1_no_bwd(&Col2Im(self.0))?))
-    }
-}
-
-impl CustomOp1 for Col2Im {
-    fn name(&self) -> &'static str {
-        "pixclass-col2im"
-    }
-
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let g = self.0;
-        if l.shape().dims() != [g.rows(), g.cols()] {
-            candle_core::bail!(
-                "col2im: input {:?} does not match geometry {g:?}",
-                l.shape().dims()
-            );
-        }
-        let shape = Shape::from((g.n, g.c, g.h, g.w));
-        Ok(match s {
-            CpuStorage::F32(_) => (
-                CpuStorage::F32(col2im(contiguous_slice::<f32>(s, l)?, g)),
-                shape,
-            ),
-            CpuStorage::F64(_) => (
-                CpuStorage::F64(col2im(contiguous_slice::<f64>(s, l)?, g)),
-                shape,
-            ),
-            _ => candle_core::bail!("col2im: only f32 and f64"),
-        })
-    }
-
-    fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        Ok(Some(grad.contiguous()?.apply_op1_no_bwd(&Im2Col(self.0))?))
-    }
-}
-
-/// Convolution (groups 1) as `W·im2col(x)` on the CPU.
-///
-/// # Shapes
-/// `x` `[N, C, H, W]`, `weight` `[O, C, kh, kw]` -> `[N, O, ho, wo]`.
-pub fn conv2d(
-    x: &Tensor,
-    weight: &Tensor,
-    pad: ((usize, usize), (usize, usize)),
-    stride: usize,
-    dilation: usize,
-) -> Result<Tensor> {
-    let (n, c, h, w) = x.dims4()?;
-    let (o, _, kh, kw) = weight.dims4()?;
-    let ((pt, pb), (pl, pr)) = pad;
-    let ho = (h + pt + pb - (dilation * (kh - 1) + 1)) / stride + 1;
-    let wo = (w + pl + pr - (dilation * (kw - 1) + 1)) / stride + 1;
-    let g = Geometry {
-        n,
-        c,
-        h,
-        w,
-        kh,
-        kw,
-        stride,
-        dilation,
-        pad_top: pt,
-        pad_left: pl,
-        ho,
-        wo,
-    };
-    let cols = x.contiguous()?.apply_op1(Im2Col(g))?;
-    let y = weight.reshape((o, c * kh * kw))?.matmul(&cols)?; // [O, N·ho·wo]
-    y.reshape((o, n, ho, wo))?.transpose(0, 1)?.contiguous()
-}
-
-/// Transposed convolution (groups 1) as `col2im(Wᵀ·x)` on the CPU.
-///
-/// # Shapes
-/// `x` `[N, Cin, H, W]`, `weight` `[Cin, Cout, k, k]` ->
-/// `[N, Cout, (H-1)·s - 2p + d·(k-1) + op + 1, ...]`.
-pub fn conv_transpose2d(
-    x: &Tensor,
-    weight: &Tensor,
-    padding: usize,
-    output_padding: usize,
-    stride: usize,
-    dilation: usize,
-) -> Result<Tensor> {
-    let (n, cin, h, w) = x.dims4()?;
-    let (_, cout, kh, kw) = weight.dims4()?;
-    let oh = (h - 1) * stride + dilation * (kh - 1) + output_padding + 1 - 2 * padding;
-    let ow = (w - 1) * stride + dilation * (kw - 1) + output_padding + 1 - 2 * padding;
-    let g = Geometry {
-        n,
-        c: cout,
-        h: oh,
-        w: ow,
-        kh,
-        kw,
-        stride,
-        dilation,
-        pad_top: padding,
-        pad_left: padding,
-        ho: h,
-        wo: w,
-    };
-    let xm = x.transpose(0, 1)?.contiguous()?.reshape((cin, n * h * w))?;
-    let wm = weight.reshape((cin, cout * kh * kw))?.t()?;
-    let cols = wm.matmul(&xm)?.contiguous()?; // [Cout·kh·kw, N·H·W]
-    cols.apply_op1(Col2Im(g))
 }
 
 // ---------------------------------------------------------------------------

@@ -11,6 +11,7 @@
 //! This crate never reads data sets or runs training loops.
 
 pub mod colourize;
+pub mod conv_gemm;
 pub mod cpu_kernels;
 pub mod error;
 pub mod init;

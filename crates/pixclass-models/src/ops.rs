@@ -168,7 +168,7 @@ pub fn conv2d(
         );
     }
     if cpu_float(x) && groups == 1 {
-        return crate::cpu_kernels::conv2d(x, weight, (pad_h, pad_w), stride, dilation);
+        return crate::conv_gemm::conv2d(x, weight, (pad_h, pad_w), stride, dilation);
     }
     conv2d_portable(x, weight, pad_h, pad_w, stride, dilation, groups)
 }
@@ -231,7 +231,7 @@ pub fn conv_transpose2d(
     dilation: usize,
 ) -> Result<Tensor> {
     if cpu_float(x) {
-        return crate::cpu_kernels::conv_transpose2d(
+        return crate::conv_gemm::conv_transpose2d(
             x,
             weight,
             padding,

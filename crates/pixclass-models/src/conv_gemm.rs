@@ -1,0 +1,407 @@
+//! Convolution and transposed convolution on the CPU as per-image GEMMs
+//! (`gemm` crate, the one candle uses), parallel over the images of a batch.
+//!
+//! Three kernels cover both layers and both gradients:
+//! - forward: `Y_n = W · im2col(X_n)`;
+//! - backward-data: `dX_n = col2im(Wᵀ · dY_n)` (also the forward of a
+//!   transposed convolution);
+//! - backward-filter: `dW = Σ_n dY_n · im2col(X_n)ᵀ`.
+//!
+//! Working per image keeps the column matrix small (it stays in cache) and
+//! writes outputs in `[N, C, H, W]` order with no transposes.
+
+use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor, WithDType};
+use rayon::prelude::*;
+
+use crate::cpu_kernels::Geometry;
+
+/// `c[m×n]` (row-major) `= (accumulate ? c : 0) + a·b` with `a` `m×k` and `b`
+/// `k×n` given by (row stride, column stride). Bounds are checked before the
+/// call, which makes the unsafe GEMM call sound.
+#[allow(unsafe_code, clippy::too_many_arguments)]
+fn gemm_into<T: WithDType>(
+    m: usize,
+    n: usize,
+    k: usize,
+    c: &mut [T],
+    a: (&[T], usize, usize),
+    b: (&[T], usize, usize),
+    accumulate: bool,
+    threads: usize,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    let (a, a_rs, a_cs) = a;
+    let (b, b_rs, b_cs) = b;
+    assert!(c.len() >= m * n, "gemm: output too small");
+    if k == 0 {
+        if !accumulate {
+            c[..m * n].fill(T::zero());
+        }
+        return;
+    }
+    assert!(
+        (m - 1) * a_rs + (k - 1) * a_cs < a.len(),
+        "gemm: lhs out of bounds"
+    );
+    assert!(
+        (k - 1) * b_rs + (n - 1) * b_cs < b.len(),
+        "gemm: rhs out of bounds"
+    );
+    let par = if threads > 1 {
+        gemm::Parallelism::Rayon(threads)
+    } else {
+        gemm::Parallelism::None
+    };
+    // SAFETY: all three matrices lie inside their slices (checked above); `c`
+    // is exclusively borrowed; T is f32 or f64 (checked by the callers).
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            c.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            a.as_ptr(),
+            a_cs as isize,
+            a_rs as isize,
+            b.as_ptr(),
+            b_cs as isize,
+            b_rs as isize,
+            T::one(),
+            T::one(),
+            false,
+            false,
+            false,
+            par,
+        )
+    }
+}
+
+/// Threads for GEMMs inside one image: all of them when the batch is too
+/// small to keep every core busy, else one (images run in parallel).
+fn inner_threads(images: usize) -> usize {
+    let t = rayon::current_num_threads();
+    if images >= t {
+        1
+    } else {
+        t
+    }
+}
+
+/// One image's column matrix `[C·kh·kw, ho·wo]`.
+fn im2col_image<T: WithDType>(x: &[T], g: &Geometry, out: &mut [T]) {
+    let ohw = g.ho * g.wo;
+    for (row, dst) in out.chunks_mut(ohw).enumerate() {
+        let c = row / (g.kh * g.kw);
+        let ky = (row / g.kw) % g.kh;
+        let kx = row % g.kw;
+        let plane = &x[c * g.h * g.w..(c + 1) * g.h * g.w];
+        dst.fill(T::zero());
+        let (ylo, yhi) = g.valid_range(ky, g.pad_top, g.ho, g.h);
+        let (xlo, xhi) = g.valid_range(kx, g.pad_left, g.wo, g.w);
+        for oy in ylo..yhi {
+            let iy = oy * g.stride + ky * g.dilation - g.pad_top;
+            let src = &plane[iy * g.w..(iy + 1) * g.w];
+            let drow = &mut dst[oy * g.wo..(oy + 1) * g.wo];
+            if g.stride == 1 {
+                let ix0 = xlo + kx * g.dilation - g.pad_left;
+                drow[xlo..xhi].copy_from_slice(&src[ix0..ix0 + (xhi - xlo)]);
+            } else {
+                for ox in xlo..xhi {
+                    drow[ox] = src[ox * g.stride + kx * g.dilation - g.pad_left];
+                }
+            }
+        }
+    }
+}
+
+/// Adds one image's column matrix back into the image (overlaps summed).
+fn col2im_image<T: WithDType>(cols: &[T], g: &Geometry, out: &mut [T]) {
+    let ohw = g.ho * g.wo;
+    out.fill(T::zero());
+    for (row, src) in cols.chunks(ohw).enumerate() {
+        let c = row / (g.kh * g.kw);
+        let ky = (row / g.kw) % g.kh;
+        let kx = row % g.kw;
+        let plane = &mut out[c * g.h * g.w..(c + 1) * g.h * g.w];
+        let (ylo, yhi) = g.valid_range(ky, g.pad_top, g.ho, g.h);
+        let (xlo, xhi) = g.valid_range(kx, g.pad_left, g.wo, g.w);
+        for oy in ylo..yhi {
+            let iy = oy * g.stride + ky * g.dilation - g.pad_top;
+            let prow = &mut plane[iy * g.w..(iy + 1) * g.w];
+            let srow = &src[oy * g.wo..(oy + 1) * g.wo];
+            if g.stride == 1 {
+                let ix0 = xlo + kx * g.dilation - g.pad_left;
+                for (p, v) in prow[ix0..ix0 + (xhi - xlo)].iter_mut().zip(&srow[xlo..xhi]) {
+                    *p += *v;
+                }
+            } else {
+                for ox in xlo..xhi {
+                    prow[ox * g.stride + kx * g.dilation - g.pad_left] += srow[ox];
+                }
+            }
+        }
+    }
+}
+
+/// `Y[n] = W · im2col(X[n])`: x `[N, C, H, W]`, w `[O, C, kh, kw]` -> `[N, O, ho, wo]`.
+fn fwd<T: WithDType>(x: &[T], w: &[T], g: &Geometry, o: usize) -> Vec<T> {
+    let (ckk, ohw, chw) = (g.rows(), g.ho * g.wo, g.c * g.h * g.w);
+    let mut y = vec![T::zero(); g.n * o * ohw];
+    let threads = inner_threads(g.n);
+    y.par_chunks_mut(o * ohw).enumerate().for_each_init(
+        || vec![T::zero(); ckk * ohw],
+        |cols, (n, yn)| {
+            im2col_image(&x[n * chw..(n + 1) * chw], g, cols);
+            gemm_into(o, ohw, ckk, yn, (w, ckk, 1), (cols, ohw, 1), false, threads);
+        },
+    );
+    y
+}
+
+/// `dX[n] = col2im(Wᵀ · dY[n])`: dy `[N, O, ho, wo]`, w `[O, C, kh, kw]` -> `[N, C, H, W]`.
+fn bwd_data<T: WithDType>(dy: &[T], w: &[T], g: &Geometry, o: usize) -> Vec<T> {
+    let (ckk, ohw, chw) = (g.rows(), g.ho * g.wo, g.c * g.h * g.w);
+    let mut dx = vec![T::zero(); g.n * chw];
+    let threads = inner_threads(g.n);
+    dx.par_chunks_mut(chw).enumerate().for_each_init(
+        || vec![T::zero(); ckk * ohw],
+        |cols, (n, dxn)| {
+            // Wᵀ is W read with swapped strides: (row stride 1, column stride ckk).
+            gemm_into(
+                ckk,
+                ohw,
+                o,
+                cols,
+                (w, 1, ckk),
+                (&dy[n * o * ohw..(n + 1) * o * ohw], ohw, 1),
+                false,
+                threads,
+            );
+            col2im_image(cols, g, dxn);
+        },
+    );
+    dx
+}
+
+/// `dW = Σ_n dY[n] · im2col(X[n])ᵀ`: x `[N, C, H, W]`, dy `[N, O, ho, wo]` -> `[O, C, kh, kw]`.
+fn bwd_filter<T: WithDType>(x: &[T], dy: &[T], g: &Geometry, o: usize) -> Vec<T> {
+    let (ckk, ohw, chw) = (g.rows(), g.ho * g.wo, g.c * g.h * g.w);
+    let threads = inner_threads(g.n);
+    (0..g.n)
+        .into_par_iter()
+        .fold(
+            || (vec![T::zero(); o * ckk], vec![T::zero(); ckk * ohw]),
+            |(mut dw, mut cols), n| {
+                im2col_image(&x[n * chw..(n + 1) * chw], g, &mut cols);
+                // colsᵀ: (row stride 1, column stride ohw).
+                gemm_into(
+                    o,
+                    ckk,
+                    ohw,
+                    &mut dw,
+                    (&dy[n * o * ohw..(n + 1) * o * ohw], ohw, 1),
+                    (&cols, 1, ohw),
+                    true,
+                    threads,
+                );
+                (dw, cols)
+            },
+        )
+        .map(|(dw, _)| dw)
+        .reduce(
+            || vec![T::zero(); o * ckk],
+            |mut a, b| {
+                for (x, y) in a.iter_mut().zip(&b) {
+                    *x += *y;
+                }
+                a
+            },
+        )
+}
+
+fn slice<'a, T: WithDType>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [T]> {
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&s.as_slice::<T>()?[a..b]),
+        None => candle_core::bail!("conv kernels need contiguous inputs"),
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// (x, w) -> y.
+    Fwd,
+    /// (dy, w) -> dx.
+    BwdData,
+    /// (x, dy) -> dw.
+    BwdFilter,
+}
+
+/// One of the three kernels for a geometry `g` and `o` output channels.
+#[derive(Debug, Clone, Copy)]
+struct ConvKernel {
+    g: Geometry,
+    o: usize,
+    kind: Kind,
+}
+
+impl ConvKernel {
+    fn run<T: WithDType>(&self, a: &[T], b: &[T]) -> Vec<T> {
+        match self.kind {
+            Kind::Fwd => fwd(a, b, &self.g, self.o),
+            Kind::BwdData => bwd_data(a, b, &self.g, self.o),
+            Kind::BwdFilter => bwd_filter(a, b, &self.g, self.o),
+        }
+    }
+
+    fn shape(&self) -> Shape {
+        let g = &self.g;
+        match self.kind {
+            Kind::Fwd => Shape::from((g.n, self.o, g.ho, g.wo)),
+            Kind::BwdData => Shape::from((g.n, g.c, g.h, g.w)),
+            Kind::BwdFilter => Shape::from((self.o, g.c, g.kh, g.kw)),
+        }
+    }
+
+    fn with(&self, kind: Kind) -> Self {
+        Self { kind, ..*self }
+    }
+}
+
+impl CustomOp2 for ConvKernel {
+    fn name(&self) -> &'static str {
+        match self.kind {
+            Kind::Fwd => "pixclass-conv2d",
+            Kind::BwdData => "pixclass-conv2d-bwd-data",
+            Kind::BwdFilter => "pixclass-conv2d-bwd-filter",
+        }
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let out = match (s1, s2) {
+            (CpuStorage::F32(_), CpuStorage::F32(_)) => {
+                CpuStorage::F32(self.run(slice::<f32>(s1, l1)?, slice::<f32>(s2, l2)?))
+            }
+            (CpuStorage::F64(_), CpuStorage::F64(_)) => {
+                CpuStorage::F64(self.run(slice::<f64>(s1, l1)?, slice::<f64>(s2, l2)?))
+            }
+            _ => candle_core::bail!("{}: f32 or f64, both inputs alike", self.name()),
+        };
+        Ok((out, self.shape()))
+    }
+
+    fn bwd(
+        &self,
+        a: &Tensor,
+        b: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let grad = grad.contiguous()?;
+        match self.kind {
+            // y = conv(x, w): dx = bwd_data(dy, w), dw = bwd_filter(x, dy).
+            Kind::Fwd => Ok((
+                Some(grad.apply_op2_no_bwd(b, &self.with(Kind::BwdData))?),
+                Some(a.apply_op2_no_bwd(&grad, &self.with(Kind::BwdFilter))?),
+            )),
+            // y = conv_transpose(x, w) = bwd_data(x, w): dx = conv(dy, w), dw = bwd_filter(dy, x).
+            Kind::BwdData => Ok((
+                Some(grad.apply_op2_no_bwd(b, &self.with(Kind::Fwd))?),
+                Some(grad.apply_op2_no_bwd(a, &self.with(Kind::BwdFilter))?),
+            )),
+            Kind::BwdFilter => candle_core::bail!("no second-order gradient for {}", self.name()),
+        }
+    }
+}
+
+/// Convolution (groups 1) on the CPU.
+///
+/// # Shapes
+/// `x` `[N, C, H, W]`, `weight` `[O, C, kh, kw]` -> `[N, O, ho, wo]`.
+pub fn conv2d(
+    x: &Tensor,
+    weight: &Tensor,
+    pad: ((usize, usize), (usize, usize)),
+    stride: usize,
+    dilation: usize,
+) -> Result<Tensor> {
+    let (n, c, h, w) = x.dims4()?;
+    let (o, _, kh, kw) = weight.dims4()?;
+    let ((pt, pb), (pl, pr)) = pad;
+    let ho = (h + pt + pb - (dilation * (kh - 1) + 1)) / stride + 1;
+    let wo = (w + pl + pr - (dilation * (kw - 1) + 1)) / stride + 1;
+    let g = Geometry {
+        n,
+        c,
+        h,
+        w,
+        kh,
+        kw,
+        stride,
+        dilation,
+        pad_top: pt,
+        pad_left: pl,
+        ho,
+        wo,
+    };
+    x.contiguous()?.apply_op2(
+        &weight.contiguous()?,
+        ConvKernel {
+            g,
+            o,
+            kind: Kind::Fwd,
+        },
+    )
+}
+
+/// Transposed convolution (groups 1) on the CPU: the backward-data kernel of
+/// the convolution that maps its output back to its input.
+///
+/// # Shapes
+/// `x` `[N, Cin, H, W]`, `weight` `[Cin, Cout, k, k]` ->
+/// `[N, Cout, (H-1)·s - 2p + d·(k-1) + op + 1, ...]`.
+pub fn conv_transpose2d(
+    x: &Tensor,
+    weight: &Tensor,
+    padding: usize,
+    output_padding: usize,
+    stride: usize,
+    dilation: usize,
+) -> Result<Tensor> {
+    let (n, cin, h, w) = x.dims4()?;
+    let (_, cout, kh, kw) = weight.dims4()?;
+    let oh = (h - 1) * stride + dilation * (kh - 1) + output_padding + 1 - 2 * padding;
+    let ow = (w - 1) * stride + dilation * (kw - 1) + output_padding + 1 - 2 * padding;
+    let g = Geometry {
+        n,
+        c: cout,
+        h: oh,
+        w: ow,
+        kh,
+        kw,
+        stride,
+        dilation,
+        pad_top: padding,
+        pad_left: padding,
+        ho: h,
+        wo: w,
+    };
+    x.contiguous()?.apply_op2(
+        &weight.contiguous()?,
+        ConvKernel {
+            g,
+            o: cin,
+            kind: Kind::BwdData,
+        },
+    )
+}
