@@ -201,7 +201,7 @@ pub fn run(args: &[String]) -> Result<()> {
         md,
         "## Parts A and C: colourization, batch 100, final epoch\n"
     )?;
-    writeln!(md, "| model | reference val loss | ours | reference val acc (%) | ours | difference (pp) | wall time (s) |\n|---|---|---:|---|---:|---:|---:|")?;
+    writeln!(md, "| model | reference val loss | ours | reference val acc (%) | ours | distance to band (pp) | wall time (s) |\n|---|---|---:|---|---:|---:|---:|")?;
     let mut results = Vec::new();
     let mut failures = Vec::new();
     let mut pictures = String::new();
