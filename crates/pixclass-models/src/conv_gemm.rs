@@ -103,6 +103,9 @@ fn im2col_image<T: WithDType>(x: &[T], g: &Geometry, out: &mut [T]) {
         dst.fill(T::zero());
         let (ylo, yhi) = g.valid_range(ky, g.pad_top, g.ho, g.h);
         let (xlo, xhi) = g.valid_range(kx, g.pad_left, g.wo, g.w);
+        if xlo >= xhi {
+            continue; // this kernel column only ever reads padding
+        }
         for oy in ylo..yhi {
             let iy = oy * g.stride + ky * g.dilation - g.pad_top;
             let src = &plane[iy * g.w..(iy + 1) * g.w];
@@ -130,6 +133,9 @@ fn col2im_image<T: WithDType>(cols: &[T], g: &Geometry, out: &mut [T]) {
         let plane = &mut out[c * g.h * g.w..(c + 1) * g.h * g.w];
         let (ylo, yhi) = g.valid_range(ky, g.pad_top, g.ho, g.h);
         let (xlo, xhi) = g.valid_range(kx, g.pad_left, g.wo, g.w);
+        if xlo >= xhi {
+            continue;
+        }
         for oy in ylo..yhi {
             let iy = oy * g.stride + ky * g.dilation - g.pad_top;
             let prow = &mut plane[iy * g.w..(iy + 1) * g.w];

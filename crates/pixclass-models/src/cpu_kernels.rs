@@ -605,3 +605,139 @@ impl CustomOp1 for BlockSum {
 pub fn upsample_nearest(x: &Tensor, f: usize) -> Result<Tensor> {
     x.contiguous()?.apply_op1(Upsample(f))
 }
+
+/// Max pooling with any window, stride and zero-free padding (padded
+/// positions never win, like PyTorch's `MaxPool2d(k, s, p)`); the gradient
+/// goes to the first maximum of each window.
+#[derive(Debug, Clone, Copy)]
+pub struct MaxPoolStrided {
+    /// Window.
+    pub k: usize,
+    /// Stride.
+    pub s: usize,
+    /// Padding on every side.
+    pub p: usize,
+}
+
+impl MaxPoolStrided {
+    fn out(&self, n: usize) -> usize {
+        (n + 2 * self.p - self.k) / self.s + 1
+    }
+
+    /// Index (within the plane) of the first maximum of window (oy, ox).
+    fn arg<T: WithDType>(&self, plane: &[T], h: usize, w: usize, oy: usize, ox: usize) -> usize {
+        let mut best: Option<usize> = None;
+        for dy in 0..self.k {
+            let iy = (oy * self.s + dy) as isize - self.p as isize;
+            if iy < 0 || iy >= h as isize {
+                continue;
+            }
+            for dx in 0..self.k {
+                let ix = (ox * self.s + dx) as isize - self.p as isize;
+                if ix < 0 || ix >= w as isize {
+                    continue;
+                }
+                let i = iy as usize * w + ix as usize;
+                if best.is_none_or(|b| plane[i] > plane[b]) {
+                    best = Some(i);
+                }
+            }
+        }
+        best.unwrap_or(0)
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct MaxPoolStridedBwd(MaxPoolStrided);
+
+impl CustomOp1 for MaxPoolStrided {
+    fn name(&self) -> &'static str {
+        "pixclass-maxpool-strided"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (n, c, h, w) = dims4(l)?;
+        if h + 2 * self.p < self.k || w + 2 * self.p < self.k || self.p * 2 > self.k {
+            candle_core::bail!("max-pool {:?} does not fit a {h}x{w} input", self);
+        }
+        let (ho, wo) = (self.out(h), self.out(w));
+        let op = *self;
+        let out = dispatch!(s, l, |x| {
+            let mut o = vec![x[0]; n * c * ho * wo];
+            o.par_chunks_mut(ho * wo)
+                .enumerate()
+                .for_each(|(p, op_out)| {
+                    let plane = &x[p * h * w..(p + 1) * h * w];
+                    for oy in 0..ho {
+                        for ox in 0..wo {
+                            op_out[oy * wo + ox] = plane[op.arg(plane, h, w, oy, ox)];
+                        }
+                    }
+                });
+            o
+        });
+        Ok((out, Shape::from((n, c, ho, wo))))
+    }
+
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(arg.contiguous()?.apply_op2_no_bwd(
+            &grad.contiguous()?,
+            &MaxPoolStridedBwd(*self),
+        )?))
+    }
+}
+
+fn maxpool_strided_bwd<T: WithDType>(
+    op: &MaxPoolStrided,
+    x: &[T],
+    g: &[T],
+    h: usize,
+    w: usize,
+) -> Vec<T> {
+    let (ho, wo) = (op.out(h), op.out(w));
+    let mut out = vec![T::zero(); x.len()];
+    out.par_chunks_mut(h * w).enumerate().for_each(|(p, o)| {
+        let plane = &x[p * h * w..(p + 1) * h * w];
+        let gp = &g[p * ho * wo..(p + 1) * ho * wo];
+        for oy in 0..ho {
+            for ox in 0..wo {
+                o[op.arg(plane, h, w, oy, ox)] += gp[oy * wo + ox];
+            }
+        }
+    });
+    out
+}
+
+impl candle_core::CustomOp2 for MaxPoolStridedBwd {
+    fn name(&self) -> &'static str {
+        "pixclass-maxpool-strided-bwd"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (_, _, h, w) = dims4(l1)?;
+        let out = match (s1, s2) {
+            (CpuStorage::F32(_), CpuStorage::F32(_)) => CpuStorage::F32(maxpool_strided_bwd(
+                &self.0,
+                contiguous_slice::<f32>(s1, l1)?,
+                contiguous_slice::<f32>(s2, l2)?,
+                h,
+                w,
+            )),
+            (CpuStorage::F64(_), CpuStorage::F64(_)) => CpuStorage::F64(maxpool_strided_bwd(
+                &self.0,
+                contiguous_slice::<f64>(s1, l1)?,
+                contiguous_slice::<f64>(s2, l2)?,
+                h,
+                w,
+            )),
+            _ => candle_core::bail!("max-pool kernel: f32 or f64"),
+        };
+        Ok((out, l1.shape().clone()))
+    }
+}

@@ -13,6 +13,7 @@
 pub mod colourize;
 pub mod conv_gemm;
 pub mod cpu_kernels;
+pub mod deeplab;
 pub mod error;
 pub mod init;
 pub mod layers;

@@ -250,3 +250,110 @@ pub fn conv_transpose2d(
 pub fn argmax_classes(logits: &Tensor) -> Result<Tensor> {
     logits.argmax(1)?.to_dtype(DType::U32)
 }
+
+/// Max pooling with window `k`, stride `s` and padding `p` (PyTorch's
+/// `MaxPool2d(k, s, p)`; padded positions never win). CPU: an exact kernel;
+/// other devices: the maximum of `k²` shifted, subsampled views.
+///
+/// # Shapes
+/// `[N, C, H, W]` -> `[N, C, (H + 2p - k)/s + 1, (W + 2p - k)/s + 1]`.
+pub fn max_pool2d_strided(x: &Tensor, k: usize, s: usize, p: usize) -> Result<Tensor> {
+    if k == s && p == 0 {
+        return max_pool2d(x, k);
+    }
+    if cpu_float(x) {
+        return x
+            .contiguous()?
+            .apply_op1(crate::cpu_kernels::MaxPoolStrided { k, s, p });
+    }
+    let (_, _, h, w) = x.dims4()?;
+    let (ho, wo) = ((h + 2 * p - k) / s + 1, (w + 2 * p - k) / s + 1);
+    // Pad with a very negative value so padding never wins.
+    let low = -1e30;
+    let pad = |t: &Tensor, dim: usize, before: usize, after: usize| -> Result<Tensor> {
+        let mut dims = t.dims().to_vec();
+        let mut parts = Vec::new();
+        if before > 0 {
+            dims[dim] = before;
+            parts.push((Tensor::ones(dims.as_slice(), t.dtype(), t.device())? * low)?);
+        }
+        parts.push(t.clone());
+        if after > 0 {
+            dims[dim] = after;
+            parts.push((Tensor::ones(dims.as_slice(), t.dtype(), t.device())? * low)?);
+        }
+        Tensor::cat(&parts, dim)
+    };
+    let (n, c) = (x.dim(0)?, x.dim(1)?);
+    let xp = pad(&pad(x, 2, p, ho * s + k)?, 3, p, wo * s + k)?;
+    let mut best: Option<Tensor> = None;
+    for dy in 0..k {
+        for dx in 0..k {
+            let v = xp
+                .narrow(2, dy, ho * s)?
+                .narrow(3, dx, wo * s)?
+                .reshape((n, c, ho, s, wo, s))?
+                .narrow(3, 0, 1)?
+                .narrow(5, 0, 1)?
+                .reshape((n, c, ho, wo))?;
+            best = Some(match best {
+                None => v,
+                Some(b) => b.maximum(&v)?,
+            });
+        }
+    }
+    best.ok_or_else(|| candle_core::Error::Msg("max_pool2d_strided: empty window".into()))
+}
+
+/// Bilinear resizing (PyTorch's `F.interpolate(mode="bilinear")`), written
+/// as two matrix products with interpolation matrices, so its backward is
+/// exact on every device.
+///
+/// # Shapes
+/// `[N, C, H, W]` -> `[N, C, out_h, out_w]`.
+pub fn resize_bilinear(
+    x: &Tensor,
+    out_h: usize,
+    out_w: usize,
+    align_corners: bool,
+) -> Result<Tensor> {
+    let (n, c, h, w) = x.dims4()?;
+    if (h, w) == (out_h, out_w) {
+        return Ok(x.clone());
+    }
+    let ah = interpolation_matrix(h, out_h, align_corners, x)?; // [out_h, h]
+    let aw = interpolation_matrix(w, out_w, align_corners, x)?; // [out_w, w]
+                                                                // Along W: [N·C·H, W] x [W, out_w].
+    let y = x.reshape((n * c * h, w))?.matmul(&aw.t()?)?;
+    // Along H: [N·C, H, out_w] -> Ah [out_h, H] applied per image.
+    let y = y.reshape((n * c, h, out_w))?;
+    let y = ah.broadcast_left(n * c)?.matmul(&y)?;
+    y.reshape((n, c, out_h, out_w))
+}
+
+/// `[out, in]` weights of 1-D linear interpolation, PyTorch's conventions.
+fn interpolation_matrix(
+    input: usize,
+    output: usize,
+    align_corners: bool,
+    like: &Tensor,
+) -> Result<Tensor> {
+    let mut m = vec![0f64; output * input];
+    for o in 0..output {
+        let src = if align_corners {
+            if output > 1 {
+                o as f64 * (input - 1) as f64 / (output - 1) as f64
+            } else {
+                0.0
+            }
+        } else {
+            ((o as f64 + 0.5) * input as f64 / output as f64 - 0.5).max(0.0)
+        };
+        let i0 = (src.floor() as usize).min(input - 1);
+        let i1 = (i0 + 1).min(input - 1);
+        let l = src - i0 as f64;
+        m[o * input + i0] += 1.0 - l;
+        m[o * input + i1] += l;
+    }
+    Tensor::from_vec(m, (output, input), like.device())?.to_dtype(like.dtype())
+}

@@ -189,6 +189,33 @@ fn strided_conv_on_mixed_parity_input_matches_finite_differences() {
 }
 
 #[test]
+fn dilated_conv_whose_taps_fall_in_the_padding() {
+    // ASPP-style: dilation 6 on a 5x4 map, so some kernel taps only ever
+    // read padding (a regression test for the GEMM kernels' index ranges).
+    let w = rand_tensor(&[2, 3, 3, 3], 70);
+    let x = rand_tensor(&[2, 3, 5, 4], 71);
+    let r = rand_tensor(&[2, 2, 5, 4], 72);
+    let y = ops::conv2d(&x, &w, (6, 6), (6, 6), 1, 6, 1).unwrap();
+    let y2 = ops::conv2d_portable(&x, &w, (6, 6), (6, 6), 1, 6, 1).unwrap();
+    assert_eq!(y.dims(), &[2, 2, 5, 4]);
+    let d: Vec<f64> = (y - y2)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    assert!(d.iter().all(|v| *v < 1e-12));
+    for conv in [ops::conv2d, ops::conv2d_portable] {
+        let fx = |x: &Tensor| weighted_sum(&conv(x, &w, (6, 6), (6, 6), 1, 6, 1)?, &r);
+        assert!(gradient_ok(&fx, &x, 1e-6));
+        let fw = |w: &Tensor| weighted_sum(&conv(&x, w, (6, 6), (6, 6), 1, 6, 1)?, &r);
+        assert!(gradient_ok(&fw, &w, 1e-6));
+    }
+}
+
+#[test]
 fn builtin_strided_conv_fails_on_mixed_parity() {
     let w = rand_tensor(&[4, 3, 3, 3], 11);
     let x = rand_tensor(&[2, 3, 7, 10], 12);
