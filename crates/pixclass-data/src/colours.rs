@@ -12,6 +12,10 @@ use rayon::prelude::*;
 
 use crate::error::{DataError, Result};
 
+/// Pixels per parallel partial sum: a fixed partition keeps every result
+/// independent of thread scheduling.
+const CHUNK: usize = 1 << 16;
+
 /// K colour centres, RGB on the 1/256 scale.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Palette {
@@ -232,12 +236,22 @@ impl Palette {
     /// distortion `scipy.cluster.vq.kmeans` reports). `pixels` are RGB
     /// triples on the 1/256 scale.
     pub fn distortion_of(&self, pixels: &[[f64; 3]]) -> f64 {
+        // Fixed chunks summed in order: the result does not depend on thread
+        // scheduling.
         let sum: f64 = pixels
-            .par_iter()
-            .map(|p| {
-                let c = self.centres[self.nearest(*p) as usize];
-                ((p[0] - c[0]).powi(2) + (p[1] - c[1]).powi(2) + (p[2] - c[2]).powi(2)).sqrt()
+            .par_chunks(CHUNK)
+            .map(|chunk| {
+                chunk
+                    .iter()
+                    .map(|p| {
+                        let c = self.centres[self.nearest(*p) as usize];
+                        ((p[0] - c[0]).powi(2) + (p[1] - c[1]).powi(2) + (p[2] - c[2]).powi(2))
+                            .sqrt()
+                    })
+                    .sum::<f64>()
             })
+            .collect::<Vec<f64>>()
+            .iter()
             .sum();
         sum / pixels.len().max(1) as f64
     }
@@ -333,31 +347,31 @@ pub fn kmeans(pixels: &[[f64; 3]], cfg: KMeansConfig) -> Result<(Palette, usize)
     for it in 0..cfg.max_iter {
         iters = it + 1;
         let k = palette.len();
-        let (sums, counts) = pixels
-            .par_iter()
-            .fold(
-                || (vec![[0f64; 3]; k], vec![0usize; k]),
-                |(mut s, mut c), p| {
+        let partials: Vec<(Vec<[f64; 3]>, Vec<usize>)> = pixels
+            .par_chunks(CHUNK)
+            .map(|chunk| {
+                let mut s = vec![[0f64; 3]; k];
+                let mut c = vec![0usize; k];
+                for p in chunk {
                     let j = palette.nearest(*p) as usize;
                     for ch in 0..3 {
                         s[j][ch] += p[ch];
                     }
                     c[j] += 1;
-                    (s, c)
-                },
-            )
-            .reduce(
-                || (vec![[0f64; 3]; k], vec![0usize; k]),
-                |(mut s1, mut c1), (s2, c2)| {
-                    for j in 0..k {
-                        for ch in 0..3 {
-                            s1[j][ch] += s2[j][ch];
-                        }
-                        c1[j] += c2[j];
-                    }
-                    (s1, c1)
-                },
-            );
+                }
+                (s, c)
+            })
+            .collect();
+        let mut sums = vec![[0f64; 3]; k];
+        let mut counts = vec![0usize; k];
+        for (s, c) in &partials {
+            for j in 0..k {
+                for ch in 0..3 {
+                    sums[j][ch] += s[j][ch];
+                }
+                counts[j] += c[j];
+            }
+        }
         let new: Vec<[f64; 3]> = (0..k)
             .map(|j| {
                 if counts[j] == 0 {

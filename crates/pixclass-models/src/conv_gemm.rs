@@ -194,15 +194,23 @@ fn bwd_data<T: WithDType>(dy: &[T], w: &[T], g: &Geometry, o: usize) -> Vec<T> {
     dx
 }
 
+/// Images per partial sum of [`bwd_filter`]: a fixed partition, so the
+/// summation order (and the result, bit for bit) never depends on thread
+/// scheduling or the number of threads.
+const FILTER_CHUNK: usize = 8;
+
 /// `dW = Σ_n dY[n] · im2col(X[n])ᵀ`: x `[N, C, H, W]`, dy `[N, O, ho, wo]` -> `[O, C, kh, kw]`.
 fn bwd_filter<T: WithDType>(x: &[T], dy: &[T], g: &Geometry, o: usize) -> Vec<T> {
     let (ckk, ohw, chw) = (g.rows(), g.ho * g.wo, g.c * g.h * g.w);
-    let threads = inner_threads(g.n);
-    (0..g.n)
+    let chunks = g.n.div_ceil(FILTER_CHUNK);
+    let threads = inner_threads(chunks);
+    // One partial dW per fixed chunk of images, computed in parallel...
+    let partials: Vec<Vec<T>> = (0..chunks)
         .into_par_iter()
-        .fold(
-            || (vec![T::zero(); o * ckk], vec![T::zero(); ckk * ohw]),
-            |(mut dw, mut cols), n| {
+        .map(|chunk| {
+            let mut dw = vec![T::zero(); o * ckk];
+            let mut cols = vec![T::zero(); ckk * ohw];
+            for n in chunk * FILTER_CHUNK..((chunk + 1) * FILTER_CHUNK).min(g.n) {
                 im2col_image(&x[n * chw..(n + 1) * chw], g, &mut cols);
                 // colsᵀ: (row stride 1, column stride ohw).
                 gemm_into(
@@ -215,19 +223,18 @@ fn bwd_filter<T: WithDType>(x: &[T], dy: &[T], g: &Geometry, o: usize) -> Vec<T>
                     true,
                     threads,
                 );
-                (dw, cols)
-            },
-        )
-        .map(|(dw, _)| dw)
-        .reduce(
-            || vec![T::zero(); o * ckk],
-            |mut a, b| {
-                for (x, y) in a.iter_mut().zip(&b) {
-                    *x += *y;
-                }
-                a
-            },
-        )
+            }
+            dw
+        })
+        .collect();
+    // ...then summed in chunk order.
+    let mut out = vec![T::zero(); o * ckk];
+    for p in &partials {
+        for (a, b) in out.iter_mut().zip(p) {
+            *a += *b;
+        }
+    }
+    out
 }
 
 fn slice<'a, T: WithDType>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [T]> {

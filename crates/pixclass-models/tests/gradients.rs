@@ -333,3 +333,48 @@ fn builtin_max_pool_with_ties_differs_from_pytorch() {
     let err = fixture_grad(&t, "maxpool", &|x| weighted_sum(&x.max_pool2d(2)?, &r));
     assert!(err > 1e-3, "built-in max_pool2d now matches PyTorch");
 }
+
+#[test]
+fn conv_gradients_are_bitwise_independent_of_thread_count() {
+    // The weight gradient sums over images; its partition is fixed, so the
+    // result must not depend on how many threads run it (or how they are
+    // scheduled). 37 images: several partial sums and a ragged last one.
+    let x = rand_tensor(&[37, 3, 9, 7], 80)
+        .to_dtype(DType::F32)
+        .unwrap();
+    let w = rand_tensor(&[4, 3, 3, 3], 81).to_dtype(DType::F32).unwrap();
+    let r = rand_tensor(&[37, 4, 5, 4], 82)
+        .to_dtype(DType::F32)
+        .unwrap();
+    let grads = |threads: usize| {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        pool.install(|| {
+            let wv = candle_core::Var::from_tensor(&w).unwrap();
+            let xv = candle_core::Var::from_tensor(&x).unwrap();
+            let y = ops::conv2d(xv.as_tensor(), wv.as_tensor(), (1, 1), (1, 1), 2, 1, 1).unwrap();
+            let g = y.mul(&r).unwrap().sum_all().unwrap().backward().unwrap();
+            let gw: Vec<f32> = g
+                .get(wv.as_tensor())
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            let gx: Vec<f32> = g
+                .get(xv.as_tensor())
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            (gw, gx)
+        })
+    };
+    let one = grads(1);
+    for t in [2, 3, 5] {
+        assert_eq!(grads(t), one, "{t} threads");
+    }
+}

@@ -1,0 +1,59 @@
+"""PyTorch side of the colourization step benchmark: the same three nets as
+pixclass (tests/golden/make_colour_golden.py defines them), batch 100,
+1x32x32 input, NF 32, 24 classes; training step (forward + loss + backward +
+Adam) and inference (eval forward + argmax). Prints median milliseconds over
+10 steps after 3 warm-up steps, on `--threads` threads.
+
+    python crates/pixclass-train/benches/torch_colour_step.py --threads 2
+"""
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "pixclass-models/tests/golden"))
+import importlib.util
+
+spec = importlib.util.spec_from_file_location(
+    "golden", Path(__file__).resolve().parents[2] / "pixclass-models/tests/golden/make_colour_golden.py"
+)
+
+p = argparse.ArgumentParser()
+p.add_argument("--threads", type=int, default=2)
+p.add_argument("--steps", type=int, default=10)
+args = p.parse_args()
+torch.set_num_threads(args.threads)
+
+# Import the model classes without running the fixture generation.
+src = spec.loader.get_data(spec.origin).decode()
+src = src[: src.index('colour_case("pool_k3"')]
+ns = {}
+exec(compile(src, spec.origin, "exec"), ns)
+
+for kind in ["pool-upsample", "conv-transpose", "unet"]:
+    torch.manual_seed(0)
+    net = ns["build"](kind, 3, 32, 24, 1)
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    x = torch.rand(100, 1, 32, 32)
+    y = torch.randint(0, 24, (100, 32, 32))
+    train, infer = [], []
+    for i in range(3 + args.steps):
+        net.train()
+        t0 = time.perf_counter()
+        opt.zero_grad()
+        loss = F.cross_entropy(net(x), y)
+        loss.backward()
+        opt.step()
+        t1 = time.perf_counter()
+        net.eval()
+        with torch.no_grad():
+            net(x).argmax(1)
+        t2 = time.perf_counter()
+        if i >= 3:
+            train.append((t1 - t0) * 1e3)
+            infer.append((t2 - t1) * 1e3)
+    print(f"{kind}: train step {statistics.median(train):.1f} ms, inference {statistics.median(infer):.1f} ms (torch {torch.__version__}, {args.threads} threads)")
