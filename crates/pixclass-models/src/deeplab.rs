@@ -58,6 +58,8 @@ impl Default for DeepLabConfig {
     }
 }
 
+/// A convolution named like torchvision's (all DeepLab convs are square).
+#[allow(clippy::too_many_arguments)]
 fn conv(
     vb: VarBuilder,
     i: usize,
