@@ -1,6 +1,6 @@
 //! Differentiable losses on per-pixel logits.
 
-use candle_core::{DType, Result, Tensor};
+use candle_core::{Result, Tensor};
 use pixclass_models::ops;
 
 /// The losses pixclass trains with.
@@ -47,19 +47,7 @@ impl std::str::FromStr for Loss {
 /// # Shapes
 /// `logits` `[N, K, H, W]`, `target` `[N, H, W]` integer -> scalar.
 pub fn cross_entropy(logits: &Tensor, target: &Tensor) -> Result<Tensor> {
-    let (n, k, h, w) = logits.dims4()?;
-    let (tn, th, tw) = target.dims3()?;
-    if (tn, th, tw) != (n, h, w) {
-        candle_core::bail!(
-            "cross_entropy: logits {:?} and target {:?} disagree",
-            logits.dims(),
-            target.dims()
-        );
-    }
-    let _ = k;
-    let lsm = ops::log_softmax(logits, 1)?;
-    let picked = lsm.gather(&target.to_dtype(DType::U32)?.unsqueeze(1)?, 1)?;
-    picked.sum_all()?.affine(-1.0 / (n * h * w) as f64, 0.0)
+    ops::cross_entropy(logits, target)
 }
 
 /// Foreground probability and float target of a 2-class problem.

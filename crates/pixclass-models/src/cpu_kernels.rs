@@ -741,3 +741,175 @@ impl candle_core::CustomOp2 for MaxPoolStridedBwd {
         Ok((out, l1.shape().clone()))
     }
 }
+
+/// Mean per-pixel cross-entropy of `[N, K, H, W]` logits against `[N, H, W]`
+/// u32 targets, in one pass (log-sum-exp per pixel, f64 accumulation, images
+/// summed in order).
+#[derive(Debug, Clone, Copy)]
+pub struct CrossEntropy;
+
+/// Its gradient with respect to the logits: `scale · (softmax - onehot)`.
+#[derive(Debug, Clone, Copy)]
+struct CrossEntropyBwd {
+    scale: f64,
+}
+
+/// Per image: log-sum-exp of every pixel, written into `lse` (`hw` values).
+fn pixel_lse<T: WithDType>(img: &[T], k: usize, hw: usize, lse: &mut [f64]) {
+    let mut max = vec![f64::NEG_INFINITY; hw];
+    for c in 0..k {
+        for (m, v) in max.iter_mut().zip(&img[c * hw..(c + 1) * hw]) {
+            *m = m.max(v.to_f64());
+        }
+    }
+    lse.fill(0.0);
+    for c in 0..k {
+        for ((s, m), v) in lse.iter_mut().zip(&max).zip(&img[c * hw..(c + 1) * hw]) {
+            *s += (v.to_f64() - m).exp();
+        }
+    }
+    for (s, m) in lse.iter_mut().zip(&max) {
+        *s = s.ln() + m;
+    }
+}
+
+fn ce_fwd<T: WithDType>(x: &[T], t: &[u32], n: usize, k: usize, hw: usize) -> Result<f64> {
+    if let Some(bad) = t.iter().find(|&&c| c as usize >= k) {
+        candle_core::bail!("cross_entropy: target class {bad} out of range for {k} classes");
+    }
+    let per_image: Vec<f64> = (0..n)
+        .into_par_iter()
+        .map(|i| {
+            let img = &x[i * k * hw..(i + 1) * k * hw];
+            let mut lse = vec![0.0; hw];
+            pixel_lse(img, k, hw, &mut lse);
+            let tt = &t[i * hw..(i + 1) * hw];
+            (0..hw)
+                .map(|p| lse[p] - img[tt[p] as usize * hw + p].to_f64())
+                .sum::<f64>()
+        })
+        .collect();
+    Ok(per_image.iter().sum::<f64>() / (n * hw) as f64)
+}
+
+fn ce_bwd<T: WithDType>(x: &[T], t: &[u32], k: usize, hw: usize, scale: f64) -> Vec<T> {
+    let mut out = vec![T::zero(); x.len()];
+    out.par_chunks_mut(k * hw).enumerate().for_each(|(i, o)| {
+        let img = &x[i * k * hw..(i + 1) * k * hw];
+        let mut lse = vec![0.0; hw];
+        pixel_lse(img, k, hw, &mut lse);
+        let tt = &t[i * hw..(i + 1) * hw];
+        for c in 0..k {
+            for p in 0..hw {
+                let sm = (img[c * hw + p].to_f64() - lse[p]).exp();
+                let onehot = if tt[p] as usize == c { 1.0 } else { 0.0 };
+                o[c * hw + p] = T::from_f64(scale * (sm - onehot));
+            }
+        }
+    });
+    out
+}
+
+fn targets<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [u32]> {
+    match s {
+        CpuStorage::U32(_) => contiguous_slice::<u32>(s, l),
+        _ => candle_core::bail!("cross_entropy: targets must be u32"),
+    }
+}
+
+impl candle_core::CustomOp2 for CrossEntropy {
+    fn name(&self) -> &'static str {
+        "pixclass-cross-entropy"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (n, k, h, w) = dims4(l1)?;
+        if l2.shape().dims() != [n, h, w] {
+            candle_core::bail!(
+                "cross_entropy: logits {:?} and targets {:?} disagree",
+                l1.shape().dims(),
+                l2.shape().dims()
+            );
+        }
+        let t = targets(s2, l2)?;
+        let out = match s1 {
+            CpuStorage::F32(_) => {
+                CpuStorage::F32(vec![
+                    ce_fwd(contiguous_slice::<f32>(s1, l1)?, t, n, k, h * w)? as f32,
+                ])
+            }
+            CpuStorage::F64(_) => CpuStorage::F64(vec![ce_fwd(
+                contiguous_slice::<f64>(s1, l1)?,
+                t,
+                n,
+                k,
+                h * w,
+            )?]),
+            _ => candle_core::bail!("cross_entropy: f32 or f64 logits"),
+        };
+        Ok((out, Shape::from(())))
+    }
+
+    fn bwd(
+        &self,
+        logits: &Tensor,
+        target: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let (n, _, h, w) = logits.dims4()?;
+        let g = grad.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
+        let op = CrossEntropyBwd {
+            scale: g / (n * h * w) as f64,
+        };
+        Ok((
+            Some(
+                logits
+                    .contiguous()?
+                    .apply_op2_no_bwd(&target.contiguous()?, &op)?,
+            ),
+            None,
+        ))
+    }
+}
+
+impl candle_core::CustomOp2 for CrossEntropyBwd {
+    fn name(&self) -> &'static str {
+        "pixclass-cross-entropy-bwd"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (_, k, h, w) = dims4(l1)?;
+        let t = targets(s2, l2)?;
+        let out = match s1 {
+            CpuStorage::F32(_) => CpuStorage::F32(ce_bwd(
+                contiguous_slice::<f32>(s1, l1)?,
+                t,
+                k,
+                h * w,
+                self.scale,
+            )),
+            CpuStorage::F64(_) => CpuStorage::F64(ce_bwd(
+                contiguous_slice::<f64>(s1, l1)?,
+                t,
+                k,
+                h * w,
+                self.scale,
+            )),
+            _ => candle_core::bail!("cross_entropy: f32 or f64 logits"),
+        };
+        Ok((out, l1.shape().clone()))
+    }
+}

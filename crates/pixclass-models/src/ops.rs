@@ -357,3 +357,38 @@ fn interpolation_matrix(
     }
     Tensor::from_vec(m, (output, input), like.device())?.to_dtype(like.dtype())
 }
+
+/// Mean cross-entropy over all pixels (PyTorch's `F.cross_entropy(logits,
+/// target)`). CPU: one fused kernel with an exact backward; other devices:
+/// [`cross_entropy_portable`].
+///
+/// # Shapes
+/// `logits` `[N, K, H, W]`, `target` `[N, H, W]` integer -> scalar.
+pub fn cross_entropy(logits: &Tensor, target: &Tensor) -> Result<Tensor> {
+    if cpu_float(logits) {
+        let t = target.to_dtype(DType::U32)?.contiguous()?;
+        return logits
+            .contiguous()?
+            .apply_op2(&t, crate::cpu_kernels::CrossEntropy);
+    }
+    cross_entropy_portable(logits, target)
+}
+
+/// [`cross_entropy`] from candle primitives (log-softmax, gather, sum).
+///
+/// # Shapes
+/// As [`cross_entropy`].
+pub fn cross_entropy_portable(logits: &Tensor, target: &Tensor) -> Result<Tensor> {
+    let (n, _k, h, w) = logits.dims4()?;
+    let (tn, th, tw) = target.dims3()?;
+    if (tn, th, tw) != (n, h, w) {
+        candle_core::bail!(
+            "cross_entropy: logits {:?} and target {:?} disagree",
+            logits.dims(),
+            target.dims()
+        );
+    }
+    let lsm = log_softmax(logits, 1)?;
+    let picked = lsm.gather(&target.to_dtype(DType::U32)?.unsqueeze(1)?, 1)?;
+    picked.sum_all()?.affine(-1.0 / (n * h * w) as f64, 0.0)
+}

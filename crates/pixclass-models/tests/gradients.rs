@@ -378,3 +378,31 @@ fn conv_gradients_are_bitwise_independent_of_thread_count() {
         assert_eq!(grads(t), one, "{t} threads");
     }
 }
+
+#[test]
+fn cross_entropy_kernel_matches_portable_and_finite_differences() {
+    let x = rand_tensor(&[2, 5, 3, 4], 90).affine(3.0, 0.0).unwrap();
+    let t = Tensor::from_vec(
+        (0..24u32).map(|i| (i * 7 + 3) % 5).collect(),
+        (2, 3, 4),
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    let a = ops::cross_entropy(&x, &t)
+        .unwrap()
+        .to_scalar::<f64>()
+        .unwrap();
+    let b = ops::cross_entropy_portable(&x, &t)
+        .unwrap()
+        .to_scalar::<f64>()
+        .unwrap();
+    assert!((a - b).abs() < 1e-12, "{a} vs {b}");
+    for ce in [ops::cross_entropy, ops::cross_entropy_portable] {
+        let f = |x: &Tensor| ce(x, &t)?.affine(2.5, 0.0);
+        assert!(gradient_ok(&f, &x, 1e-6));
+    }
+    // A class out of range is an error, not a panic.
+    let bad = Tensor::from_vec(vec![7u32; 24], (2, 3, 4), &candle_core::Device::Cpu).unwrap();
+    let err = ops::cross_entropy(&x, &bad).unwrap_err();
+    assert!(err.to_string().contains("out of range"), "{err}");
+}
