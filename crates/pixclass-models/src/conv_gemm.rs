@@ -13,7 +13,7 @@
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor, WithDType};
 use rayon::prelude::*;
 
-use crate::cpu_kernels::Geometry;
+use crate::cpu_kernels::{contiguous_slice as slice, Geometry};
 
 /// `c[m×n]` (row-major) `= (accumulate ? c : 0) + a·b` with `a` `m×k` and `b`
 /// `k×n` given by (row stride, column stride). Bounds are checked before the
@@ -235,13 +235,6 @@ fn bwd_filter<T: WithDType>(x: &[T], dy: &[T], g: &Geometry, o: usize) -> Vec<T>
         }
     }
     out
-}
-
-fn slice<'a, T: WithDType>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [T]> {
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&s.as_slice::<T>()?[a..b]),
-        None => candle_core::bail!("conv kernels need contiguous inputs"),
-    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

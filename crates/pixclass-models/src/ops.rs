@@ -139,10 +139,8 @@ pub fn same_padding(k: usize, dilation: usize) -> Pad {
 /// 2-D convolution (cross-correlation like PyTorch) with per-side padding,
 /// stride, dilation and groups, whose backward works for every input shape.
 ///
-/// candle's backward derives the transposed conv's output padding from the
-/// height only; when height and width differ in remainder it fails. Here the
-/// rows and columns that no output reads are cut off first (they get a zero
-/// gradient, which is exact), so the remainder is zero in both dimensions.
+/// On the CPU (f32/f64, groups 1) this runs the GEMM kernels of
+/// [`crate::conv_gemm`]; elsewhere [`conv2d_portable`].
 ///
 /// # Shapes
 /// `x`: `[N, C_in, H, W]`, `weight`: `[C_out, C_in / groups, KH, KW]` ->
@@ -156,25 +154,53 @@ pub fn conv2d(
     dilation: usize,
     groups: usize,
 ) -> Result<Tensor> {
-    let (_, _, h, w) = x.dims4()?;
-    let (_, _, kh, kw) = weight.dims4()?;
-    let span_h = dilation * (kh - 1) + 1;
-    let span_w = dilation * (kw - 1) + 1;
-    let ph = h + pad_h.0 + pad_h.1;
-    let pw = w + pad_w.0 + pad_w.1;
-    if ph < span_h || pw < span_w {
-        candle_core::bail!(
-            "conv2d: kernel {kh}x{kw} (dilation {dilation}) does not fit the padded input {ph}x{pw}"
-        );
-    }
+    ConvExtent::new(x, weight, pad_h, pad_w, dilation)?;
     if cpu_float(x) && groups == 1 {
         return crate::conv_gemm::conv2d(x, weight, (pad_h, pad_w), stride, dilation);
     }
     conv2d_portable(x, weight, pad_h, pad_w, stride, dilation, groups)
 }
 
+/// Kernel spans and padded input sizes of a convolution, checked to fit.
+struct ConvExtent {
+    kh: usize,
+    kw: usize,
+    span_h: usize,
+    span_w: usize,
+    ph: usize,
+    pw: usize,
+}
+
+impl ConvExtent {
+    fn new(x: &Tensor, weight: &Tensor, pad_h: Pad, pad_w: Pad, dilation: usize) -> Result<Self> {
+        let (_, _, h, w) = x.dims4()?;
+        let (_, _, kh, kw) = weight.dims4()?;
+        let e = Self {
+            kh,
+            kw,
+            span_h: dilation * (kh - 1) + 1,
+            span_w: dilation * (kw - 1) + 1,
+            ph: h + pad_h.0 + pad_h.1,
+            pw: w + pad_w.0 + pad_w.1,
+        };
+        if e.ph < e.span_h || e.pw < e.span_w {
+            candle_core::bail!(
+                "conv2d: kernel {kh}x{kw} (dilation {dilation}) does not fit the padded input {}x{}",
+                e.ph,
+                e.pw
+            );
+        }
+        Ok(e)
+    }
+}
+
 /// [`conv2d`] through candle's own convolution (used on CUDA and Metal, and
-/// for grouped convolutions), with the stride-parity work-around.
+/// for grouped convolutions).
+///
+/// candle's backward derives the transposed conv's output padding from the
+/// height only; when height and width differ in remainder it fails. Here the
+/// rows and columns that no output reads are cut off first (they get a zero
+/// gradient, which is exact), so the remainder is zero in both dimensions.
 ///
 /// # Shapes
 /// As [`conv2d`].
@@ -187,12 +213,14 @@ pub fn conv2d_portable(
     dilation: usize,
     groups: usize,
 ) -> Result<Tensor> {
-    let (_, _, h, w) = x.dims4()?;
-    let (_, _, kh, kw) = weight.dims4()?;
-    let span_h = dilation * (kh - 1) + 1;
-    let span_w = dilation * (kw - 1) + 1;
-    let ph = h + pad_h.0 + pad_h.1;
-    let pw = w + pad_w.0 + pad_w.1;
+    let ConvExtent {
+        kh,
+        kw,
+        span_h,
+        span_w,
+        ph,
+        pw,
+    } = ConvExtent::new(x, weight, pad_h, pad_w, dilation)?;
     let rem_h = (ph - span_h) % stride;
     let rem_w = (pw - span_w) % stride;
     let symmetric = pad_h.0 == pad_h.1 && pad_w.0 == pad_w.1 && pad_h.0 == pad_w.0;

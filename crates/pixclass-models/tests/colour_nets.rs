@@ -27,24 +27,6 @@ fn ce(logits: &Tensor, target: &Tensor) -> candle_core::Result<Tensor> {
     picked.sum_all()?.affine(-1.0 / (n * h * w) as f64, 0.0)
 }
 
-fn max_rel(a: &Tensor, b: &Tensor) -> f64 {
-    let a: Vec<f64> = a
-        .to_dtype(DType::F64)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap();
-    let b: Vec<f64> = b
-        .to_dtype(DType::F64)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap();
-    rel_err(&a, &b)
-}
-
 fn golden_case(file: &str) {
     let t = load(file);
     let meta = {

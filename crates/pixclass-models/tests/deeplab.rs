@@ -51,28 +51,6 @@ fn build(cfg: DeepLabConfig) -> (VarMap, DeepLabV3) {
     (vm, model)
 }
 
-fn max_rel(a: &Tensor, b: &Tensor) -> f64 {
-    let a: Vec<f64> = a
-        .to_dtype(DType::F64)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap();
-    let b: Vec<f64> = b
-        .to_dtype(DType::F64)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap();
-    let scale = b.iter().fold(0f64, |m, v| m.max(v.abs()));
-    a.iter()
-        .zip(&b)
-        .fold(0f64, |m, (x, y)| m.max((x - y).abs()))
-        / scale
-}
-
 #[test]
 fn resnet101_matches_torchvision() {
     let (vm, model) = build(DeepLabConfig::default());
@@ -93,11 +71,11 @@ fn resnet101_matches_torchvision() {
     let x = &t["x"];
     let features = model.features_t(x, false).unwrap();
     assert_eq!(features.dims(), &[1, 256, 6, 8]);
-    let e = max_rel(&features, &t["features"]);
+    let e = max_rel_strict(&features, &t["features"]);
     assert!(e < 1e-4, "features off by {e}");
     let logits = model.forward_t(x, false).unwrap();
     assert_eq!(logits.dims(), &[1, 21, 48, 64]);
-    let e = max_rel(&logits, &t["logits"]);
+    let e = max_rel_strict(&logits, &t["logits"]);
     assert!(e < 1e-4, "logits off by {e}");
     let aux = model.aux_forward_t(x, false).unwrap().unwrap();
     let aux_sub = aux
@@ -109,7 +87,7 @@ fn resnet101_matches_torchvision() {
         .unwrap()
         .reshape((1, 21, 12, 16))
         .unwrap();
-    let e = max_rel(&aux_sub, &t["aux_sub"]);
+    let e = max_rel_strict(&aux_sub, &t["aux_sub"]);
     assert!(e < 1e-4, "aux logits off by {e}");
 }
 

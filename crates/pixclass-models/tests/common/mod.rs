@@ -88,3 +88,47 @@ pub fn rand_tensor(shape: &[usize], seed: u64) -> Tensor {
 pub fn weighted_sum(y: &Tensor, r: &Tensor) -> Result<Tensor> {
     y.mul(r)?.sum_all()
 }
+
+/// Largest absolute difference of two tensors relative to the largest
+/// magnitude of `b` (at least 1), in f64.
+pub fn max_rel(a: &Tensor, b: &Tensor) -> f64 {
+    let a: Vec<f64> = a
+        .to_dtype(DType::F64)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    let b: Vec<f64> = b
+        .to_dtype(DType::F64)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    rel_err(&a, &b)
+}
+
+/// Largest absolute difference relative to the largest magnitude of `b`
+/// (no floor: for outputs much smaller than 1).
+pub fn max_rel_strict(a: &Tensor, b: &Tensor) -> f64 {
+    let a: Vec<f64> = a
+        .to_dtype(DType::F64)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    let b: Vec<f64> = b
+        .to_dtype(DType::F64)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    let scale = b.iter().fold(0f64, |m, v| m.max(v.abs()));
+    a.iter()
+        .zip(&b)
+        .fold(0f64, |m, (x, y)| m.max((x - y).abs()))
+        / scale
+}
