@@ -13,7 +13,7 @@
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor, WithDType};
 use rayon::prelude::*;
 
-use crate::cpu_kernels::{contiguous_slice as slice, Geometry};
+use crate::cpu_kernels::{contiguous_slice, dispatch, Geometry};
 
 /// `c[m×n]` (row-major) `= (accumulate ? c : 0) + a·b` with `a` `m×k` and `b`
 /// `k×n` given by (row stride, column stride). Bounds are checked before the
@@ -294,15 +294,7 @@ impl CustomOp2 for ConvKernel {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let out = match (s1, s2) {
-            (CpuStorage::F32(_), CpuStorage::F32(_)) => {
-                CpuStorage::F32(self.run(slice::<f32>(s1, l1)?, slice::<f32>(s2, l2)?))
-            }
-            (CpuStorage::F64(_), CpuStorage::F64(_)) => {
-                CpuStorage::F64(self.run(slice::<f64>(s1, l1)?, slice::<f64>(s2, l2)?))
-            }
-            _ => candle_core::bail!("{}: f32 or f64, both inputs alike", self.name()),
-        };
+        let out = dispatch!((s1, l1) => a, (s2, l2) => b; self.run(a, b));
         Ok((out, self.shape()))
     }
 

@@ -97,21 +97,25 @@ fn dims4(l: &Layout) -> Result<(usize, usize, usize, usize)> {
     l.shape().dims4()
 }
 
+/// Runs `$body` on the contiguous slices of one or more CPU storages that
+/// are all f32 or all f64, wrapping the result in the same dtype:
+/// `dispatch!((s1, l1) => a, (s2, l2) => b; f(a, b))`.
 macro_rules! dispatch {
-    ($s:expr, $l:expr, |$x:ident| $body:expr) => {
-        match $s {
-            CpuStorage::F32(_) => {
-                let $x = contiguous_slice::<f32>($s, $l)?;
-                CpuStorage::F32($body)
-            }
-            CpuStorage::F64(_) => {
-                let $x = contiguous_slice::<f64>($s, $l)?;
-                CpuStorage::F64($body)
-            }
-            _ => candle_core::bail!("pixclass CPU kernels support f32 and f64 only"),
+    ($(($s:expr, $l:expr) => $x:ident),+ ; $body:expr) => {{
+        use candle_core::backend::BackendStorage;
+        let dtypes = [$($s.dtype()),+];
+        if dtypes.iter().all(|d| *d == candle_core::DType::F32) {
+            $(let $x = contiguous_slice::<f32>($s, $l)?;)+
+            CpuStorage::F32($body)
+        } else if dtypes.iter().all(|d| *d == candle_core::DType::F64) {
+            $(let $x = contiguous_slice::<f64>($s, $l)?;)+
+            CpuStorage::F64($body)
+        } else {
+            candle_core::bail!("pixclass CPU kernels take f32 or f64 inputs of one dtype, got {dtypes:?}")
         }
-    };
+    }};
 }
+pub(crate) use dispatch;
 
 /// Per-channel mean and biased variance of `[N, C, H, W]`, as `[2, C]` f64.
 #[derive(Debug, Clone, Copy)]
@@ -283,29 +287,8 @@ impl CustomOp3 for BnTrain {
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let (_, c, h, w) = dims4(l1)?;
-        let out = match (s1, s2, s3) {
-            (CpuStorage::F32(_), CpuStorage::F32(_), CpuStorage::F32(_)) => {
-                CpuStorage::F32(bn_fwd(
-                    self,
-                    contiguous_slice::<f32>(s1, l1)?,
-                    contiguous_slice::<f32>(s2, l2)?,
-                    contiguous_slice::<f32>(s3, l3)?,
-                    c,
-                    h * w,
-                ))
-            }
-            (CpuStorage::F64(_), CpuStorage::F64(_), CpuStorage::F64(_)) => {
-                CpuStorage::F64(bn_fwd(
-                    self,
-                    contiguous_slice::<f64>(s1, l1)?,
-                    contiguous_slice::<f64>(s2, l2)?,
-                    contiguous_slice::<f64>(s3, l3)?,
-                    c,
-                    h * w,
-                ))
-            }
-            _ => candle_core::bail!("batch norm kernel: f32 or f64, all inputs alike"),
-        };
+        let out =
+            dispatch!((s1, l1) => x, (s2, l2) => g, (s3, l3) => b; bn_fwd(self, x, g, b, c, h * w));
         Ok((out, l1.shape().clone()))
     }
 
@@ -347,31 +330,7 @@ impl CustomOp3 for BnTrainBwd {
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let (n, c, h, w) = dims4(l1)?;
-        let out = match (s1, s2, s3) {
-            (CpuStorage::F32(_), CpuStorage::F32(_), CpuStorage::F32(_)) => {
-                CpuStorage::F32(bn_bwd(
-                    &self.0,
-                    contiguous_slice::<f32>(s1, l1)?,
-                    contiguous_slice::<f32>(s2, l2)?,
-                    contiguous_slice::<f32>(s3, l3)?,
-                    n,
-                    c,
-                    h * w,
-                ))
-            }
-            (CpuStorage::F64(_), CpuStorage::F64(_), CpuStorage::F64(_)) => {
-                CpuStorage::F64(bn_bwd(
-                    &self.0,
-                    contiguous_slice::<f64>(s1, l1)?,
-                    contiguous_slice::<f64>(s2, l2)?,
-                    contiguous_slice::<f64>(s3, l3)?,
-                    n,
-                    c,
-                    h * w,
-                ))
-            }
-            _ => candle_core::bail!("batch norm kernel: f32 or f64, all inputs alike"),
-        };
+        let out = dispatch!((s1, l1) => x, (s2, l2) => dy, (s3, l3) => gb; bn_bwd(&self.0, x, dy, gb, n, c, h * w));
         Ok((out, Shape::from(l1.shape().elem_count() + 2 * c)))
     }
 }
@@ -464,7 +423,7 @@ impl CustomOp1 for MaxPool {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let (n, c, h, w) = dims4(l)?;
         let k = self.0;
-        let out = dispatch!(s, l, |x| maxpool_fwd(x, h, w, k));
+        let out = dispatch!((s, l) => x; maxpool_fwd(x, h, w, k));
         Ok((out, Shape::from((n, c, h / k, w / k))))
     }
 
@@ -490,23 +449,7 @@ impl candle_core::CustomOp2 for MaxPoolBwd {
     ) -> Result<(CpuStorage, Shape)> {
         let (_, _, h, w) = dims4(l1)?;
         let k = self.0;
-        let out = match (s1, s2) {
-            (CpuStorage::F32(_), CpuStorage::F32(_)) => CpuStorage::F32(maxpool_bwd(
-                contiguous_slice::<f32>(s1, l1)?,
-                contiguous_slice::<f32>(s2, l2)?,
-                h,
-                w,
-                k,
-            )),
-            (CpuStorage::F64(_), CpuStorage::F64(_)) => CpuStorage::F64(maxpool_bwd(
-                contiguous_slice::<f64>(s1, l1)?,
-                contiguous_slice::<f64>(s2, l2)?,
-                h,
-                w,
-                k,
-            )),
-            _ => candle_core::bail!("max-pool kernel: f32 or f64"),
-        };
+        let out = dispatch!((s1, l1) => x, (s2, l2) => g; maxpool_bwd(x, g, h, w, k));
         Ok((out, l1.shape().clone()))
     }
 }
@@ -574,7 +517,7 @@ impl CustomOp1 for Upsample {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let (n, c, h, w) = dims4(l)?;
         let f = self.0;
-        let out = dispatch!(s, l, |x| upsample_fwd(x, h, w, f));
+        let out = dispatch!((s, l) => x; upsample_fwd(x, h, w, f));
         Ok((out, Shape::from((n, c, h * f, w * f))))
     }
 
@@ -594,7 +537,7 @@ impl CustomOp1 for BlockSum {
         let (n, c, gh, gw) = dims4(l)?;
         let f = self.0;
         let (h, w) = (gh / f, gw / f);
-        let out = dispatch!(s, l, |g| block_sum(g, h, w, f));
+        let out = dispatch!((s, l) => g; block_sum(g, h, w, f));
         Ok((out, Shape::from((n, c, h, w))))
     }
 }
@@ -663,7 +606,7 @@ impl CustomOp1 for MaxPoolStrided {
         }
         let (ho, wo) = (self.out(h), self.out(w));
         let op = *self;
-        let out = dispatch!(s, l, |x| {
+        let out = dispatch!((s, l) => x; {
             let mut o = vec![x[0]; n * c * ho * wo];
             o.par_chunks_mut(ho * wo)
                 .enumerate()
@@ -722,23 +665,7 @@ impl candle_core::CustomOp2 for MaxPoolStridedBwd {
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let (_, _, h, w) = dims4(l1)?;
-        let out = match (s1, s2) {
-            (CpuStorage::F32(_), CpuStorage::F32(_)) => CpuStorage::F32(maxpool_strided_bwd(
-                &self.0,
-                contiguous_slice::<f32>(s1, l1)?,
-                contiguous_slice::<f32>(s2, l2)?,
-                h,
-                w,
-            )),
-            (CpuStorage::F64(_), CpuStorage::F64(_)) => CpuStorage::F64(maxpool_strided_bwd(
-                &self.0,
-                contiguous_slice::<f64>(s1, l1)?,
-                contiguous_slice::<f64>(s2, l2)?,
-                h,
-                w,
-            )),
-            _ => candle_core::bail!("max-pool kernel: f32 or f64"),
-        };
+        let out = dispatch!((s1, l1) => x, (s2, l2) => g; maxpool_strided_bwd(&self.0, x, g, h, w));
         Ok((out, l1.shape().clone()))
     }
 }

@@ -89,43 +89,26 @@ pub fn weighted_sum(y: &Tensor, r: &Tensor) -> Result<Tensor> {
     y.mul(r)?.sum_all()
 }
 
+/// All values of a tensor as f64.
+pub fn f64s(t: &Tensor) -> Vec<f64> {
+    t.to_dtype(DType::F64)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap()
+}
+
 /// Largest absolute difference of two tensors relative to the largest
 /// magnitude of `b` (at least 1), in f64.
 pub fn max_rel(a: &Tensor, b: &Tensor) -> f64 {
-    let a: Vec<f64> = a
-        .to_dtype(DType::F64)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap();
-    let b: Vec<f64> = b
-        .to_dtype(DType::F64)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap();
-    rel_err(&a, &b)
+    rel_err(&f64s(a), &f64s(b))
 }
 
 /// Largest absolute difference relative to the largest magnitude of `b`
 /// (no floor: for outputs much smaller than 1).
 pub fn max_rel_strict(a: &Tensor, b: &Tensor) -> f64 {
-    let a: Vec<f64> = a
-        .to_dtype(DType::F64)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap();
-    let b: Vec<f64> = b
-        .to_dtype(DType::F64)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap();
+    let (a, b) = (f64s(a), f64s(b));
     let scale = b.iter().fold(0f64, |m, v| m.max(v.abs()));
     a.iter()
         .zip(&b)
