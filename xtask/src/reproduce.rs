@@ -221,6 +221,12 @@ pub fn run(args: &[String]) -> Result<()> {
         ]);
         a.push(dir.to_string_lossy().into_owned());
         a.extend(mode.data_args.clone());
+        // A run left by an earlier (possibly interrupted) reproduction is
+        // resumed; a finished one is reused as it is.
+        if dir.join("checkpoint.safetensors").is_file() {
+            a.push("--resume".into());
+            a.push(dir.to_string_lossy().into_owned());
+        }
         pixclass(&bin, &a)?;
         let last = last_row(&dir.join("metrics.csv"))?;
         let (loss, acc) = (last[2], last[3]);
@@ -259,8 +265,13 @@ pub fn run(args: &[String]) -> Result<()> {
     }
     writeln!(md, "\nReference bands: SPEC §A.5. Rows: grey input / true quantised colours / predicted colours.\n\n{pictures}")?;
 
-    // Part B: batch-size study.
+    // Part B: batch-size study. Its batch-100 run has exactly the settings
+    // of Part A's ConvTransposeNet (deterministic), so that run is reused.
     let sweep_dir = out.join("sweep");
+    let same_run = sweep_dir.join("batch_100");
+    if mode.batch_sizes.contains(&100) && !same_run.exists() {
+        copy_dir(&out.join("colourize").join("conv-transpose"), &same_run)?;
+    }
     let mut a = s(&[
         "--quiet",
         "colourize",
@@ -348,6 +359,19 @@ pub fn run(args: &[String]) -> Result<()> {
             failures.len(),
             failures.join("; ")
         );
+    }
+    Ok(())
+}
+
+/// Copies the files of directory `from` into a new directory `to`.
+fn copy_dir(from: &Path, to: &Path) -> Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        if entry.file_type()?.is_file() {
+            std::fs::copy(entry.path(), to.join(entry.file_name()))
+                .with_context(|| format!("copying {}", entry.path().display()))?;
+        }
     }
     Ok(())
 }

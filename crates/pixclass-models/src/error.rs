@@ -16,6 +16,14 @@ pub enum ModelError {
         /// Why it does not fit.
         reason: String,
     },
+    /// A weights file that cannot be read or does not fit the model.
+    #[error("weights {path}: {reason}")]
+    Weights {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What is wrong (names the tensor, expected and found shapes).
+        reason: String,
+    },
     /// A tensor operation failed.
     #[error(transparent)]
     Candle(#[from] candle_core::Error),

@@ -2,6 +2,8 @@
 //!
 //! Models of pixclass's per-pixel classification studies, in candle:
 //! - [`colourize`]: PoolUpsampleNet, ConvTransposeNet and UNet (SPEC §A.3);
+//! - [`deeplab`]: DeepLabV3-ResNet50/101 in torchvision's layout;
+//! - [`mobilenet`]: DeepLabV3-MobileNetV2 (TensorFlow's VOC model), offline;
 //! - [`layers`]: Conv2d, ConvTranspose2d and BatchNorm2d with PyTorch names
 //!   and initialisation, and explicit train/eval;
 //! - [`ops`]: pooling, upsampling, softmax and strided convolution with
@@ -17,6 +19,7 @@ pub mod deeplab;
 pub mod error;
 pub mod init;
 pub mod layers;
+pub mod mobilenet;
 pub mod ops;
 pub mod summary;
 

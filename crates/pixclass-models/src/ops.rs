@@ -161,6 +161,65 @@ pub fn conv2d(
     conv2d_portable(x, weight, pad_h, pad_w, stride, dilation, groups)
 }
 
+/// Depthwise 2-D convolution (groups = channels, one filter per channel),
+/// built from shifted slices so its backward is exact on every device.
+///
+/// # Shapes
+/// `x`: `[N, C, H, W]`, `weight`: `[C, 1, KH, KW]` ->
+/// `[N, C, (H + pads - d·(KH-1) - 1) / s + 1, ...]`.
+pub fn depthwise_conv2d(
+    x: &Tensor,
+    weight: &Tensor,
+    pad_h: Pad,
+    pad_w: Pad,
+    stride: usize,
+    dilation: usize,
+) -> Result<Tensor> {
+    let (_, c, _, _) = x.dims4()?;
+    let (wc, one, kh, kw) = weight.dims4()?;
+    if wc != c || one != 1 {
+        candle_core::bail!(
+            "depthwise conv: weight {:?} does not fit input {:?} (expected [{c}, 1, KH, KW])",
+            weight.dims(),
+            x.dims()
+        );
+    }
+    let e = ConvExtent::new(x, weight, pad_h, pad_w, dilation)?;
+    let xp = x
+        .pad_with_zeros(2, pad_h.0, pad_h.1)?
+        .pad_with_zeros(3, pad_w.0, pad_w.1)?;
+    let ho = (e.ph - e.span_h) / stride + 1;
+    let wo = (e.pw - e.span_w) / stride + 1;
+    // Stride > 1: gather the rows/columns a tap reads (index_select needs a
+    // contiguous input, which the padded tensor is).
+    let taps = |start: usize, len: usize| -> Result<Tensor> {
+        let idx: Vec<u32> = (0..len).map(|r| (start + r * stride) as u32).collect();
+        Tensor::new(idx, x.device())
+    };
+    let mut acc: Option<Tensor> = None;
+    for i in 0..kh {
+        for j in 0..kw {
+            let s = if stride == 1 {
+                xp.narrow(2, i * dilation, ho)?
+                    .narrow(3, j * dilation, wo)?
+            } else {
+                xp.index_select(&taps(i * dilation, ho)?, 2)?
+                    .index_select(&taps(j * dilation, wo)?, 3)?
+            };
+            let w = weight
+                .narrow(2, i, 1)?
+                .narrow(3, j, 1)?
+                .reshape((1, c, 1, 1))?;
+            let term = s.broadcast_mul(&w)?;
+            acc = Some(match acc {
+                Some(a) => (a + term)?,
+                None => term,
+            });
+        }
+    }
+    acc.ok_or_else(|| candle_core::Error::Msg("depthwise conv: empty kernel".into()))
+}
+
 /// Kernel spans and padded input sizes of a convolution, checked to fit.
 struct ConvExtent {
     kh: usize,

@@ -406,3 +406,37 @@ fn cross_entropy_kernel_matches_portable_and_finite_differences() {
     let err = ops::cross_entropy(&x, &bad).unwrap_err();
     assert!(err.to_string().contains("out of range"), "{err}");
 }
+
+#[test]
+fn depthwise_conv_matches_grouped_conv_and_finite_differences() {
+    // Strides 1 and 2, dilation 1 and 2, asymmetric (TF "SAME") padding,
+    // an odd x even input.
+    for (stride, dilation, ph, pw) in [
+        (1, 1, (1, 1), (1, 1)),
+        (2, 1, (0, 1), (1, 1)),
+        (1, 2, (2, 2), (2, 2)),
+    ] {
+        let x = rand_tensor(&[2, 3, 7, 6], 21);
+        let w = rand_tensor(&[3, 1, 3, 3], 22);
+        let ours = ops::depthwise_conv2d(&x, &w, ph, pw, stride, dilation).unwrap();
+        let grouped = ops::conv2d_portable(&x, &w, ph, pw, stride, dilation, 3).unwrap();
+        assert_eq!(ours.dims(), grouped.dims());
+        assert!(
+            max_rel(&ours, &grouped) < 1e-12,
+            "forward s={stride} d={dilation}"
+        );
+        let r = rand_tensor(ours.dims(), 23);
+        let fx =
+            |t: &Tensor| weighted_sum(&ops::depthwise_conv2d(t, &w, ph, pw, stride, dilation)?, &r);
+        assert!(
+            gradient_ok(&fx, &x, 1e-6),
+            "input gradient s={stride} d={dilation}"
+        );
+        let fw =
+            |t: &Tensor| weighted_sum(&ops::depthwise_conv2d(&x, t, ph, pw, stride, dilation)?, &r);
+        assert!(
+            gradient_ok(&fw, &w, 1e-6),
+            "weight gradient s={stride} d={dilation}"
+        );
+    }
+}

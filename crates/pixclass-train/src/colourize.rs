@@ -416,14 +416,17 @@ pub struct SweepRow {
     pub val_acc: f64,
     /// Final training loss.
     pub train_loss: f64,
-    /// Wall time of the run.
+    /// Wall time of the run's epochs.
     pub seconds: f64,
     /// Validation loss per epoch.
     pub curve: Vec<f64>,
 }
 
 /// Trains one run per batch size into `out_dir/batch_NNN`, then writes
-/// `sweep.csv`, `sweep.md` and `sweep.png` into `out_dir`.
+/// `sweep.csv`, `sweep.md` and `sweep.png` into `out_dir`. A run directory
+/// that already holds a checkpoint is resumed (a finished run is reused as
+/// it is), so an interrupted sweep continues where it stopped; its settings
+/// must match.
 pub fn sweep(
     base: &ColourTrainConfig,
     batch_sizes: &[usize],
@@ -437,13 +440,9 @@ pub fn sweep(
             batch_size: bs,
             ..base.clone()
         };
-        let run = train_colouriser(
-            &cfg,
-            source,
-            &out_dir.join(format!("batch_{bs:03}")),
-            false,
-            progress,
-        )?;
+        let dir = out_dir.join(format!("batch_{bs:03}"));
+        let resume = dir.join(checkpoint::LATEST).is_file();
+        let run = train_colouriser(&cfg, source, &dir, resume, progress)?;
         let last = run
             .rows
             .last()
@@ -453,7 +452,8 @@ pub fn sweep(
             val_loss: last.values[0],
             val_acc: last.values[1],
             train_loss: last.train_loss,
-            seconds: run.seconds,
+            // Training time summed over epochs, so reused runs keep theirs.
+            seconds: run.rows.iter().map(|r| r.seconds).sum(),
             curve: run.rows.iter().map(|r| r.values[0]).collect(),
         });
     }
