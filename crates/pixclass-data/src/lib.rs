@@ -4,6 +4,8 @@
 //! - [`cifar`]: the CIFAR-10 binary format, validated and checksummed;
 //! - [`colours`]: colour palettes, nearest-colour classes, k-means;
 //! - [`colourize`]: the colourization data set of the study (SPEC §A.1);
+//! - [`segment`]: Oxford-17 and image/mask folders for segmentation (SPEC §B.1);
+//! - [`matfile`]: a small MATLAB 5 reader (Oxford-17's `datasplits.mat`);
 //! - [`fetch`]: resumable, verified downloads;
 //! - [`embedded`]: a real sample compiled in, for a fresh machine.
 //!
@@ -16,10 +18,13 @@ pub mod colours;
 pub mod embedded;
 pub mod error;
 pub mod fetch;
+pub mod matfile;
 pub mod paths;
+pub mod segment;
 
 pub use cifar::{CifarLayout, CifarSet, CifarSource, Split, HORSE};
 pub use colourize::ColourSplit;
 pub use colours::Palette;
 pub use error::{DataError, Result};
 pub use paths::resolve_data_dir;
+pub use segment::{Preprocess, SegSet, SegSource, SegSplits};
