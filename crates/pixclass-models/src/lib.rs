@@ -4,6 +4,8 @@
 //! - [`colourize`]: PoolUpsampleNet, ConvTransposeNet and UNet (SPEC §A.3);
 //! - [`deeplab`]: DeepLabV3-ResNet50/101 in torchvision's layout;
 //! - [`mobilenet`]: DeepLabV3-MobileNetV2 (TensorFlow's VOC model), offline;
+//! - [`segment`]: both DeepLabV3s behind one interface, frozen part + head;
+//! - [`weights`]: safetensors/.pth reading, checked tensor by tensor;
 //! - [`layers`]: Conv2d, ConvTranspose2d and BatchNorm2d with PyTorch names
 //!   and initialisation, and explicit train/eval;
 //! - [`ops`]: pooling, upsampling, softmax and strided convolution with
@@ -21,7 +23,9 @@ pub mod init;
 pub mod layers;
 pub mod mobilenet;
 pub mod ops;
+pub mod segment;
 pub mod summary;
+pub mod weights;
 
 pub use colourize::{ColourModelKind, ColourNet, ColourNetConfig};
 pub use error::{ModelError, Result};

@@ -161,8 +161,9 @@ pub fn conv2d(
     conv2d_portable(x, weight, pad_h, pad_w, stride, dilation, groups)
 }
 
-/// Depthwise 2-D convolution (groups = channels, one filter per channel),
-/// built from shifted slices so its backward is exact on every device.
+/// Depthwise 2-D convolution (groups = channels, one filter per channel).
+/// CPU (f32/f64): the direct kernel [`crate::cpu_kernels::Depthwise`];
+/// elsewhere [`depthwise_conv2d_portable`].
 ///
 /// # Shapes
 /// `x`: `[N, C, H, W]`, `weight`: `[C, 1, KH, KW]` ->
@@ -184,6 +185,45 @@ pub fn depthwise_conv2d(
             x.dims()
         );
     }
+    let e = ConvExtent::new(x, weight, pad_h, pad_w, dilation)?;
+    if cpu_float(x) && x.dtype() == weight.dtype() {
+        let (n, _, h, w) = x.dims4()?;
+        let g = crate::cpu_kernels::Geometry {
+            n,
+            c,
+            h,
+            w,
+            kh,
+            kw,
+            stride,
+            dilation,
+            pad_top: pad_h.0,
+            pad_left: pad_w.0,
+            ho: (e.ph - e.span_h) / stride + 1,
+            wo: (e.pw - e.span_w) / stride + 1,
+        };
+        return x
+            .contiguous()?
+            .apply_op2(&weight.contiguous()?, crate::cpu_kernels::Depthwise(g));
+    }
+    depthwise_conv2d_portable(x, weight, pad_h, pad_w, stride, dilation)
+}
+
+/// [`depthwise_conv2d`] from shifted slices of candle primitives, so its
+/// backward is exact on every device.
+///
+/// # Shapes
+/// As [`depthwise_conv2d`].
+pub fn depthwise_conv2d_portable(
+    x: &Tensor,
+    weight: &Tensor,
+    pad_h: Pad,
+    pad_w: Pad,
+    stride: usize,
+    dilation: usize,
+) -> Result<Tensor> {
+    let (_, c, _, _) = x.dims4()?;
+    let (_, _, kh, kw) = weight.dims4()?;
     let e = ConvExtent::new(x, weight, pad_h, pad_w, dilation)?;
     let xp = x
         .pad_with_zeros(2, pad_h.0, pad_h.1)?

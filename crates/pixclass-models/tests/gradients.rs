@@ -419,6 +419,11 @@ fn depthwise_conv_matches_grouped_conv_and_finite_differences() {
         let x = rand_tensor(&[2, 3, 7, 6], 21);
         let w = rand_tensor(&[3, 1, 3, 3], 22);
         let ours = ops::depthwise_conv2d(&x, &w, ph, pw, stride, dilation).unwrap();
+        let portable = ops::depthwise_conv2d_portable(&x, &w, ph, pw, stride, dilation).unwrap();
+        assert!(
+            max_rel(&ours, &portable) < 1e-12,
+            "kernel vs portable s={stride} d={dilation}"
+        );
         let grouped = ops::conv2d_portable(&x, &w, ph, pw, stride, dilation, 3).unwrap();
         assert_eq!(ours.dims(), grouped.dims());
         assert!(

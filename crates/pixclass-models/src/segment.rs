@@ -1,0 +1,235 @@
+//! The segmentation models behind one interface: a pretrained DeepLabV3
+//! (ResNet-50/101 in torchvision's layout, or the offline MobileNetV2 VOC
+//! model) split into its frozen part ([`SegBackbone::features_t`]: everything
+//! before the final 1x1 conv) and a [`SegHead`] (the 1x1 conv + bilinear
+//! resize) that fine-tuning replaces (SPEC §B.2).
+
+use std::path::Path;
+
+use candle_core::{DType, Device, Module, Tensor};
+use candle_nn::{VarBuilder, VarMap};
+use serde::{Deserialize, Serialize};
+
+use crate::deeplab::{DeepLabConfig, DeepLabV3, ResNetDepth};
+use crate::error::{ModelError, Result};
+use crate::init::seeded_var_builder;
+use crate::layers::{Conv2d, Conv2dConfig};
+use crate::mobilenet::{self, MobileNetV2DeepLab};
+use crate::ops;
+use crate::weights::{expected_tensors, read_tensors, validate};
+
+/// The segmentation models pixclass knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SegModelKind {
+    /// torchvision `deeplabv3_resnet101` (SPEC §B.2).
+    Deeplabv3Resnet101,
+    /// torchvision `deeplabv3_resnet50`.
+    Deeplabv3Resnet50,
+    /// TensorFlow's DeepLabV3-MobileNetV2 (VOC), shipped in `assets/`.
+    Deeplabv3Mobilenetv2Voc,
+}
+
+impl SegModelKind {
+    /// The command-line name.
+    pub fn name(self) -> &'static str {
+        match self {
+            SegModelKind::Deeplabv3Resnet101 => "deeplabv3-resnet101",
+            SegModelKind::Deeplabv3Resnet50 => "deeplabv3-resnet50",
+            SegModelKind::Deeplabv3Mobilenetv2Voc => "deeplabv3-mobilenetv2-voc",
+        }
+    }
+
+    /// The registered weights name used when none is given (`None`: the
+    /// embedded weights).
+    pub fn default_weights(self) -> Option<&'static str> {
+        match self {
+            SegModelKind::Deeplabv3Resnet101 => Some("deeplabv3-resnet101-coco"),
+            SegModelKind::Deeplabv3Resnet50 => Some("deeplabv3-resnet50-coco"),
+            SegModelKind::Deeplabv3Mobilenetv2Voc => None,
+        }
+    }
+}
+
+/// A pretrained DeepLabV3 with its own 21-class head.
+pub enum SegBackbone {
+    /// ResNet backbone, torchvision layout.
+    ResNet(Box<DeepLabV3>),
+    /// MobileNetV2 (VOC), BatchNorm folded.
+    MobileNet(Box<MobileNetV2DeepLab>),
+}
+
+/// Loads a torchvision DeepLabV3-ResNet checkpoint (`.pth` or
+/// `.safetensors`), checking every tensor; the class count and the aux head
+/// follow the file.
+pub fn load_resnet(path: &Path, depth: ResNetDepth, device: &Device) -> Result<DeepLabV3> {
+    let found = read_tensors(path, device)?;
+    let num_classes = found
+        .get("classifier.4.weight")
+        .map(|t| t.dim(0))
+        .transpose()?
+        .ok_or_else(|| ModelError::Weights {
+            path: path.to_path_buf(),
+            reason: "missing tensor classifier.4.weight: not a torchvision DeepLabV3 checkpoint"
+                .into(),
+        })?;
+    let cfg = DeepLabConfig {
+        depth,
+        num_classes,
+        aux: found.keys().any(|k| k.starts_with("aux_classifier.")),
+    };
+    let expected = expected_tensors(|vb| DeepLabV3::new(cfg, vb).map(|_| ()))?;
+    validate(path, &expected, &found, &[])?;
+    DeepLabV3::new(cfg, VarBuilder::from_tensors(found, DType::F32, device))
+}
+
+/// Loads a DeepLabV3-ResNet checkpoint into a model with `cfg.num_classes`
+/// classes: the backbone (everything but `classifier.4` and
+/// `aux_classifier.4`) must match; those two heads are re-initialised from
+/// `seed` (PyTorch's default init) when their class count differs.
+pub fn load_resnet_with_classes(
+    path: &Path,
+    cfg: DeepLabConfig,
+    seed: u64,
+    device: &Device,
+) -> Result<DeepLabV3> {
+    let mut found = read_tensors(path, device)?;
+    let heads = ["classifier.4.", "aux_classifier.4."];
+    let expected = expected_tensors(|vb| DeepLabV3::new(cfg, vb).map(|_| ()))?;
+    let found_aux = found.keys().any(|k| k.starts_with("aux_classifier."));
+    if found_aux && !cfg.aux {
+        found.retain(|k, _| !k.starts_with("aux_classifier."));
+    }
+    validate(path, &expected, &found, &heads)?;
+    let fresh = VarMap::new();
+    DeepLabV3::new(cfg, seeded_var_builder(&fresh, seed, DType::F32, device))?;
+    let fresh = fresh
+        .data()
+        .lock()
+        .map_err(|_| ModelError::Config("varmap poisoned".into()))?
+        .clone();
+    for (name, shape) in &expected {
+        if heads.iter().any(|h| name.starts_with(h)) {
+            let keep = found
+                .get(name)
+                .is_some_and(|t| t.dims() == shape.as_slice());
+            if !keep {
+                if let Some(v) = fresh.get(name) {
+                    found.insert(name.clone(), v.as_tensor().clone());
+                }
+            }
+        }
+    }
+    DeepLabV3::new(cfg, VarBuilder::from_tensors(found, DType::F32, device))
+}
+
+impl SegBackbone {
+    /// Loads `kind` with weights from `path` (`None`: MobileNet's embedded
+    /// weights; a ResNet needs a file).
+    pub fn load(kind: SegModelKind, path: Option<&Path>, device: &Device) -> Result<Self> {
+        Ok(match kind {
+            SegModelKind::Deeplabv3Mobilenetv2Voc => {
+                let tensors = match path {
+                    Some(p) => mobilenet::load_tflite_weights(p, device)?,
+                    None => mobilenet::embedded_weights(device)?,
+                };
+                let vb = VarBuilder::from_tensors(tensors, DType::F32, device);
+                SegBackbone::MobileNet(Box::new(MobileNetV2DeepLab::new(
+                    vb,
+                    Some(mobilenet::VOC_LABELS.len()),
+                )?))
+            }
+            SegModelKind::Deeplabv3Resnet101 | SegModelKind::Deeplabv3Resnet50 => {
+                let depth = if kind == SegModelKind::Deeplabv3Resnet101 {
+                    ResNetDepth::ResNet101
+                } else {
+                    ResNetDepth::ResNet50
+                };
+                let path = path.ok_or_else(|| {
+                    ModelError::Config(format!(
+                        "{} needs a weights file (`pixclass weights fetch {}` or --weights PATH)",
+                        kind.name(),
+                        kind.default_weights().unwrap_or_default()
+                    ))
+                })?;
+                SegBackbone::ResNet(Box::new(load_resnet(path, depth, device)?))
+            }
+        })
+    }
+
+    /// Input normalisation `(x - mean) / std` for `x` in `[0, 1]`.
+    pub fn normalisation(&self) -> ([f32; 3], [f32; 3]) {
+        match self {
+            SegBackbone::ResNet(_) => ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
+            SegBackbone::MobileNet(_) => (mobilenet::MEAN, mobilenet::STD),
+        }
+    }
+
+    /// Whether the logits are resized with align_corners=True.
+    pub fn align_corners(&self) -> bool {
+        matches!(self, SegBackbone::MobileNet(_))
+    }
+
+    /// Channels of [`SegBackbone::features_t`].
+    pub fn feature_channels(&self) -> usize {
+        256
+    }
+
+    /// Whether train mode computes something else than eval mode (false for
+    /// the MobileNet model: BatchNorm folded, no dropout).
+    pub fn has_train_mode(&self) -> bool {
+        matches!(self, SegBackbone::ResNet(_))
+    }
+
+    /// Everything before the final 1x1 conv. `train`: BatchNorm with batch
+    /// statistics (updating running stats) and active dropout, like the
+    /// reference's frozen layers (ResNet only).
+    ///
+    /// # Shapes
+    /// `[N, 3, H, W]` normalised -> `[N, 256, ceil(H/8), ceil(W/8)]`.
+    pub fn features_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        match self {
+            SegBackbone::ResNet(m) => m.features_t(x, train),
+            SegBackbone::MobileNet(m) => m.features(x),
+        }
+    }
+
+    /// Logits of the model's own head (21 VOC classes for the pretrained
+    /// weights), in eval mode.
+    ///
+    /// # Shapes
+    /// `[N, 3, H, W]` normalised -> `[N, classes, H, W]`.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        match self {
+            SegBackbone::ResNet(m) => m.forward_t(x, false),
+            SegBackbone::MobileNet(m) => m.forward(x),
+        }
+    }
+}
+
+/// The replaceable head: a 1x1 conv and a bilinear resize to the input size.
+#[derive(Debug, Clone)]
+pub struct SegHead {
+    conv: Conv2d,
+    align_corners: bool,
+}
+
+impl SegHead {
+    /// A `in_c -> classes` 1x1 conv with bias under `vb` (`weight`, `bias`).
+    pub fn new(in_c: usize, classes: usize, align_corners: bool, vb: VarBuilder) -> Result<Self> {
+        let conv = Conv2d::new(in_c, classes, 1, Conv2dConfig::default(), vb)?;
+        Ok(Self {
+            conv,
+            align_corners,
+        })
+    }
+
+    /// Logits at `out_h x out_w`.
+    ///
+    /// # Shapes
+    /// `[N, C, h, w]` -> `[N, classes, out_h, out_w]`.
+    pub fn forward(&self, features: &Tensor, out_h: usize, out_w: usize) -> Result<Tensor> {
+        let y = self.conv.forward(features)?;
+        Ok(ops::resize_bilinear(&y, out_h, out_w, self.align_corners)?)
+    }
+}
