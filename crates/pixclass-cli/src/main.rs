@@ -3,6 +3,8 @@
 
 mod colourize_cmd;
 mod data_cmd;
+mod segment_cmd;
+mod weights_cmd;
 
 use std::path::PathBuf;
 
@@ -40,6 +42,16 @@ enum Command {
         #[command(subcommand)]
         cmd: colourize_cmd::ColourizeCmd,
     },
+    /// The segmentation study (Part D): fine-tune, evaluate, predict.
+    Segment {
+        #[command(subcommand)]
+        cmd: segment_cmd::SegmentCmd,
+    },
+    /// Pretrained weights: list, fetch, convert.
+    Weights {
+        #[command(subcommand)]
+        cmd: weights_cmd::WeightsCmd,
+    },
 }
 
 /// Options naming the data directory (shared by commands that read data).
@@ -72,6 +84,8 @@ fn main() {
         Command::Data { cmd } => data_cmd::run_data(cmd, progress),
         Command::Colours { cmd } => data_cmd::run_colours(cmd),
         Command::Colourize { cmd } => colourize_cmd::run(cmd, progress),
+        Command::Segment { cmd } => segment_cmd::run(cmd, progress),
+        Command::Weights { cmd } => weights_cmd::run(cmd, progress),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

@@ -18,6 +18,10 @@ pub enum Checksum {
     Sha256(&'static str),
     /// Lower-case hex MD5 (what some data sets publish).
     Md5(&'static str),
+    /// The leading hex digits of a SHA-256, as torchvision publishes them in
+    /// its file names (`deeplabv3_resnet101_coco-586e9e4e.pth`) and checks
+    /// them (`check_hash=True`).
+    Sha256Prefix(&'static str),
 }
 
 impl Checksum {
@@ -26,23 +30,28 @@ impl Checksum {
         match self {
             Checksum::Sha256(_) => "sha256",
             Checksum::Md5(_) => "md5",
+            Checksum::Sha256Prefix(_) => "sha256 prefix",
         }
     }
 
     /// The expected hex digest.
     pub fn hex(&self) -> &'static str {
         match self {
-            Checksum::Sha256(h) | Checksum::Md5(h) => h,
+            Checksum::Sha256(h) | Checksum::Md5(h) | Checksum::Sha256Prefix(h) => h,
         }
     }
 
     /// Hashes `path` with this checksum's algorithm and compares.
     pub fn verify(&self, path: &Path) -> Result<()> {
         let found = match self {
-            Checksum::Sha256(_) => sha256_file(path)?,
+            Checksum::Sha256(_) | Checksum::Sha256Prefix(_) => sha256_file(path)?,
             Checksum::Md5(_) => md5_file(path)?,
         };
-        if found == self.hex() {
+        let ok = match self {
+            Checksum::Sha256Prefix(p) => !p.is_empty() && found.starts_with(p),
+            _ => found == self.hex(),
+        };
+        if ok {
             Ok(())
         } else {
             Err(DataError::ChecksumMismatch {

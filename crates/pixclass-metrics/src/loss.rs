@@ -16,6 +16,31 @@ pub enum Loss {
 }
 
 impl Loss {
+    /// The command-line name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Loss::Ce => "ce",
+            Loss::Iou => "iou",
+            Loss::Dice => "dice",
+        }
+    }
+
+    /// This loss of a two-class problem given the margin
+    /// `d = logit_1 - logit_0` instead of both logits (equal values and
+    /// gradients; half the memory, one fused pass on the CPU).
+    ///
+    /// # Shapes
+    /// `margin` `[N, H, W]`, `target` `[N, H, W]` u32 (0/1) -> scalar.
+    pub fn compute_margin(self, margin: &Tensor, target: &Tensor) -> Result<Tensor> {
+        use pixclass_models::cpu_kernels::BinaryLossKind as K;
+        let kind = match self {
+            Loss::Ce => K::Ce,
+            Loss::Iou => K::Iou,
+            Loss::Dice => K::Dice,
+        };
+        ops::binary_loss(margin, target, kind)
+    }
+
     /// Computes this loss.
     ///
     /// # Shapes

@@ -1,7 +1,7 @@
 //! Losses and metrics with hand-computed values.
 #![allow(clippy::unwrap_used)]
 
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 use pixclass_metrics::*;
 
 fn logits_2class(fg_logit: &[f32], n: usize, h: usize, w: usize) -> Tensor {
@@ -101,4 +101,30 @@ fn confusion_matrix_by_hand() {
     let mut m = ConfusionMatrix::new(2);
     m.add_logits(&l, &t).unwrap();
     assert_eq!((m.get(0, 0), m.get(0, 1)), (1, 1));
+}
+
+#[test]
+fn margin_losses_equal_two_channel_losses() {
+    // Random 2-channel logits; the margin is logit_1 - logit_0.
+    let dev = Device::Cpu;
+    let l = Tensor::rand(-3f32, 3.0, (2, 2, 5, 6), &dev).unwrap();
+    let t = Tensor::rand(0f32, 1.0, (2, 5, 6), &dev)
+        .unwrap()
+        .ge(0.6)
+        .unwrap()
+        .to_dtype(DType::U32)
+        .unwrap();
+    let margin = (l.narrow(1, 1, 1).unwrap() - l.narrow(1, 0, 1).unwrap())
+        .unwrap()
+        .squeeze(1)
+        .unwrap();
+    for loss in [Loss::Ce, Loss::Iou, Loss::Dice] {
+        let a = loss.compute(&l, &t).unwrap().to_scalar::<f32>().unwrap();
+        let b = loss
+            .compute_margin(&margin, &t)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!((a - b).abs() < 1e-5, "{loss:?}: {a} vs {b}");
+    }
 }

@@ -993,3 +993,192 @@ impl candle_core::CustomOp2 for DepthwiseBwdFilter {
         Ok((out, Shape::from((g.c, 1, g.kh, g.kw))))
     }
 }
+
+// ---------------------------------------------------------------------------
+// Two-class losses on the margin d = logit_1 - logit_0 (softmax over two
+// classes is sigmoid(d)): one pass over the pixels, f64 sums per image added
+// in order, exact backward. Used by segmentation fine-tuning, where the
+// full-resolution logits are the largest tensors of a step.
+// ---------------------------------------------------------------------------
+
+/// Which two-class loss (see [`crate::ops::binary_loss`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BinaryLossKind {
+    /// Mean cross-entropy.
+    Ce,
+    /// The study's soft IoU over the whole batch.
+    Iou,
+    /// Soft Dice over the whole batch.
+    Dice,
+}
+
+/// The loss of a margin `[N, H, W]` against u32 0/1 targets `[N, H, W]`.
+#[derive(Debug, Clone, Copy)]
+pub struct BinaryLoss(pub BinaryLossKind);
+
+#[derive(Debug, Clone, Copy)]
+struct BinaryLossBwd {
+    kind: BinaryLossKind,
+    grad: f64,
+}
+
+/// Batch sums: (CE sum, Σ p·y, Σ p, Σ y) with p = sigmoid(d).
+fn binary_sums<T: WithDType>(d: &[T], t: &[u32], hw: usize) -> [f64; 4] {
+    let parts: Vec<[f64; 4]> = d
+        .par_chunks(hw.max(1))
+        .zip(t.par_chunks(hw.max(1)))
+        .map(|(dd, tt)| {
+            let mut s = [0f64; 4];
+            for (v, &y) in dd.iter().zip(tt) {
+                let x = v.to_f64();
+                let y = y as f64;
+                // softplus(-(2y-1)·x), stably.
+                let z = -(2.0 * y - 1.0) * x;
+                s[0] += z.max(0.0) + (-z.abs()).exp().ln_1p();
+                let p = 1.0 / (1.0 + (-x).exp());
+                s[1] += p * y;
+                s[2] += p;
+                s[3] += y;
+            }
+            s
+        })
+        .collect();
+    parts.iter().fold([0f64; 4], |mut a, s| {
+        for k in 0..4 {
+            a[k] += s[k];
+        }
+        a
+    })
+}
+
+const SOFT_EPS: f64 = 1e-6;
+
+fn binary_value(kind: BinaryLossKind, s: [f64; 4], m: usize) -> f64 {
+    let [ce, i, p, y] = s;
+    match kind {
+        BinaryLossKind::Ce => ce / m as f64,
+        BinaryLossKind::Iou => 1.0 - i / (p + y - i + SOFT_EPS),
+        BinaryLossKind::Dice => 1.0 - (2.0 * i + SOFT_EPS) / (p + y + SOFT_EPS),
+    }
+}
+
+fn binary_bwd<T: WithDType>(op: &BinaryLossBwd, d: &[T], t: &[u32]) -> Vec<T> {
+    let m = d.len();
+    let [_, i, ps, ys] = binary_sums(d, t, 1 << 16);
+    let mut out = vec![T::zero(); m];
+    let g = op.grad;
+    out.par_chunks_mut(1 << 16)
+        .zip(d.par_chunks(1 << 16).zip(t.par_chunks(1 << 16)))
+        .for_each(|(o, (dd, tt))| {
+            for ((o, v), &y) in o.iter_mut().zip(dd).zip(tt) {
+                let p = 1.0 / (1.0 + (-v.to_f64()).exp());
+                let y = y as f64;
+                let dl_dd = match op.kind {
+                    BinaryLossKind::Ce => (p - y) / m as f64,
+                    BinaryLossKind::Iou => {
+                        let u = ps + ys - i + SOFT_EPS;
+                        // L = 1 - I/U; dI/dp = y, dU/dp = 1 - y.
+                        -(y * u - i * (1.0 - y)) / (u * u) * p * (1.0 - p)
+                    }
+                    BinaryLossKind::Dice => {
+                        let num = 2.0 * i + SOFT_EPS;
+                        let den = ps + ys + SOFT_EPS;
+                        -(2.0 * y * den - num) / (den * den) * p * (1.0 - p)
+                    }
+                };
+                *o = T::from_f64(g * dl_dd);
+            }
+        });
+    out
+}
+
+fn check_binary(l1: &Layout, l2: &Layout) -> Result<()> {
+    if l1.shape().dims() != l2.shape().dims() {
+        candle_core::bail!(
+            "binary loss: margin {:?} and targets {:?} disagree",
+            l1.shape().dims(),
+            l2.shape().dims()
+        );
+    }
+    Ok(())
+}
+
+fn binary_targets<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [u32]> {
+    let t = match s {
+        CpuStorage::U32(_) => contiguous_slice::<u32>(s, l)?,
+        _ => candle_core::bail!("binary loss: targets must be u32"),
+    };
+    if let Some(bad) = t.iter().find(|&&c| c > 1) {
+        candle_core::bail!("binary loss: target {bad} is not 0 or 1");
+    }
+    Ok(t)
+}
+
+impl candle_core::CustomOp2 for BinaryLoss {
+    fn name(&self) -> &'static str {
+        "pixclass-binary-loss"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        check_binary(l1, l2)?;
+        let t = binary_targets(s2, l2)?;
+        let m = l1.shape().elem_count();
+        let out = dispatch!((s1, l1) => d; {
+            let v = binary_value(self.0, binary_sums(d, t, 1 << 16), m);
+            vec![num_traits_from(v, d)]
+        });
+        Ok((out, Shape::from(())))
+    }
+
+    fn bwd(
+        &self,
+        margin: &Tensor,
+        target: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let g = grad.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
+        let op = BinaryLossBwd {
+            kind: self.0,
+            grad: g,
+        };
+        Ok((
+            Some(
+                margin
+                    .contiguous()?
+                    .apply_op2_no_bwd(&target.contiguous()?, &op)?,
+            ),
+            None,
+        ))
+    }
+}
+
+/// `v` in the element type of `_like`.
+fn num_traits_from<T: WithDType>(v: f64, _like: &[T]) -> T {
+    T::from_f64(v)
+}
+
+impl candle_core::CustomOp2 for BinaryLossBwd {
+    fn name(&self) -> &'static str {
+        "pixclass-binary-loss-bwd"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        check_binary(l1, l2)?;
+        let t = binary_targets(s2, l2)?;
+        let out = dispatch!((s1, l1) => d; binary_bwd(self, d, t));
+        Ok((out, l1.shape().clone()))
+    }
+}

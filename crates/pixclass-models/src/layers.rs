@@ -98,6 +98,11 @@ impl Conv2d {
         &self.weight
     }
 
+    /// The bias `[out]`, when the layer has one.
+    pub fn bias(&self) -> Option<&Tensor> {
+        self.bias.as_ref()
+    }
+
     /// The configuration.
     pub fn config(&self) -> &Conv2dConfig {
         &self.cfg
@@ -430,9 +435,12 @@ pub fn trainable_vars(varmap: &candle_nn::VarMap) -> Vec<(String, Var)> {
 }
 
 /// True for names of non-trainable buffers (`running_mean`, `running_var`,
-/// `num_batches_tracked`).
+/// `num_batches_tracked`, and a segmentation head's fixed feature
+/// statistics `feature_mean`/`feature_std`).
 pub fn is_buffer(name: &str) -> bool {
     name.ends_with("running_mean")
         || name.ends_with("running_var")
         || name.ends_with("num_batches_tracked")
+        || name.ends_with("feature_mean")
+        || name.ends_with("feature_std")
 }

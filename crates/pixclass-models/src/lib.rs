@@ -5,6 +5,7 @@
 //! - [`deeplab`]: DeepLabV3-ResNet50/101 in torchvision's layout;
 //! - [`mobilenet`]: DeepLabV3-MobileNetV2 (TensorFlow's VOC model), offline;
 //! - [`segment`]: both DeepLabV3s behind one interface, frozen part + head;
+//! - [`registry`]: registered pretrained weights (hub repo, URL, checksum);
 //! - [`weights`]: safetensors/.pth reading, checked tensor by tensor;
 //! - [`layers`]: Conv2d, ConvTranspose2d and BatchNorm2d with PyTorch names
 //!   and initialisation, and explicit train/eval;
@@ -23,6 +24,7 @@ pub mod init;
 pub mod layers;
 pub mod mobilenet;
 pub mod ops;
+pub mod registry;
 pub mod segment;
 pub mod summary;
 pub mod weights;

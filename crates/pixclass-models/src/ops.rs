@@ -519,3 +519,66 @@ pub fn cross_entropy_portable(logits: &Tensor, target: &Tensor) -> Result<Tensor
     let picked = lsm.gather(&target.to_dtype(DType::U32)?.unsqueeze(1)?, 1)?;
     picked.sum_all()?.affine(-1.0 / (n * h * w) as f64, 0.0)
 }
+
+/// A two-class loss of the margin `d = logit_1 - logit_0` (so
+/// `softmax(logits)[1] = sigmoid(d)`), equal to the same loss of the
+/// two-channel logits: cross-entropy `mean softplus(-(2y-1)·d)`, or the soft
+/// IoU / Dice of `p = sigmoid(d)` with batch-level sums (SPEC §B.3). CPU: one
+/// fused kernel with an exact backward; elsewhere
+/// [`binary_loss_portable`].
+///
+/// # Shapes
+/// `margin` `[N, H, W]` float, `target` `[N, H, W]` u32 (0/1) -> scalar.
+pub fn binary_loss(
+    margin: &Tensor,
+    target: &Tensor,
+    kind: crate::cpu_kernels::BinaryLossKind,
+) -> Result<Tensor> {
+    if cpu_float(margin) && target.dtype() == candle_core::DType::U32 {
+        return margin
+            .contiguous()?
+            .apply_op2(&target.contiguous()?, crate::cpu_kernels::BinaryLoss(kind));
+    }
+    binary_loss_portable(margin, target, kind)
+}
+
+/// [`binary_loss`] from candle primitives (every device).
+///
+/// # Shapes
+/// As [`binary_loss`].
+pub fn binary_loss_portable(
+    margin: &Tensor,
+    target: &Tensor,
+    kind: crate::cpu_kernels::BinaryLossKind,
+) -> Result<Tensor> {
+    use crate::cpu_kernels::BinaryLossKind as K;
+    if margin.dims() != target.dims() {
+        candle_core::bail!(
+            "binary loss: margin {:?} and targets {:?} disagree",
+            margin.dims(),
+            target.dims()
+        );
+    }
+    let y = target.to_dtype(margin.dtype())?;
+    match kind {
+        K::Ce => {
+            // softplus(z) = max(z, 0) + ln(1 + exp(-|z|)), z = -(2y-1)·d.
+            let z = margin.mul(&y.affine(-2.0, 1.0)?)?;
+            let sp = (z.relu()? + (z.abs()?.neg()?.exp()? + 1.0)?.log()?)?;
+            sp.mean_all()
+        }
+        K::Iou | K::Dice => {
+            let p = candle_nn::ops::sigmoid(margin)?;
+            let i = p.mul(&y)?.sum_all()?;
+            let ps = p.sum_all()?;
+            let ys = y.sum_all()?;
+            if kind == K::Iou {
+                let u = ((ps + ys)? - &i)?;
+                i.div(&(u + 1e-6)?)?.affine(-1.0, 1.0)
+            } else {
+                let num = (i.affine(2.0, 0.0)? + 1e-6)?;
+                num.div(&((ps + ys)? + 1e-6)?)?.affine(-1.0, 1.0)
+            }
+        }
+    }
+}

@@ -207,21 +207,64 @@ impl SegBackbone {
     }
 }
 
-/// The replaceable head: a 1x1 conv and a bilinear resize to the input size.
+/// The replaceable head: an optional fixed per-channel standardisation of
+/// the features, a 1x1 conv, and a bilinear resize to the input size.
 #[derive(Debug, Clone)]
 pub struct SegHead {
     conv: Conv2d,
     align_corners: bool,
+    /// `(mean, std)`, `[1, C, 1, 1]` each: buffers, not trained.
+    norm: Option<(Tensor, Tensor)>,
 }
 
 impl SegHead {
     /// A `in_c -> classes` 1x1 conv with bias under `vb` (`weight`, `bias`).
-    pub fn new(in_c: usize, classes: usize, align_corners: bool, vb: VarBuilder) -> Result<Self> {
+    /// With `standardise`, the features are first mapped to
+    /// `(f - feature_mean) / feature_std` with two buffers under `vb`
+    /// (identity until set, e.g. to the training set's statistics).
+    pub fn new(
+        in_c: usize,
+        classes: usize,
+        align_corners: bool,
+        standardise: bool,
+        vb: VarBuilder,
+    ) -> Result<Self> {
+        let norm = if standardise {
+            Some((
+                vb.get_with_hints((1, in_c, 1, 1), "feature_mean", candle_nn::Init::Const(0.0))?,
+                vb.get_with_hints((1, in_c, 1, 1), "feature_std", candle_nn::Init::Const(1.0))?,
+            ))
+        } else {
+            None
+        };
         let conv = Conv2d::new(in_c, classes, 1, Conv2dConfig::default(), vb)?;
         Ok(Self {
             conv,
             align_corners,
+            norm,
         })
+    }
+
+    /// The 1x1 conv of the standardised features. The standardisation is
+    /// folded into the weights (`W/s`, `b - Σ W·m/s`): the same function and
+    /// gradients without touching the large feature tensor.
+    fn conv_forward(&self, features: &Tensor) -> Result<Tensor> {
+        let Some((m, s)) = &self.norm else {
+            return Ok(self.conv.forward(features)?);
+        };
+        let (o, c) = (self.conv.weight().dim(0)?, self.conv.weight().dim(1)?);
+        let w = self
+            .conv
+            .weight()
+            .reshape((o, c))?
+            .broadcast_div(&s.reshape((1, c))?)?;
+        let shift = w.matmul(&m.reshape((c, 1))?)?.reshape(o)?;
+        let b = match self.conv.bias() {
+            Some(b) => (b - shift)?,
+            None => shift.neg()?,
+        };
+        let y = ops::conv2d(features, &w.reshape((o, c, 1, 1))?, (0, 0), (0, 0), 1, 1, 1)?;
+        Ok(y.broadcast_add(&b.reshape((1, o, 1, 1))?)?)
     }
 
     /// Logits at `out_h x out_w`.
@@ -229,7 +272,26 @@ impl SegHead {
     /// # Shapes
     /// `[N, C, h, w]` -> `[N, classes, out_h, out_w]`.
     pub fn forward(&self, features: &Tensor, out_h: usize, out_w: usize) -> Result<Tensor> {
-        let y = self.conv.forward(features)?;
+        let y = self.conv_forward(features)?;
         Ok(ops::resize_bilinear(&y, out_h, out_w, self.align_corners)?)
+    }
+
+    /// For a 2-class head: the margin `logit_1 - logit_0` at `out_h x out_w`.
+    /// Conv and resize are linear, so this is the difference of
+    /// [`SegHead::forward`]'s two channels, computed at the low resolution
+    /// and resized once; argmax is `margin > 0`.
+    ///
+    /// # Shapes
+    /// `[N, C, h, w]` -> `[N, out_h, out_w]`.
+    pub fn forward_margin(&self, features: &Tensor, out_h: usize, out_w: usize) -> Result<Tensor> {
+        let y = self.conv_forward(features)?;
+        if y.dim(1)? != 2 {
+            return Err(ModelError::Config(format!(
+                "forward_margin needs a 2-class head, this one has {}",
+                y.dim(1)?
+            )));
+        }
+        let d = (y.narrow(1, 1, 1)? - y.narrow(1, 0, 1)?)?;
+        Ok(ops::resize_bilinear(&d, out_h, out_w, self.align_corners)?.squeeze(1)?)
     }
 }

@@ -445,3 +445,36 @@ fn depthwise_conv_matches_grouped_conv_and_finite_differences() {
         );
     }
 }
+
+#[test]
+fn binary_losses_match_portable_and_finite_differences() {
+    use pixclass_models::cpu_kernels::BinaryLossKind as K;
+    let d = (rand_tensor(&[3, 5, 7], 31) * 3.0).unwrap();
+    let t: Vec<u32> = (0..105)
+        .map(|i| ((i * 7 + i / 5) % 3 == 0) as u32)
+        .collect();
+    let t = Tensor::from_vec(t, (3, 5, 7), &candle_core::Device::Cpu).unwrap();
+    for kind in [K::Ce, K::Iou, K::Dice] {
+        let fused = ops::binary_loss(&d, &t, kind)
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap();
+        let portable = ops::binary_loss_portable(&d, &t, kind)
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap();
+        assert!(
+            (fused - portable).abs() < 1e-12,
+            "{kind:?}: {fused} vs {portable}"
+        );
+        let f = |x: &Tensor| ops::binary_loss(x, &t, kind);
+        assert!(gradient_ok(&f, &d, 1e-6), "{kind:?} kernel gradient");
+        let g = |x: &Tensor| ops::binary_loss_portable(x, &t, kind);
+        assert!(gradient_ok(&g, &d, 1e-6), "{kind:?} portable gradient");
+    }
+    // Targets must be 0/1 and shapes must agree.
+    let bad = Tensor::new(&[[[2u32]]], &candle_core::Device::Cpu).unwrap();
+    let one = Tensor::new(&[[[0.5f64]]], &candle_core::Device::Cpu).unwrap();
+    assert!(ops::binary_loss(&one, &bad, K::Ce).is_err());
+    assert!(ops::binary_loss(&d, &bad, K::Ce).is_err());
+}

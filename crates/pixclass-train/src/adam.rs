@@ -76,6 +76,11 @@ impl Adam {
         &self.cfg
     }
 
+    /// Changes the learning rate (for schedules such as a warm-up).
+    pub fn set_lr(&mut self, lr: f64) {
+        self.cfg.lr = lr;
+    }
+
     /// One update from the gradients of the last backward pass. Variables
     /// without a gradient are left alone (their moments too), like PyTorch.
     pub fn step(&mut self, grads: &GradStore) -> Result<()> {

@@ -295,6 +295,7 @@ pub fn train_colouriser(
             cfg.model.kind.display_name(),
             cfg.batch_size
         ),
+        warmup_steps: 0,
     };
     let rows = fit(&mut task, &varmap, trainable, &fit_cfg)?;
     Ok(ColourRun {

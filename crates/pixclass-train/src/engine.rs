@@ -66,6 +66,9 @@ pub struct FitConfig {
     pub progress: bool,
     /// Label for logs.
     pub label: String,
+    /// Linear learning-rate warm-up over the first steps (0: none): step
+    /// `t` (1-based) uses `lr · min(1, t / warmup_steps)`.
+    pub warmup_steps: u64,
 }
 
 /// Writes `metrics.csv` for the rows so far.
@@ -212,6 +215,10 @@ pub fn fit(
                 return Err(TrainError::NonFinite { epoch, step, value });
             }
             let grads = loss.backward()?;
+            if cfg.warmup_steps > 0 {
+                let t = (adam.steps() + 1) as f64;
+                adam.set_lr(cfg.adam.lr * (t / cfg.warmup_steps as f64).min(1.0));
+            }
             adam.step(&grads)?;
             sum += value;
             pb.inc(1);

@@ -6,7 +6,8 @@
 //! - [`checkpoint`]: atomic checkpoints with model, optimiser and run state;
 //! - [`device`]: explicit device selection, never a silent CPU fallback;
 //! - [`plot`]: curves, comparison plots and image strips as PNG;
-//! - [`colourize`]: the colourization study (Parts A–C).
+//! - [`colourize`]: the colourization study (Parts A–C);
+//! - [`segment`]: DeepLabV3 head fine-tuning with cached features (Part D).
 //!
 //! This crate wires data, models and metrics together; it defines no layers
 //! and parses no file formats of its own beyond its checkpoints.
@@ -18,6 +19,7 @@ pub mod device;
 pub mod engine;
 pub mod error;
 pub mod plot;
+pub mod segment;
 
 pub use device::{select_device, DeviceKind};
 pub use error::{Result, TrainError};

@@ -203,3 +203,30 @@ pub fn tile_grid(rows: &[Vec<RgbImage>], scale: u32, gap: u32) -> RgbImage {
     }
     out
 }
+
+/// A legend image: one colour swatch and label per entry, `height` pixels
+/// tall (at least enough for the entries).
+pub fn legend(entries: &[(String, [u8; 3])], height: u32) -> Result<RgbImage> {
+    ensure_font();
+    let w = 260u32;
+    let h = height.max(24 * entries.len() as u32 + 16);
+    let mut buf = vec![255u8; (w * h * 3) as usize];
+    let err = |e: String| TrainError::Plot {
+        path: "legend".into(),
+        reason: e,
+    };
+    {
+        let root = BitMapBackend::with_buffer(&mut buf, (w, h)).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| err(e.to_string()))?;
+        for (i, (label, c)) in entries.iter().enumerate() {
+            let y = 8 + 24 * i as i32;
+            let colour = RGBColor(c[0], c[1], c[2]);
+            root.draw(&Rectangle::new([(8, y), (28, y + 18)], colour.filled()))
+                .map_err(|e| err(e.to_string()))?;
+            root.draw(&Text::new(label.clone(), (36, y + 2), ("sans-serif", 16)))
+                .map_err(|e| err(e.to_string()))?;
+        }
+        root.present().map_err(|e| err(e.to_string()))?;
+    }
+    RgbImage::from_raw(w, h, buf).ok_or_else(|| err("buffer size".into()))
+}

@@ -120,6 +120,7 @@ fn cfg(dir: &Path, epochs: usize, resume: bool) -> FitConfig {
         }),
         progress: false,
         label: "toy".into(),
+        warmup_steps: 0,
     }
 }
 

@@ -1,0 +1,219 @@
+//! Part D fine-tuning on the embedded Oxford-17 sample (real photos and
+//! trimaps), small enough for CI: the loss falls with both losses, the
+//! default soft-IoU recipe does not collapse to a constant mask, the feature
+//! cache gives the same numbers as recomputing, and a killed run resumes to
+//! the same result.
+#![allow(clippy::unwrap_used)]
+
+use std::path::Path;
+
+use pixclass_data::segment::{Preprocess, SegSet, SegSource, SegSplits};
+use pixclass_metrics::Loss;
+use pixclass_train::segment::{
+    evaluate_masks, finetune, load_segmenter, FeatureCache, HeadInit, SegTrainConfig,
+};
+use pixclass_train::DeviceKind;
+
+fn splits() -> SegSplits {
+    SegSource::Embedded.splits().unwrap()
+}
+
+/// 24 train / 8 val images at 64x64, batch 8, lr 0.05.
+fn small(loss: Loss, cache_dir: &Path) -> SegTrainConfig {
+    SegTrainConfig {
+        loss,
+        train_batch_size: 8,
+        val_batch_size: 8,
+        epochs: 2,
+        limit: Some(24),
+        preprocess: Preprocess {
+            size: 64,
+            ..Preprocess::default()
+        },
+        cache: FeatureCache::Disk,
+        cache_dir: Some(cache_dir.to_path_buf()),
+        ..SegTrainConfig::default()
+    }
+}
+
+fn metrics(dir: &Path) -> Vec<Vec<f64>> {
+    std::fs::read_to_string(dir.join("metrics.csv"))
+        .unwrap()
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').map(|v| v.parse().unwrap()).collect())
+        .collect()
+}
+
+#[test]
+fn both_losses_fall_and_write_their_outputs() {
+    let tmp = tempfile::tempdir().unwrap();
+    for loss in [Loss::Ce, Loss::Iou] {
+        let dir = tmp.path().join(loss.name());
+        let cfg = SegTrainConfig {
+            epochs: 3,
+            ..small(loss, &tmp.path().join("cache"))
+        };
+        let run = finetune(&cfg, splits(), &dir, false, false).unwrap();
+        assert_eq!(run.rows.len(), 3);
+        let first = run.rows[0].train_loss;
+        let last = run.rows[2].train_loss;
+        assert!(last < first, "{loss:?}: train loss {first} -> {last}");
+        for f in [
+            "config.json",
+            "metrics.csv",
+            "curves.png",
+            "predictions_epoch_03.png",
+            "checkpoint.safetensors",
+            "best.safetensors",
+        ] {
+            assert!(dir.join(f).is_file(), "{loss:?}: {f} missing");
+        }
+        let header = std::fs::read_to_string(dir.join("metrics.csv")).unwrap();
+        assert!(header.starts_with(
+            "epoch,train_loss,val_loss,val_miou_thr,val_iou_fg,val_miou,val_pixel_acc,seconds"
+        ));
+        // The prediction panel: 6 rows of 3 tiles of 64 px with 4 px gaps.
+        let img = image::open(dir.join("predictions_epoch_03.png")).unwrap();
+        assert_eq!((img.width(), img.height()), (3 * 68 + 4, 6 * 68 + 4));
+    }
+}
+
+#[test]
+fn reference_soft_iou_collapses_and_the_default_recipe_does_not() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = tmp.path().join("cache");
+    let splits = splits();
+    let pre = Preprocess {
+        size: 64,
+        ..Preprocess::default()
+    };
+    let val = SegSet::load(&splits.val, &pre, false).unwrap();
+    let frac = |dir: &Path| {
+        let m = load_segmenter(dir, DeviceKind::Cpu).unwrap();
+        let idx: Vec<usize> = (0..val.len()).collect();
+        let pred = m.predict(&val, &idx).unwrap();
+        pred.iter().map(|&p| p as f64).sum::<f64>() / pred.len() as f64
+    };
+    // The reference recipe (PyTorch init, raw features, no CE warm-up).
+    let reference = tmp.path().join("reference");
+    let cfg = SegTrainConfig {
+        epochs: 8,
+        limit: None,
+        train_batch_size: 12,
+        head_init: HeadInit::Torch,
+        feature_norm: false,
+        ce_warmup_epochs: 0,
+        ..small(Loss::Iou, &cache)
+    };
+    finetune(&cfg, splits.clone(), &reference, false, false).unwrap();
+    // The default recipe of `pixclass segment finetune`.
+    let fixed = tmp.path().join("default");
+    let cfg = SegTrainConfig {
+        epochs: 8,
+        limit: None,
+        train_batch_size: 12,
+        head_init: HeadInit::Prior,
+        feature_norm: true,
+        ce_warmup_epochs: 1,
+        ..small(Loss::Iou, &cache)
+    };
+    finetune(&cfg, splits, &fixed, false, false).unwrap();
+    let f = frac(&fixed);
+    assert!(
+        f > 0.02 && f < 0.98,
+        "default recipe predicts a constant mask ({f} foreground)"
+    );
+    // Better than the constant "all flower" mask, whose IoU is the flower fraction.
+    let m = load_segmenter(&fixed, DeviceKind::Cpu).unwrap();
+    let scores = evaluate_masks(&m, &val).unwrap();
+    let flower = val.foreground_fraction();
+    assert!(
+        scores.iou_fg > flower,
+        "{scores:?} vs flower fraction {flower}"
+    );
+    // The reference recipe ends predicting flower everywhere.
+    let r = frac(&reference);
+    assert!(r > 0.98, "reference recipe: {r} foreground");
+}
+
+#[test]
+fn cache_on_disk_equals_recomputing_and_resume_matches() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = tmp.path().join("cache");
+    // No cache: features recomputed at every step.
+    let off = tmp.path().join("off");
+    let cfg_off = SegTrainConfig {
+        cache: FeatureCache::Off,
+        ..small(Loss::Ce, &cache)
+    };
+    finetune(&cfg_off, splits(), &off, false, false).unwrap();
+    // Disk cache, cold then warm.
+    let cold = tmp.path().join("cold");
+    finetune(&small(Loss::Ce, &cache), splits(), &cold, false, false).unwrap();
+    let files = std::fs::read_dir(cache.join("deeplabv3-mobilenetv2-voc"))
+        .unwrap()
+        .count();
+    assert_eq!(files, 24 + 12, "one cached feature file per image");
+    let warm = tmp.path().join("warm");
+    finetune(&small(Loss::Ce, &cache), splits(), &warm, false, false).unwrap();
+    let strip = |rows: Vec<Vec<f64>>| -> Vec<Vec<f64>> {
+        rows.into_iter()
+            .map(|r| r[..r.len() - 1].to_vec())
+            .collect()
+    };
+    // The three runs agree to rounding (the mean train loss may differ in
+    // its last bits when other tests share the thread pool).
+    let close = |a: &Path, b: &Path| {
+        let (ra, rb) = (strip(metrics(a)), strip(metrics(b)));
+        assert_eq!(ra.len(), rb.len());
+        for (x, y) in ra.iter().flatten().zip(rb.iter().flatten()) {
+            assert!(
+                (x - y).abs() <= 1e-9 * x.abs().max(1.0),
+                "{}: {x} vs {y}",
+                b.display()
+            );
+        }
+    };
+    close(&off, &cold);
+    close(&cold, &warm);
+    // Resume: stop after 1 of 2 epochs, then continue; same metrics.
+    let part = tmp.path().join("part");
+    let one = SegTrainConfig {
+        epochs: 1,
+        ..small(Loss::Ce, &cache)
+    };
+    finetune(&one, splits(), &part, false, false).unwrap();
+    finetune(&small(Loss::Ce, &cache), splits(), &part, true, false).unwrap();
+    close(&cold, &part);
+    // Resuming with other settings is refused.
+    let other = SegTrainConfig {
+        adam: pixclass_train::adam::AdamConfig {
+            lr: 0.01,
+            ..Default::default()
+        },
+        ..small(Loss::Ce, &cache)
+    };
+    let err = finetune(&other, splits(), &part, true, false)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("other settings"), "{err}");
+}
+
+#[test]
+fn too_few_images_for_a_batch_is_a_clear_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = SegTrainConfig {
+        train_batch_size: 128,
+        ..small(Loss::Ce, &tmp.path().join("cache"))
+    };
+    let err = finetune(&cfg, splits(), &tmp.path().join("r"), false, false)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("24 images") && err.contains("--train-batch-size"),
+        "{err}"
+    );
+}
