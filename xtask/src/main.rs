@@ -4,10 +4,11 @@
 //!
 //! Tasks:
 //! - `reproduce [--quick|--full] [--device cpu|cuda|metal] [--out DIR] [--publish]`:
-//!   Parts A–C of the study with a report next to the reference numbers.
+//!   the whole study (Parts A–D) with a report next to the reference numbers.
 //! - `fetch cifar10 [--data-dir D]`: official download, verified.
 //! - `golden [--python PY]`: regenerate the PyTorch golden fixtures.
 
+mod part_d;
 mod reproduce;
 
 use std::path::{Path, PathBuf};
@@ -37,7 +38,7 @@ fn print_help() {
     println!(
         "cargo xtask <task>\n\n\
          reproduce [--quick|--full] [--device cpu|cuda|metal] [--out DIR] [--data-dir D] [--publish]\n\
-         \x20   run Parts A-C of the study and write DIR/report.md + DIR/results.json\n\
+         \x20   run the whole study (Parts A-D) and write DIR/report.md + DIR/results.json\n\
          fetch cifar10 [--data-dir D]   download and verify the official data\n\
          golden [--python PY]           regenerate the PyTorch golden fixtures (needs torch)"
     );

@@ -1,6 +1,7 @@
-//! `cargo xtask reproduce`: Parts A–C of the study, with a report next to the
-//! reference numbers of SPEC §A.5. Part D (segmentation) joins this report
-//! once its fine-tuning lands (issue 6); the report says so.
+//! `cargo xtask reproduce`: the whole study, with a report next to the
+//! reference numbers of SPEC §A.5 and §B.4: Parts A–C (colourization) here,
+//! Part D (segmentation) in [`crate::part_d`]. Finished runs in the output
+//! folder are reused, so an interrupted reproduction continues.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -334,7 +335,11 @@ pub fn run(args: &[String]) -> Result<()> {
         }
     }
     writeln!(md, "\n![sweep](sweep/sweep.png)\n")?;
-    writeln!(md, "## Part D: segmentation\n\nNot part of this report yet: DeepLabV3 fine-tuning lands with issues 5 and 6.\n")?;
+    // Part D: segmentation.
+    let plan = crate::part_d::plan(&data_dir, quick, &device);
+    let (seg_md, seg_json, seg_failures) = crate::part_d::run(&bin, &out, &plan, full)?;
+    md.push_str(&seg_md);
+    failures.extend(seg_failures);
     let total = t0.elapsed().as_secs_f64();
     writeln!(md, "Total wall time: {total:.0} s.")?;
     if !failures.is_empty() {
@@ -344,7 +349,7 @@ pub fn run(args: &[String]) -> Result<()> {
         }
     }
     std::fs::write(out.join("report.md"), &md)?;
-    let results_json = json!({"data": mode.data_note, "quick": mode.quick, "device": device, "machine": machine(), "colourization": results, "batch_size_study": sweep, "seconds": total, "failures": failures});
+    let results_json = json!({"data": mode.data_note, "quick": mode.quick, "device": device, "machine": machine(), "colourization": results, "batch_size_study": sweep, "segmentation": seg_json, "seconds": total, "failures": failures});
     std::fs::write(
         out.join("results.json"),
         serde_json::to_string_pretty(&results_json)?,

@@ -2,63 +2,15 @@
 //! wrong, interrupted and resumed, and offline.
 #![allow(clippy::unwrap_used)]
 
-use std::io::{BufRead, BufReader, Write};
-use std::net::TcpListener;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+#[path = "common/serve.rs"]
+mod serve;
+
+use std::sync::atomic::Ordering;
 
 use pixclass_data::checksum::{sha256_bytes, Checksum};
 use pixclass_data::fetch::{download, DownloadSpec, Fetched};
 use pixclass_data::DataError;
-
-/// Serves `body` at any path. The first `break_first` responses send only
-/// half the body and close the connection (a broken download). Honours
-/// `Range: bytes=N-` with 206. Returns the base URL and a request counter.
-fn serve(body: Vec<u8>, break_first: usize) -> (String, Arc<AtomicUsize>) {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    let count = Arc::new(AtomicUsize::new(0));
-    let c2 = count.clone();
-    std::thread::spawn(move || {
-        for stream in listener.incoming().take(16) {
-            let Ok(mut stream) = stream else { continue };
-            let n = c2.fetch_add(1, Ordering::SeqCst);
-            let mut reader = BufReader::new(stream.try_clone().unwrap());
-            let mut start = 0usize;
-            loop {
-                let mut line = String::new();
-                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
-                    break;
-                }
-                let lower = line.to_ascii_lowercase();
-                if let Some(r) = lower.strip_prefix("range: bytes=") {
-                    start = r.trim().trim_end_matches('-').parse().unwrap_or(0);
-                }
-            }
-            let rest = &body[start.min(body.len())..];
-            let head = if start > 0 {
-                format!(
-                    "HTTP/1.1 206 Partial Content\r\nContent-Length: {}\r\nContent-Range: bytes {}-{}/{}\r\nConnection: close\r\n\r\n",
-                    rest.len(), start, body.len() - 1, body.len()
-                )
-            } else {
-                format!(
-                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                    rest.len()
-                )
-            };
-            let _ = stream.write_all(head.as_bytes());
-            if n < break_first {
-                let _ = stream.write_all(&rest[..rest.len() / 2]);
-                let _ = stream.flush();
-                drop(stream); // close mid-body
-                continue;
-            }
-            let _ = stream.write_all(rest);
-        }
-    });
-    (format!("http://{addr}/file.bin"), count)
-}
+use serve::serve;
 
 fn body() -> Vec<u8> {
     (0..200_000u32).map(|i| (i * 7 % 251) as u8).collect()
@@ -156,7 +108,7 @@ fn interrupted_download_resumes() {
 #[test]
 fn offline_fails_fast_and_says_where_to_put_the_file() {
     // Bind then drop a listener: nothing listens on that port any more.
-    let port = TcpListener::bind("127.0.0.1:0")
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
