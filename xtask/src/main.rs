@@ -5,7 +5,7 @@
 //! Tasks:
 //! - `reproduce [--quick|--full] [--device cpu|cuda|metal] [--out DIR] [--publish]`:
 //!   the whole study (Parts A–D) with a report next to the reference numbers.
-//! - `fetch cifar10 [--data-dir D]`: official download, verified.
+//! - `fetch [--all|cifar10|flowers17|weights] [--data-dir D]`: official downloads, verified.
 //! - `golden [--python PY]`: regenerate the PyTorch golden fixtures.
 
 mod part_d;
@@ -39,7 +39,8 @@ fn print_help() {
         "cargo xtask <task>\n\n\
          reproduce [--quick|--full] [--device cpu|cuda|metal] [--out DIR] [--data-dir D] [--publish]\n\
          \x20   run the whole study (Parts A-D) and write DIR/report.md + DIR/results.json\n\
-         fetch cifar10 [--data-dir D]   download and verify the official data\n\
+         fetch [--all|cifar10|flowers17|weights] [--data-dir D]\n\
+         \x20   download and verify the official data and pretrained weights\n\
          golden [--python PY]           regenerate the PyTorch golden fixtures (needs torch)"
     );
 }
@@ -81,16 +82,39 @@ pub fn build_pixclass(features: Option<&str>) -> Result<PathBuf> {
     Ok(root().join("target/release/pixclass"))
 }
 
+/// `cargo xtask fetch [--all|cifar10|flowers17|weights]`: everything the
+/// full reproduction needs, through the `pixclass` binary (verified,
+/// resumable); offline, each failure says what is missing and where to put it.
 fn fetch(args: &[String]) -> Result<()> {
-    let what = args.first().map(String::as_str).unwrap_or("cifar10");
+    let what: Vec<&str> = match args.first().map(String::as_str) {
+        None | Some("--all") => vec!["cifar10", "flowers17", "weights"],
+        Some(w) => vec![w],
+    };
     let bin = build_pixclass(None)?;
-    let mut cmd = Command::new(bin);
-    cmd.args(["data", "fetch", what]);
-    if let Some(d) = opt(args, "--data-dir") {
-        cmd.args(["--data-dir", &d]);
+    let mut missing = Vec::new();
+    for w in what {
+        let mut cmd = Command::new(&bin);
+        match w {
+            "cifar10" | "flowers17" => {
+                cmd.args(["data", "fetch", w]);
+                if let Some(d) = opt(args, "--data-dir") {
+                    cmd.args(["--data-dir", &d]);
+                }
+            }
+            "weights" => {
+                cmd.args(["weights", "fetch", "deeplabv3-resnet101-coco"]);
+            }
+            other => bail!("unknown fetch target {other:?}: --all, cifar10, flowers17 or weights"),
+        }
+        if !cmd.status()?.success() {
+            missing.push(w);
+        }
     }
-    if !cmd.status()?.success() {
-        bail!("fetching {what} failed (see above for where to place the files by hand)");
+    if !missing.is_empty() {
+        bail!(
+            "could not fetch: {} (see above for what to download and where to place it)",
+            missing.join(", ")
+        );
     }
     Ok(())
 }

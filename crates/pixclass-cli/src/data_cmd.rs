@@ -20,11 +20,12 @@ pub enum DataCmd {
     },
     /// Download and verify a data set into the data directory.
     Fetch {
-        /// Which data set: cifar10.
+        /// Which data set: cifar10 or flowers17.
         dataset: String,
         #[command(flatten)]
         data: DataArgs,
-        /// Download from this address instead of the official one.
+        /// Download from this address instead of the official one (for
+        /// flowers17: the folder holding its three files).
         #[arg(long)]
         url: Option<String>,
     },
@@ -88,7 +89,13 @@ pub fn run_data(cmd: DataCmd, progress: bool) -> Result<()> {
                     println!("CIFAR-10 ready in {}", out.display());
                     Ok(())
                 }
-                other => bail!("unknown data set {other:?}; known: cifar10"),
+                "flowers17" => {
+                    let out =
+                        pixclass_data::fetch::fetch_flowers17(&dir, url.as_deref(), progress)?;
+                    println!("Oxford-17 ready in {}", out.display());
+                    Ok(())
+                }
+                other => bail!("unknown data set {other:?}; known: cifar10, flowers17"),
             }
         }
     }

@@ -230,3 +230,19 @@ fn oxford17_reference_split_from_datasplits_mat() {
     assert_eq!(ids(&splits.val), ["image_0004"]);
     assert!(splits.description.contains("datasplits.mat"));
 }
+
+#[test]
+fn published_photo_checksums_verify_the_real_set() {
+    // The list shipped for `data fetch flowers17` matches the real photos.
+    let Some(root) = real_data_dir("published_photo_checksums_verify_the_real_set") else {
+        return;
+    };
+    let n = pixclass_data::fetch::verify_flowers17_photos(&root.join("flowers17")).unwrap();
+    assert_eq!(n, 1361); // 1360 photos + files.txt
+                         // An empty folder: the first missing file is named.
+    let tmp = tempfile::tempdir().unwrap();
+    let err = pixclass_data::fetch::verify_flowers17_photos(tmp.path())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("jpg/"), "{err}");
+}
