@@ -71,7 +71,7 @@ fn total_seconds(metrics: &Path) -> Result<f64> {
         .sum())
 }
 
-fn machine() -> String {
+pub fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|s| {
@@ -349,6 +349,7 @@ pub fn run(args: &[String]) -> Result<()> {
         }
     }
     std::fs::write(out.join("report.md"), &md)?;
+    verify_report(&out, &md, &results, &sweep)?;
     let results_json = json!({"data": mode.data_note, "quick": mode.quick, "device": device, "machine": machine(), "colourization": results, "batch_size_study": sweep, "segmentation": seg_json, "seconds": total, "failures": failures});
     std::fs::write(
         out.join("results.json"),
@@ -363,6 +364,51 @@ pub fn run(args: &[String]) -> Result<()> {
             "{} result(s) outside the reference bands: {}",
             failures.len(),
             failures.join("; ")
+        );
+    }
+    Ok(())
+}
+
+/// Checks the report before anyone reads it: every picture it names exists
+/// and is a PNG, and every number is finite and within loose bounds (an
+/// accuracy above chance for 24 colours, scores in [0, 1]).
+fn verify_report(
+    out: &Path,
+    md: &str,
+    colour: &[serde_json::Value],
+    sweep: &[serde_json::Value],
+) -> Result<()> {
+    let mut problems = Vec::new();
+    let mut pictures = 0;
+    for line in md.lines() {
+        if let Some(path) = line
+            .strip_prefix("![")
+            .and_then(|l| l.split_once("]("))
+            .map(|(_, p)| p.trim_end_matches(')'))
+        {
+            pictures += 1;
+            match std::fs::read(out.join(path)) {
+                Ok(b) if b.starts_with(b"\x89PNG") => {}
+                _ => problems.push(format!("picture {path} is missing or not a PNG")),
+            }
+        }
+    }
+    for r in colour.iter().chain(sweep) {
+        for (key, lo, hi) in [("val_acc", 10.0, 100.0), ("val_loss", 0.0, 5.0)] {
+            let v = r[key].as_f64().unwrap_or(f64::NAN);
+            if !(v.is_finite() && v > lo && v < hi) {
+                problems.push(format!("{key} = {v} outside ({lo}, {hi}) in {r}"));
+            }
+        }
+    }
+    if pictures < 8 {
+        problems.push(format!("only {pictures} pictures in the report"));
+    }
+    if !problems.is_empty() {
+        bail!(
+            "the report in {} is broken:\n  {}",
+            out.display(),
+            problems.join("\n  ")
         );
     }
     Ok(())

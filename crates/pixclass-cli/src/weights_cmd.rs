@@ -44,6 +44,18 @@ pub enum WeightsCmd {
         #[arg(long)]
         no_hub: bool,
     },
+    /// Write seeded, PyTorch-default-initialised (untrained) weights of a
+    /// DeepLabV3-ResNet in torchvision's layout: for timing and tests where
+    /// the real checkpoint cannot be downloaded. Never pretrained.
+    Random {
+        /// `deeplabv3-resnet101` or `deeplabv3-resnet50`.
+        model: String,
+        /// Output `.safetensors`.
+        output: PathBuf,
+        /// Seed.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
     /// Convert a PyTorch checkpoint (`.pth`, zip format) to safetensors.
     Convert {
         /// Input `.pth` (or `.safetensors`).
@@ -169,6 +181,40 @@ pub fn run(cmd: WeightsCmd, progress: bool) -> Result<()> {
                 },
             )?;
             println!("{name}: {}", path.display());
+            Ok(())
+        }
+        WeightsCmd::Random {
+            model,
+            output,
+            seed,
+        } => {
+            use pixclass_models::deeplab::{DeepLabConfig, DeepLabV3, ResNetDepth};
+            let depth = match model.as_str() {
+                "deeplabv3-resnet101" => ResNetDepth::ResNet101,
+                "deeplabv3-resnet50" => ResNetDepth::ResNet50,
+                other => bail!(
+                    "weights random: {other:?} is not deeplabv3-resnet101 or deeplabv3-resnet50"
+                ),
+            };
+            let vm = candle_nn::VarMap::new();
+            let vb = pixclass_models::init::seeded_var_builder(
+                &vm,
+                seed,
+                candle_core::DType::F32,
+                &candle_core::Device::Cpu,
+            );
+            DeepLabV3::new(
+                DeepLabConfig {
+                    depth,
+                    ..DeepLabConfig::default()
+                },
+                vb,
+            )?;
+            vm.save(&output)?;
+            println!(
+                "untrained {model} weights (seed {seed}) -> {}",
+                output.display()
+            );
             Ok(())
         }
         WeightsCmd::Convert { input, output } => {

@@ -32,6 +32,7 @@ fn main() -> anyhow::Result<()> {
         Ok(())
     })?;
     println!("deeplabv3-mobilenetv2-voc forward 1x3x224x224: {t:.1} ms");
+    println!("BENCH deeplabv3-mobilenetv2-voc forward 224\t{t}");
     let vm = VarMap::new();
     let r = DeepLabV3::new(
         DeepLabConfig::default(),
@@ -42,5 +43,43 @@ fn main() -> anyhow::Result<()> {
         Ok(())
     })?;
     println!("deeplabv3-resnet101 forward 1x3x224x224: {t:.1} ms");
+    println!("BENCH deeplabv3-resnet101 forward 224\t{t}");
+    head_step(&dev)
+}
+
+/// One fine-tuning step of the 2-class head on cached features: batch 128
+/// of 256x28x28 features, 1x1 conv, resize to 224x224, cross-entropy,
+/// backward and a plain gradient update of the 514 numbers (Adam on them
+/// costs microseconds), as in `pixclass segment finetune`.
+fn head_step(dev: &Device) -> anyhow::Result<()> {
+    use pixclass_models::segment::SegHead;
+    let vm = VarMap::new();
+    let head = SegHead::new(
+        256,
+        2,
+        true,
+        true,
+        seeded_var_builder(&vm, 0, DType::F32, dev).pp("head"),
+    )?;
+    let f = Tensor::rand(0f32, 1.0, (128, 256, 28, 28), dev)?;
+    let y = Tensor::rand(0f32, 2.0, (128, 224, 224), dev)?.to_dtype(DType::U32)?;
+    let vars = pixclass_models::layers::trainable_vars(&vm);
+    let t = median_ms(&|| {
+        let m = head.forward_margin(&f, 224, 224)?;
+        let loss = pixclass_models::ops::binary_loss(
+            &m,
+            &y,
+            pixclass_models::cpu_kernels::BinaryLossKind::Ce,
+        )?;
+        let g = loss.backward()?;
+        for (_, v) in &vars {
+            if let Some(gv) = g.get(v.as_tensor()) {
+                v.set(&(v.as_tensor() - (gv * 1e-3)?)?)?;
+            }
+        }
+        Ok(())
+    })?;
+    println!("segmentation head step (batch 128, cached features): {t:.1} ms");
+    println!("BENCH deeplab head fine-tuning step\t{t}");
     Ok(())
 }

@@ -54,4 +54,8 @@ for kind in ["pool-upsample", "conv-transpose", "unet"]:
         if i >= 3:
             train.append((t1 - t0) * 1e3)
             infer.append((t2 - t1) * 1e3)
-    print(f"{kind}: train step {statistics.median(train):.1f} ms, inference {statistics.median(infer):.1f} ms (torch {torch.__version__}, {args.threads} threads)")
+    t, i = statistics.median(train), statistics.median(infer)
+    print(f"{kind}: train step {t:.1f} ms, inference {i:.1f} ms (torch {torch.__version__}, {args.threads} threads)")
+    # Machine-readable rows for `cargo xtask bench`.
+    print(f"BENCH {kind} train step\t{t}")
+    print(f"BENCH {kind} inference\t{i}")

@@ -45,12 +45,14 @@ fn main() -> anyhow::Result<()> {
                 infer.push((t2 - t1).as_secs_f64() * 1e3);
             }
         }
+        let (t, i) = (median(train), median(infer));
         println!(
-            "{kind}: train step {:.1} ms, inference {:.1} ms (pixclass, {} threads)",
-            median(train),
-            median(infer),
+            "{kind}: train step {t:.1} ms, inference {i:.1} ms (pixclass, {} threads)",
             rayon_threads()
         );
+        // Machine-readable rows for `cargo xtask bench`.
+        println!("BENCH {kind} train step\t{t}");
+        println!("BENCH {kind} inference\t{i}");
     }
     Ok(())
 }

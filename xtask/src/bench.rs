@@ -1,0 +1,162 @@
+//! `cargo xtask bench [--out DIR] [--python PY] [--publish]`: pixclass and
+//! PyTorch timed side by side in one command on the same machine and thread
+//! count: the colourization nets' training step and inference (batch 100),
+//! the DeepLab head fine-tuning step on cached features, and both DeepLab
+//! forwards at 224x224. Writes `DIR/bench.json` and, with `--publish`,
+//! `docs/PERFORMANCE.md`.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+use serde_json::json;
+
+use crate::{flag, opt, root};
+
+/// Runs `cmd` under `/usr/bin/time` when present; returns its `BENCH` rows
+/// (name -> ms) and the peak resident memory in MB.
+fn bench_rows(mut cmd: Command, what: &str) -> Result<(BTreeMap<String, f64>, Option<f64>)> {
+    let timed = Path::new("/usr/bin/time").is_file();
+    let out = if timed {
+        let prog = cmd.get_program().to_owned();
+        let args: Vec<_> = cmd.get_args().map(|a| a.to_owned()).collect();
+        let mut t = Command::new("/usr/bin/time");
+        t.arg("-f").arg("PEAK_KB %M").arg(prog).args(args);
+        if let Some(d) = cmd.get_current_dir() {
+            t.current_dir(d);
+        }
+        t.output()
+    } else {
+        cmd.output()
+    }
+    .with_context(|| format!("running {what}"))?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if !out.status.success() {
+        bail!("{what} failed:\n{stderr}");
+    }
+    let rows = stdout
+        .lines()
+        .filter_map(|l| l.strip_prefix("BENCH "))
+        .filter_map(|l| {
+            let (k, v) = l.split_once('\t')?;
+            Some((k.to_string(), v.trim().parse().ok()?))
+        })
+        .collect();
+    let peak = stderr
+        .lines()
+        .filter_map(|l| l.strip_prefix("PEAK_KB "))
+        .filter_map(|v| v.trim().parse::<f64>().ok())
+        .next_back()
+        .map(|kb| kb / 1024.0);
+    Ok((rows, peak))
+}
+
+pub fn run(args: &[String]) -> Result<()> {
+    let out = PathBuf::from(opt(args, "--out").unwrap_or_else(|| "runs/bench".into()));
+    std::fs::create_dir_all(&out)?;
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    // Build first, so compile time never lands in a measurement.
+    for (pkg, ex) in [
+        ("pixclass-train", "step_timing"),
+        ("pixclass-models", "seg_forward_timing"),
+    ] {
+        let st = Command::new(&cargo)
+            .current_dir(root())
+            .args(["build", "--release", "--quiet", "-p", pkg, "--example", ex])
+            .status()?;
+        if !st.success() {
+            bail!("building example {ex} failed");
+        }
+    }
+    let ex = |name: &str| root().join("target/release/examples").join(name);
+    let mut ours = BTreeMap::new();
+    let mut peaks = BTreeMap::new();
+    for name in ["step_timing", "seg_forward_timing"] {
+        let (rows, peak) = bench_rows(Command::new(ex(name)), name)?;
+        if let Some(p) = peak {
+            peaks.insert(format!("pixclass {name}"), p);
+        }
+        ours.extend(rows);
+    }
+    let python = opt(args, "--python").or_else(|| std::env::var("PIXCLASS_TORCH_PYTHON").ok());
+    let mut torch = BTreeMap::new();
+    if let Some(py) = &python {
+        let data = opt(args, "--data-dir")
+            .or_else(|| std::env::var("PIXCLASS_DATA").ok())
+            .unwrap_or_else(|| "../shared/data".into());
+        let scripts = [
+            ("crates/pixclass-train/benches/torch_colour_step.py", vec![]),
+            (
+                "crates/pixclass-models/benches/torch_seg_forward.py",
+                vec!["--data".to_string(), data],
+            ),
+        ];
+        for (script, extra) in scripts {
+            let mut c = Command::new(py);
+            c.current_dir(root())
+                .arg(script)
+                .args(["--threads", &threads.to_string()])
+                .args(extra);
+            let (rows, peak) = bench_rows(c, script)?;
+            if let Some(p) = peak {
+                peaks.insert(format!("PyTorch {script}"), p);
+            }
+            torch.extend(rows);
+        }
+    } else {
+        println!("no PyTorch (pass --python PY or set PIXCLASS_TORCH_PYTHON): pixclass times only");
+    }
+    let machine = crate::reproduce::machine();
+    let mut md = String::new();
+    writeln!(
+        md,
+        "| workload | pixclass (ms) | PyTorch (ms) | pixclass / PyTorch |\n|---|---:|---:|---:|"
+    )?;
+    let mut rows = Vec::new();
+    for (k, v) in &ours {
+        let t = torch.get(k).copied();
+        let ratio = t.map(|t| v / t);
+        writeln!(
+            md,
+            "| {k} | {v:.1} | {} | {} |",
+            t.map_or("-".into(), |t| format!("{t:.1}")),
+            ratio.map_or("-".into(), |r| format!("{r:.2}"))
+        )?;
+        rows.push(json!({"workload": k, "pixclass_ms": v, "pytorch_ms": t, "ratio": ratio}));
+    }
+    writeln!(
+        md,
+        "\nPeak resident memory per process (MB): {}",
+        peaks
+            .iter()
+            .map(|(k, v)| format!("{k} {v:.0}"))
+            .collect::<Vec<_>>()
+            .join("; ")
+    )?;
+    let report = json!({"machine": machine, "threads": threads, "rows": rows, "peak_mb": peaks});
+    std::fs::write(
+        out.join("bench.json"),
+        serde_json::to_string_pretty(&report)?,
+    )?;
+    println!("{md}");
+    if flag(args, "--publish") {
+        let text = format!(
+            "<!-- Generated by `cargo xtask bench --publish`; do not edit by hand. -->\n\n# Performance\n\n\
+             Command: `cargo xtask bench --python PY --publish` (pixclass and PyTorch in the same command, \
+             {threads} threads each, medians of 10 runs after warm-ups).\n\nMachine: {machine}.\n\n{md}\n\
+             Workloads: the three colourization nets at batch 100 (1x32x32 input, NF 32, 24 classes): training \
+             step = forward + cross-entropy + backward + Adam, inference = eval forward + argmax \
+             (`crates/pixclass-train/examples/step_timing.rs` / `benches/torch_colour_step.py`); DeepLab head \
+             fine-tuning step on cached 256x28x28 features, batch 128, resized to 224x224; eval forward of both \
+             DeepLab models at 1x3x224x224 (`crates/pixclass-models/examples/seg_forward_timing.rs` / \
+             `benches/torch_seg_forward.py`).\n"
+        );
+        std::fs::write(root().join("docs/PERFORMANCE.md"), text)?;
+        println!("published to docs/PERFORMANCE.md");
+    }
+    Ok(())
+}
