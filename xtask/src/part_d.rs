@@ -203,8 +203,8 @@ pub fn run(
     }
     writeln!(
         md,
-        "\npixclass default = standardised features, head started at the class prior, one cross-entropy \
-         epoch before a soft loss; reference recipe = `--reference` (PyTorch head init on raw features). \
+        "\npixclass default = standardised features, head started at the class prior, two cross-entropy \
+         epochs before a soft loss; reference recipe = `--reference` (PyTorch head init on raw features). \
          Different model and approximate masks: the bands are context, not a target.\n"
     )?;
     if full {

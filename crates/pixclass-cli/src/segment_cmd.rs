@@ -253,7 +253,7 @@ pub struct FinetuneArgs {
     #[arg(long)]
     feature_norm: Option<bool>,
     /// With --loss iou|dice: cross-entropy for this many first epochs
-    /// (default: 1; --reference: 0; no effect with --loss ce).
+    /// (default: 2; --reference: 0; no effect with --loss ce).
     #[arg(long)]
     ce_warmup_epochs: Option<usize>,
     /// Linear learning-rate warm-up steps (default: 0).
