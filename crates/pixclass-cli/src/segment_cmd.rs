@@ -448,15 +448,8 @@ fn predict_voc(
         .with_context(|| format!("cannot read {}", input.display()))?
         .to_rgb8();
     let (w, h) = photo.dimensions();
-    let small = image::imageops::resize(&photo, size, size, image::imageops::FilterType::Triangle);
     let (mean, std) = net.normalisation();
-    let set = SegSet {
-        ids: vec!["input".into()],
-        size: size as usize,
-        images: small.into_raw(),
-        masks: vec![0; (size * size) as usize],
-        skipped: vec![],
-    };
+    let set = SegSet::from_photo(&photo, size);
     let x = set.images_tensor(&[0], mean, std, dev)?;
     let logits = net.forward(&x)?;
     let classes: Vec<u8> = logits
@@ -466,9 +459,7 @@ fn predict_voc(
         .to_vec1()?;
     // Upsample the class map (nearest) to the photo and blend.
     let overlay = RgbImage::from_fn(w, h, |x, y| {
-        let sx = (x as u64 * size as u64 / w as u64) as usize;
-        let sy = (y as u64 * size as u64 / h as u64) as usize;
-        let c = classes[sy * size as usize + sx] as usize;
+        let c = classes[set.nearest_index(x, y, w, h)] as usize;
         let p = photo.get_pixel(x, y).0;
         if c == 0 {
             Rgb(p.map(|v| v / 2))

@@ -457,6 +457,28 @@ pub struct SegSet {
 }
 
 impl SegSet {
+    /// One photo of any size as a set of one `size x size` image (bilinear,
+    /// like the data sets) with an empty mask, for prediction.
+    pub fn from_photo(photo: &image::RgbImage, size: u32) -> Self {
+        let small = image::imageops::resize(photo, size, size, FilterType::Triangle);
+        SegSet {
+            ids: vec!["photo".into()],
+            size: size as usize,
+            images: small.into_raw(),
+            masks: vec![0; (size * size) as usize],
+            skipped: vec![],
+        }
+    }
+
+    /// For pixel `(x, y)` of a `w x h` photo, the index of the nearest pixel
+    /// of its `S x S` resized version (to map predictions back).
+    pub fn nearest_index(&self, x: u32, y: u32, w: u32, h: u32) -> usize {
+        let s = self.size as u64;
+        let sx = (x as u64 * s / w.max(1) as u64) as usize;
+        let sy = (y as u64 * s / h.max(1) as u64) as usize;
+        sy * self.size + sx
+    }
+
     /// Decodes and preprocesses `samples` in parallel. With `skip_bad`, a
     /// sample that fails (unreadable, size mismatch) is skipped and
     /// recorded; otherwise its error is returned.

@@ -764,21 +764,12 @@ pub fn predict_photo(
         .map_err(|e| TrainError::Config(format!("cannot read {}: {e}", input.display())))?
         .to_rgb8();
     let (w, h) = photo.dimensions();
-    let small = image::imageops::resize(&photo, size, size, image::imageops::FilterType::Triangle);
-    let set = SegSet {
-        ids: vec!["input".into()],
-        size: size as usize,
-        images: small.into_raw(),
-        masks: vec![0; (size * size) as usize],
-        skipped: vec![],
-    };
+    let set = SegSet::from_photo(&photo, size);
     let mask = model.predict(&set, &[0])?;
     let mut fg = 0usize;
     let overlay = RgbImage::from_fn(w, h, |x, y| {
-        let sx = (x as u64 * size as u64 / w as u64) as usize;
-        let sy = (y as u64 * size as u64 / h as u64) as usize;
         let p = photo.get_pixel(x, y).0;
-        if mask[sy * size as usize + sx] != 0 {
+        if mask[set.nearest_index(x, y, w, h)] != 0 {
             fg += 1;
             Rgb([((p[0] as u16 + 2 * 255) / 3) as u8, p[1] / 2, p[2] / 2])
         } else {
