@@ -119,11 +119,11 @@ pub struct SegTrainConfig {
 impl Default for SegTrainConfig {
     /// SPEC §B.2's model, loss, optimiser, batches and epochs, with
     /// eval-mode frozen layers and the robust head recipe (issue 9):
-    /// - standardised features: the frozen features are ReLU outputs (all
-    ///   >= 0), so Adam's first steps (each weight moves by about lr) push
-    ///   every pixel's margin the same way and soft IoU collapses to one
-    ///   class, where its gradient `p(1-p)` vanishes; centred features move
-    ///   margins both ways;
+    /// - standardised features: the frozen features are ReLU outputs, all
+    ///   non-negative, so Adam's first steps (each weight moves by about lr)
+    ///   push every pixel's margin the same way and soft IoU collapses to
+    ///   one class, where its gradient `p(1-p)` vanishes; centred features
+    ///   move margins both ways;
     /// - the head starts at the class prior (zero weights, bias
     ///   `log(p/(1-p))`), so no pixel starts saturated;
     /// - two cross-entropy epochs before a soft loss (IoU, Dice): CE keeps a
