@@ -1,5 +1,5 @@
 //! DeepLabV3-MobileNetV2 (VOC) against the NumPy interpreter of its TFLite
-//! graph (`golden/make_mobilenet_golden.py`) on two real photos, with the
+//! graph (`golden/make_mobilenet_golden.py`) on four real photos, with the
 //! weights shipped in `assets/`.
 #![allow(clippy::unwrap_used)]
 
@@ -31,8 +31,9 @@ fn logits_match_the_reference_interpreter() {
     let fixture = load("mobilenet_voc.safetensors");
     let model = MobileNetV2DeepLab::pretrained(&Device::Cpu, true).unwrap();
     assert_eq!(model.num_classes(), 21);
-    let expected_classes = [16usize, 13]; // potted plant; horse
-    for (k, &class) in expected_classes.iter().enumerate() {
+    // What the oracle sees in each photo, and on at least which fraction.
+    let expected = [(16usize, 0.1), (13, 0.1), (3, 0.03), (16, 0.1)]; // potted plant, horse, bird
+    for (k, &(class, min_frac)) in expected.iter().enumerate() {
         let logits = model.forward(&input(&fixture, k)).unwrap().i(0).unwrap(); // [21, 257, 257]
         assert_eq!(logits.dims(), &[21, 257, 257]);
         // Every 8th row and column against the oracle.
@@ -70,10 +71,10 @@ fn logits_match_the_reference_interpreter() {
         let same = arg.iter().zip(&want).filter(|(a, b)| a == b).count();
         let frac = same as f64 / want.len() as f64;
         assert!(frac >= 0.999, "image {k}: argmax agrees on {frac}");
-        // The photo's object is found (more than 10 % of the pixels).
+        // The photo's object is found.
         let found = arg.iter().filter(|&&c| c as usize == class).count();
         assert!(
-            found * 10 > arg.len(),
+            found as f64 > min_frac * arg.len() as f64,
             "image {k}: {} on {found} pixels",
             VOC_LABELS[class]
         );

@@ -2,9 +2,9 @@
 
 The oracle is the plain NumPy interpreter of the TFLite graph that ships with
 the model (`reference_forward_numpy.py`, which agrees with the official TFLite
-runtime to 4e-5). For two real photos (Oxford-17 image_0421, where the model
-sees potted plants, and CIFAR-10 test horse no. 3, upscaled, where it finds
-the horse) the fixture holds the 257x257 RGB input exactly as the interpreter saw it (PIL bilinear resize, uint8), the
+runtime to 4e-5). For four real photos (Oxford-17 images 0421, 0661 and 1201,
+where the model sees potted plants or a bird, and CIFAR-10 test horse no. 3,
+upscaled, where it finds the horse) the fixture holds the 257x257 RGB input exactly as the interpreter saw it (PIL bilinear resize, uint8), the
 logits on every 8th row and column (33x33x21) and the full argmax map.
 
 Run from the repository root (needs numpy, pillow, safetensors):
@@ -20,7 +20,12 @@ from PIL import Image
 from safetensors.numpy import load_file, save_file
 
 OUT = Path(__file__).resolve().parent
-IMAGES = ["flowers17/jpg/image_0421.jpg", "cifar10/horse_test.bin:3"]
+IMAGES = [
+    "flowers17/jpg/image_0421.jpg",
+    "cifar10/horse_test.bin:3",
+    "flowers17/jpg/image_0661.jpg",
+    "flowers17/jpg/image_1201.jpg",
+]
 
 
 def load_rgb(data: Path, name: str) -> Image.Image:
