@@ -1022,8 +1022,11 @@ struct BinaryLossBwd {
     grad: f64,
 }
 
-/// Batch sums: (CE sum, Σ p·y, Σ p, Σ y) with p = sigmoid(d).
-fn binary_sums<T: WithDType>(d: &[T], t: &[u32], hw: usize) -> [f64; 4] {
+/// Batch sums: (CE sum, Σ p·y, Σ p, Σ y) with p = sigmoid(d); only what
+/// `kind` needs (the CE sum for CE, the p sums for IoU/Dice). One `exp` per
+/// pixel, shared by softplus and sigmoid.
+fn binary_sums<T: WithDType>(kind: BinaryLossKind, d: &[T], t: &[u32], hw: usize) -> [f64; 4] {
+    let ce = kind == BinaryLossKind::Ce;
     let parts: Vec<[f64; 4]> = d
         .par_chunks(hw.max(1))
         .zip(t.par_chunks(hw.max(1)))
@@ -1032,13 +1035,21 @@ fn binary_sums<T: WithDType>(d: &[T], t: &[u32], hw: usize) -> [f64; 4] {
             for (v, &y) in dd.iter().zip(tt) {
                 let x = v.to_f64();
                 let y = y as f64;
-                // softplus(-(2y-1)·x), stably.
-                let z = -(2.0 * y - 1.0) * x;
-                s[0] += z.max(0.0) + (-z.abs()).exp().ln_1p();
-                let p = 1.0 / (1.0 + (-x).exp());
-                s[1] += p * y;
-                s[2] += p;
-                s[3] += y;
+                let e = (-x.abs()).exp();
+                if ce {
+                    // softplus(-(2y-1)·x) = max(z, 0) + ln(1 + exp(-|z|)), |z| = |x|.
+                    let z = -(2.0 * y - 1.0) * x;
+                    s[0] += z.max(0.0) + e.ln_1p();
+                } else {
+                    let p = if x >= 0.0 {
+                        1.0 / (1.0 + e)
+                    } else {
+                        e / (1.0 + e)
+                    };
+                    s[1] += p * y;
+                    s[2] += p;
+                    s[3] += y;
+                }
             }
             s
         })
@@ -1064,14 +1075,25 @@ fn binary_value(kind: BinaryLossKind, s: [f64; 4], m: usize) -> f64 {
 
 fn binary_bwd<T: WithDType>(op: &BinaryLossBwd, d: &[T], t: &[u32]) -> Vec<T> {
     let m = d.len();
-    let [_, i, ps, ys] = binary_sums(d, t, 1 << 16);
+    // CE's gradient needs no batch sums.
+    let [_, i, ps, ys] = if op.kind == BinaryLossKind::Ce {
+        [0.0; 4]
+    } else {
+        binary_sums(op.kind, d, t, 1 << 16)
+    };
     let mut out = vec![T::zero(); m];
     let g = op.grad;
     out.par_chunks_mut(1 << 16)
         .zip(d.par_chunks(1 << 16).zip(t.par_chunks(1 << 16)))
         .for_each(|(o, (dd, tt))| {
             for ((o, v), &y) in o.iter_mut().zip(dd).zip(tt) {
-                let p = 1.0 / (1.0 + (-v.to_f64()).exp());
+                let x = v.to_f64();
+                let e = (-x.abs()).exp();
+                let p = if x >= 0.0 {
+                    1.0 / (1.0 + e)
+                } else {
+                    e / (1.0 + e)
+                };
                 let y = y as f64;
                 let dl_dd = match op.kind {
                     BinaryLossKind::Ce => (p - y) / m as f64,
@@ -1130,7 +1152,7 @@ impl candle_core::CustomOp2 for BinaryLoss {
         let t = binary_targets(s2, l2)?;
         let m = l1.shape().elem_count();
         let out = dispatch!((s1, l1) => d; {
-            let v = binary_value(self.0, binary_sums(d, t, 1 << 16), m);
+            let v = binary_value(self.0, binary_sums(self.0, d, t, 1 << 16), m);
             vec![num_traits_from(v, d)]
         });
         Ok((out, Shape::from(())))

@@ -241,6 +241,8 @@ pub struct SegTask {
     /// The head's `feature_mean`/`feature_std` buffers, set from the
     /// training features before the first step (when standardising).
     pending_stats: Option<(candle_core::Var, candle_core::Var)>,
+    /// The stacked features of the whole validation split, once computed.
+    val_all: Option<Tensor>,
     train: SegSet,
     val: SegSet,
     train_store: FeatureStore,
@@ -357,7 +359,18 @@ impl SegTask {
     /// Validation margins `logit_1 - logit_0` of images `idx` (eval mode),
     /// `[n, S, S]`.
     fn val_margin(&mut self, idx: &[usize]) -> Result<Tensor> {
-        let f = self.features(false, idx, false)?;
+        // The whole validation split in one batch (the usual case): stack
+        // its cached features once, not every epoch.
+        let whole = idx.len() == self.val.len() && idx.iter().enumerate().all(|(k, &i)| k == i);
+        let f = match (&self.val_all, whole && self.val_store.keep) {
+            (Some(f), true) => f.clone(),
+            (_, true) => {
+                let f = self.features(false, idx, false)?;
+                self.val_all = Some(f.clone());
+                f
+            }
+            _ => self.features(false, idx, false)?,
+        };
         let s = self.val.size;
         Ok(self.head.forward_margin(&f, s, s)?)
     }
@@ -625,6 +638,7 @@ pub fn finetune(
         backbone,
         head,
         pending_stats,
+        val_all: None,
         train,
         val,
         train_store,
