@@ -298,7 +298,7 @@ pub fn run(
     )?;
     writeln!(
         md,
-        "| feature cache, cold (epoch 1 extracts the features) | {e1:.1} | {later:.2} | {:.0}x |",
+        "| feature cache, cold (epoch 1 extracts the features) | {e1:.1} | {later:.2} | {:.1}x |",
         e1 / later
     )?;
     let mut timing = json!({"cold_epoch1_s": e1, "cached_epoch_s": later});
