@@ -474,23 +474,15 @@ fn predict_voc(
             *n += 1;
         }
     }
-    let present: Vec<usize> = (1..21).filter(|&c| counts[c] > 0).collect();
-    let legend = pixclass_train::plot::legend(
-        &present
-            .iter()
-            .map(|&c| {
-                (
-                    format!(
-                        "{} ({:.1} %)",
-                        VOC_LABELS[c],
-                        100.0 * counts[c] as f64 / classes.len() as f64
-                    ),
-                    voc_colour(c),
-                )
-            })
-            .collect::<Vec<_>>(),
-        h,
-    )?;
+    // "<class> <share> %" for every class found (background left out).
+    let found: Vec<(String, [u8; 3])> = (1..21)
+        .filter(|&c| counts[c] > 0)
+        .map(|c| {
+            let share = 100.0 * counts[c] as f64 / classes.len() as f64;
+            (format!("{} {share:.1} %", VOC_LABELS[c]), voc_colour(c))
+        })
+        .collect();
+    let legend = pixclass_train::plot::legend(&found, h)?;
     let mut out = RgbImage::from_pixel(2 * w + legend.width() + 8, h, Rgb([255, 255, 255]));
     image::imageops::replace(&mut out, &photo, 0, 0);
     image::imageops::replace(&mut out, &overlay, (w + 4) as i64, 0);
@@ -500,18 +492,12 @@ fn predict_voc(
     }
     out.save(output)
         .with_context(|| format!("cannot write {}", output.display()))?;
-    Ok(if present.is_empty() {
+    Ok(if found.is_empty() {
         "background only".to_string()
     } else {
-        present
-            .iter()
-            .map(|&c| {
-                format!(
-                    "{} {:.1} %",
-                    VOC_LABELS[c],
-                    100.0 * counts[c] as f64 / classes.len() as f64
-                )
-            })
+        found
+            .into_iter()
+            .map(|(label, _)| label)
             .collect::<Vec<_>>()
             .join(", ")
     })
