@@ -3,6 +3,10 @@
 //! weights (the time does not depend on the values).
 use std::time::Instant;
 
+/// The same allocator as the `pixclass` binary.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarMap;
 use pixclass_models::deeplab::{DeepLabConfig, DeepLabV3};

@@ -159,6 +159,13 @@ fn fwd<T: WithDType>(x: &[T], w: &[T], g: &Geometry, o: usize) -> Vec<T> {
     let (ckk, ohw, chw) = (g.rows(), g.ho * g.wo, g.c * g.h * g.w);
     let mut y = vec![T::zero(); g.n * o * ohw];
     let threads = inner_threads(g.n);
+    if g.is_pointwise() {
+        y.par_chunks_mut(o * ohw).enumerate().for_each(|(n, yn)| {
+            let xn = &x[n * chw..(n + 1) * chw];
+            gemm_into(o, ohw, ckk, yn, (w, ckk, 1), (xn, ohw, 1), false, threads);
+        });
+        return y;
+    }
     y.par_chunks_mut(o * ohw).enumerate().for_each_init(
         || vec![T::zero(); ckk * ohw],
         |cols, (n, yn)| {
@@ -174,6 +181,23 @@ fn bwd_data<T: WithDType>(dy: &[T], w: &[T], g: &Geometry, o: usize) -> Vec<T> {
     let (ckk, ohw, chw) = (g.rows(), g.ho * g.wo, g.c * g.h * g.w);
     let mut dx = vec![T::zero(); g.n * chw];
     let threads = inner_threads(g.n);
+    if g.is_pointwise() {
+        // col2im is the identity: the GEMM writes the image directly.
+        dx.par_chunks_mut(chw).enumerate().for_each(|(n, dxn)| {
+            let dyn_ = &dy[n * o * ohw..(n + 1) * o * ohw];
+            gemm_into(
+                ckk,
+                ohw,
+                o,
+                dxn,
+                (w, 1, ckk),
+                (dyn_, ohw, 1),
+                false,
+                threads,
+            );
+        });
+        return dx;
+    }
     dx.par_chunks_mut(chw).enumerate().for_each_init(
         || vec![T::zero(); ckk * ohw],
         |cols, (n, dxn)| {
@@ -209,9 +233,16 @@ fn bwd_filter<T: WithDType>(x: &[T], dy: &[T], g: &Geometry, o: usize) -> Vec<T>
         .into_par_iter()
         .map(|chunk| {
             let mut dw = vec![T::zero(); o * ckk];
-            let mut cols = vec![T::zero(); ckk * ohw];
+            let pointwise = g.is_pointwise();
+            let mut cols = vec![T::zero(); if pointwise { 0 } else { ckk * ohw }];
             for n in chunk * FILTER_CHUNK..((chunk + 1) * FILTER_CHUNK).min(g.n) {
-                im2col_image(&x[n * chw..(n + 1) * chw], g, &mut cols);
+                let xn = &x[n * chw..(n + 1) * chw];
+                let cols: &[T] = if pointwise {
+                    xn
+                } else {
+                    im2col_image(xn, g, &mut cols);
+                    &cols
+                };
                 // colsᵀ: (row stride 1, column stride ohw).
                 gemm_into(
                     o,
@@ -219,7 +250,7 @@ fn bwd_filter<T: WithDType>(x: &[T], dy: &[T], g: &Geometry, o: usize) -> Vec<T>
                     ohw,
                     &mut dw,
                     (&dy[n * o * ohw..(n + 1) * o * ohw], ohw, 1),
-                    (&cols, 1, ohw),
+                    (cols, 1, ohw),
                     true,
                     threads,
                 );
@@ -306,16 +337,27 @@ impl CustomOp2 for ConvKernel {
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let grad = grad.contiguous()?;
+        // Only the gradients autograd will use: the input of a frozen
+        // network's head (or an image) needs none, and computing it would
+        // cost as much as the rest of the step.
+        let (need_a, need_b) = (a.track_op(), b.track_op());
+        let run = |need: bool, x: &Tensor, y: &Tensor, kind: Kind| -> Result<Option<Tensor>> {
+            if need {
+                Ok(Some(x.apply_op2_no_bwd(y, &self.with(kind))?))
+            } else {
+                Ok(None)
+            }
+        };
         match self.kind {
             // y = conv(x, w): dx = bwd_data(dy, w), dw = bwd_filter(x, dy).
             Kind::Fwd => Ok((
-                Some(grad.apply_op2_no_bwd(b, &self.with(Kind::BwdData))?),
-                Some(a.apply_op2_no_bwd(&grad, &self.with(Kind::BwdFilter))?),
+                run(need_a, &grad, b, Kind::BwdData)?,
+                run(need_b, a, &grad, Kind::BwdFilter)?,
             )),
             // y = conv_transpose(x, w) = bwd_data(x, w): dx = conv(dy, w), dw = bwd_filter(dy, x).
             Kind::BwdData => Ok((
-                Some(grad.apply_op2_no_bwd(b, &self.with(Kind::Fwd))?),
-                Some(grad.apply_op2_no_bwd(a, &self.with(Kind::BwdFilter))?),
+                run(need_a, &grad, b, Kind::Fwd)?,
+                run(need_b, &grad, a, Kind::BwdFilter)?,
             )),
             Kind::BwdFilter => candle_core::bail!("no second-order gradient for {}", self.name()),
         }

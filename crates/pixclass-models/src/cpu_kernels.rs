@@ -46,6 +46,17 @@ impl Geometry {
         self.c * self.kh * self.kw
     }
 
+    /// A 1x1 kernel with stride 1 and no padding: the column matrix of an
+    /// image is the image itself (`[C, H·W]`), so no im2col is needed.
+    pub fn is_pointwise(&self) -> bool {
+        self.kh == 1
+            && self.kw == 1
+            && self.stride == 1
+            && self.pad_top == 0
+            && self.pad_left == 0
+            && (self.ho, self.wo) == (self.h, self.w)
+    }
+
     /// Columns of the column matrix: `n·ho·wo`.
     pub fn cols(&self) -> usize {
         self.n * self.ho * self.wo
@@ -952,9 +963,16 @@ impl candle_core::CustomOp2 for Depthwise {
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let grad = grad.contiguous()?;
-        let dx = grad.apply_op2_no_bwd(w, &DepthwiseBwdInput(self.0))?;
-        let dw = x.apply_op2_no_bwd(&grad, &DepthwiseBwdFilter(self.0))?;
-        Ok((Some(dx), Some(dw)))
+        // Only what autograd will use (see `conv_gemm`'s backward).
+        let dx = x
+            .track_op()
+            .then(|| grad.apply_op2_no_bwd(w, &DepthwiseBwdInput(self.0)))
+            .transpose()?;
+        let dw = w
+            .track_op()
+            .then(|| x.apply_op2_no_bwd(&grad, &DepthwiseBwdFilter(self.0)))
+            .transpose()?;
+        Ok((dx, dw))
     }
 }
 
@@ -1013,39 +1031,86 @@ pub enum BinaryLossKind {
 }
 
 /// The loss of a margin `[N, H, W]` against u32 0/1 targets `[N, H, W]`.
-#[derive(Debug, Clone, Copy)]
-pub struct BinaryLoss(pub BinaryLossKind);
+///
+/// The forward pass keeps its batch sums for the backward pass (IoU and Dice
+/// need them before any pixel's gradient), so a training step reads the
+/// margin twice, not three times.
+#[derive(Debug, Clone)]
+pub struct BinaryLoss {
+    kind: BinaryLossKind,
+    sums: std::sync::Arc<std::sync::Mutex<Option<[f64; 4]>>>,
+}
+
+impl BinaryLoss {
+    /// The loss `kind`.
+    pub fn new(kind: BinaryLossKind) -> Self {
+        Self {
+            kind,
+            sums: Default::default(),
+        }
+    }
+}
 
 #[derive(Debug, Clone, Copy)]
 struct BinaryLossBwd {
     kind: BinaryLossKind,
     grad: f64,
+    /// The forward pass's batch sums, when known.
+    sums: Option<[f64; 4]>,
+}
+
+/// `exp(-|x|)` in the precision of the element type (single precision for
+/// f32 margins, like PyTorch; the sums are accumulated in f64 either way).
+#[inline]
+fn exp_neg_abs<T: WithDType>(x: f64) -> f64 {
+    if T::DTYPE == candle_core::DType::F32 {
+        f64::from((-(x.abs() as f32)).exp())
+    } else {
+        (-x.abs()).exp()
+    }
+}
+
+/// `ln(1 + e)` in the precision of the element type.
+#[inline]
+fn ln_1p_t<T: WithDType>(e: f64) -> f64 {
+    if T::DTYPE == candle_core::DType::F32 {
+        f64::from((e as f32).ln_1p())
+    } else {
+        e.ln_1p()
+    }
+}
+
+/// `sigmoid(x)` from `e = exp(-|x|)`, stable for either sign.
+#[inline]
+fn sigmoid_from(x: f64, e: f64) -> f64 {
+    if x >= 0.0 {
+        1.0 / (1.0 + e)
+    } else {
+        e / (1.0 + e)
+    }
 }
 
 /// Batch sums: (CE sum, Σ p·y, Σ p, Σ y) with p = sigmoid(d); only what
 /// `kind` needs (the CE sum for CE, the p sums for IoU/Dice). One `exp` per
-/// pixel, shared by softplus and sigmoid.
-fn binary_sums<T: WithDType>(kind: BinaryLossKind, d: &[T], t: &[u32], hw: usize) -> [f64; 4] {
+/// pixel, shared by softplus and sigmoid. Fixed chunks of `chunk` pixels
+/// summed in order: the result never depends on the number of threads.
+fn binary_sums<T: WithDType>(kind: BinaryLossKind, d: &[T], t: &[u32], chunk: usize) -> [f64; 4] {
     let ce = kind == BinaryLossKind::Ce;
     let parts: Vec<[f64; 4]> = d
-        .par_chunks(hw.max(1))
-        .zip(t.par_chunks(hw.max(1)))
+        .par_chunks(chunk.max(1))
+        .zip(t.par_chunks(chunk.max(1)))
         .map(|(dd, tt)| {
             let mut s = [0f64; 4];
             for (v, &y) in dd.iter().zip(tt) {
                 let x = v.to_f64();
-                let y = y as f64;
-                let e = (-x.abs()).exp();
+                let e = exp_neg_abs::<T>(x);
                 if ce {
                     // softplus(-(2y-1)·x) = max(z, 0) + ln(1 + exp(-|z|)), |z| = |x|.
-                    let z = -(2.0 * y - 1.0) * x;
-                    s[0] += z.max(0.0) + e.ln_1p();
+                    let z = if y == 1 { -x } else { x };
+                    s[0] += z.max(0.0) + ln_1p_t::<T>(e);
                 } else {
-                    let p = if x >= 0.0 {
-                        1.0 / (1.0 + e)
-                    } else {
-                        e / (1.0 + e)
-                    };
+                    let p = sigmoid_from(x, e);
+                    let y = y as f64;
                     s[1] += p * y;
                     s[2] += p;
                     s[3] += y;
@@ -1064,6 +1129,9 @@ fn binary_sums<T: WithDType>(kind: BinaryLossKind, d: &[T], t: &[u32], hw: usize
 
 const SOFT_EPS: f64 = 1e-6;
 
+/// Pixels per partial sum of the binary losses.
+const BINARY_CHUNK: usize = 1 << 16;
+
 fn binary_value(kind: BinaryLossKind, s: [f64; 4], m: usize) -> f64 {
     let [ce, i, p, y] = s;
     match kind {
@@ -1076,37 +1144,37 @@ fn binary_value(kind: BinaryLossKind, s: [f64; 4], m: usize) -> f64 {
 fn binary_bwd<T: WithDType>(op: &BinaryLossBwd, d: &[T], t: &[u32]) -> Vec<T> {
     let m = d.len();
     // CE's gradient needs no batch sums.
-    let [_, i, ps, ys] = if op.kind == BinaryLossKind::Ce {
-        [0.0; 4]
-    } else {
-        binary_sums(op.kind, d, t, 1 << 16)
+    let [_, i, ps, ys] = match (op.kind, op.sums) {
+        (BinaryLossKind::Ce, _) => [0.0; 4],
+        (_, Some(s)) => s,
+        (kind, None) => binary_sums(kind, d, t, BINARY_CHUNK),
     };
     let mut out = vec![T::zero(); m];
     let g = op.grad;
-    out.par_chunks_mut(1 << 16)
-        .zip(d.par_chunks(1 << 16).zip(t.par_chunks(1 << 16)))
+    // Per-pixel factors that do not depend on the pixel.
+    let (a1, a0) = match op.kind {
+        BinaryLossKind::Ce => (0.0, 0.0),
+        BinaryLossKind::Iou => {
+            // L = 1 - I/U; dI/dp = y, dU/dp = 1 - y.
+            let u = ps + ys - i + SOFT_EPS;
+            (-1.0 / u, i / (u * u))
+        }
+        BinaryLossKind::Dice => {
+            let num = 2.0 * i + SOFT_EPS;
+            let den = ps + ys + SOFT_EPS;
+            (-(2.0 * den - num) / (den * den), num / (den * den))
+        }
+    };
+    out.par_chunks_mut(BINARY_CHUNK)
+        .zip(d.par_chunks(BINARY_CHUNK).zip(t.par_chunks(BINARY_CHUNK)))
         .for_each(|(o, (dd, tt))| {
             for ((o, v), &y) in o.iter_mut().zip(dd).zip(tt) {
                 let x = v.to_f64();
-                let e = (-x.abs()).exp();
-                let p = if x >= 0.0 {
-                    1.0 / (1.0 + e)
-                } else {
-                    e / (1.0 + e)
-                };
-                let y = y as f64;
+                let p = sigmoid_from(x, exp_neg_abs::<T>(x));
                 let dl_dd = match op.kind {
-                    BinaryLossKind::Ce => (p - y) / m as f64,
-                    BinaryLossKind::Iou => {
-                        let u = ps + ys - i + SOFT_EPS;
-                        // L = 1 - I/U; dI/dp = y, dU/dp = 1 - y.
-                        -(y * u - i * (1.0 - y)) / (u * u) * p * (1.0 - p)
-                    }
-                    BinaryLossKind::Dice => {
-                        let num = 2.0 * i + SOFT_EPS;
-                        let den = ps + ys + SOFT_EPS;
-                        -(2.0 * y * den - num) / (den * den) * p * (1.0 - p)
-                    }
+                    BinaryLossKind::Ce => (p - y as f64) / m as f64,
+                    // dL/dp is a1 (y = 1) or a0 (y = 0); dp/dd = p(1 - p).
+                    _ => (if y == 1 { a1 } else { a0 }) * p * (1.0 - p),
                 };
                 *o = T::from_f64(g * dl_dd);
             }
@@ -1152,8 +1220,11 @@ impl candle_core::CustomOp2 for BinaryLoss {
         let t = binary_targets(s2, l2)?;
         let m = l1.shape().elem_count();
         let out = dispatch!((s1, l1) => d; {
-            let v = binary_value(self.0, binary_sums(self.0, d, t, 1 << 16), m);
-            vec![num_traits_from(v, d)]
+            let sums = binary_sums(self.kind, d, t, BINARY_CHUNK);
+            if let Ok(mut slot) = self.sums.lock() {
+                *slot = Some(sums);
+            }
+            vec![num_traits_from(binary_value(self.kind, sums, m), d)]
         });
         Ok((out, Shape::from(())))
     }
@@ -1167,8 +1238,9 @@ impl candle_core::CustomOp2 for BinaryLoss {
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let g = grad.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
         let op = BinaryLossBwd {
-            kind: self.0,
+            kind: self.kind,
             grad: g,
+            sums: self.sums.lock().ok().and_then(|s| *s),
         };
         Ok((
             Some(

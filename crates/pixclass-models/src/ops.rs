@@ -535,9 +535,10 @@ pub fn binary_loss(
     kind: crate::cpu_kernels::BinaryLossKind,
 ) -> Result<Tensor> {
     if cpu_float(margin) && target.dtype() == candle_core::DType::U32 {
-        return margin
-            .contiguous()?
-            .apply_op2(&target.contiguous()?, crate::cpu_kernels::BinaryLoss(kind));
+        return margin.contiguous()?.apply_op2(
+            &target.contiguous()?,
+            crate::cpu_kernels::BinaryLoss::new(kind),
+        );
     }
     binary_loss_portable(margin, target, kind)
 }

@@ -471,10 +471,73 @@ fn binary_losses_match_portable_and_finite_differences() {
         assert!(gradient_ok(&f, &d, 1e-6), "{kind:?} kernel gradient");
         let g = |x: &Tensor| ops::binary_loss_portable(x, &t, kind);
         assert!(gradient_ok(&g, &d, 1e-6), "{kind:?} portable gradient");
+        // f32 margins (training's dtype): single-precision exp/log per pixel,
+        // f64 sums; value and gradient agree with the f64 kernel.
+        let d32 = d.to_dtype(DType::F32).unwrap();
+        let v32 = candle_core::Var::from_tensor(&d32).unwrap();
+        let l32 = ops::binary_loss(v32.as_tensor(), &t, kind).unwrap();
+        let g32 = l32
+            .backward()
+            .unwrap()
+            .get(v32.as_tensor())
+            .unwrap()
+            .clone();
+        let v64 = candle_core::Var::from_tensor(&d).unwrap();
+        let l64 = ops::binary_loss(v64.as_tensor(), &t, kind).unwrap();
+        let g64 = l64
+            .backward()
+            .unwrap()
+            .get(v64.as_tensor())
+            .unwrap()
+            .clone();
+        let (a, b) = (
+            l32.to_dtype(DType::F64)
+                .unwrap()
+                .to_scalar::<f64>()
+                .unwrap(),
+            l64.to_scalar::<f64>().unwrap(),
+        );
+        assert!(
+            (a - b).abs() < 1e-6 * b.abs().max(1.0),
+            "{kind:?} f32 value {a} vs {b}"
+        );
+        assert!(
+            max_rel_strict(&g32.to_dtype(DType::F64).unwrap(), &g64) < 1e-5,
+            "{kind:?} f32 gradient"
+        );
     }
     // Targets must be 0/1 and shapes must agree.
     let bad = Tensor::new(&[[[2u32]]], &candle_core::Device::Cpu).unwrap();
     let one = Tensor::new(&[[[0.5f64]]], &candle_core::Device::Cpu).unwrap();
     assert!(ops::binary_loss(&one, &bad, K::Ce).is_err());
     assert!(ops::binary_loss(&d, &bad, K::Ce).is_err());
+}
+
+#[test]
+fn pointwise_conv_fast_path_matches_portable_and_finite_differences() {
+    // 1x1, stride 1, no padding: the kernels skip im2col/col2im. Nine images
+    // (more than one backward-filter chunk), an odd x even plane; a 1x1 conv
+    // with stride 2 or padding takes the general path and must agree too.
+    let x = rand_tensor(&[9, 5, 3, 4], 41);
+    let w = rand_tensor(&[2, 5, 1, 1], 42);
+    for (pad, stride) in [((0, 0), 1), ((1, 1), 1), ((0, 0), 2)] {
+        let ours = ops::conv2d(&x, &w, pad, pad, stride, 1, 1).unwrap();
+        let portable = ops::conv2d_portable(&x, &w, pad, pad, stride, 1, 1).unwrap();
+        assert_eq!(ours.dims(), portable.dims());
+        assert!(
+            max_rel(&ours, &portable) < 1e-12,
+            "pad {pad:?} stride {stride}"
+        );
+        let r = rand_tensor(ours.dims(), 43);
+        let fx = |t: &Tensor| weighted_sum(&ops::conv2d(t, &w, pad, pad, stride, 1, 1)?, &r);
+        assert!(
+            gradient_ok(&fx, &x, 1e-6),
+            "input gradient pad {pad:?} stride {stride}"
+        );
+        let fw = |t: &Tensor| weighted_sum(&ops::conv2d(&x, t, pad, pad, stride, 1, 1)?, &r);
+        assert!(
+            gradient_ok(&fw, &w, 1e-6),
+            "weight gradient pad {pad:?} stride {stride}"
+        );
+    }
 }

@@ -1,6 +1,10 @@
 //! Times single ops (forward + backward) at the sizes of the colourization nets.
 use std::time::Instant;
 
+/// The same allocator as the `pixclass` binary.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::VarBuilder;
 use pixclass_models::layers::{BatchNorm2d, BatchNormConfig};

@@ -7,6 +7,10 @@
 //!     cargo run --release -p pixclass-train --example step_timing
 use std::time::Instant;
 
+/// The same allocator as the `pixclass` binary.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarMap;
 use pixclass_models::init::seeded_var_builder;
