@@ -252,10 +252,14 @@ pub struct FinetuneArgs {
     /// std) before the new head (default: on; --reference: off).
     #[arg(long)]
     feature_norm: Option<bool>,
-    /// With --loss iou|dice: cross-entropy for this many first epochs
-    /// (default: 2; --reference: 0; no effect with --loss ce).
+    /// With --loss iou|dice: cross-entropy alone for this many first epochs
+    /// (default: 0; no effect with --loss ce).
     #[arg(long)]
     ce_warmup_epochs: Option<usize>,
+    /// With --loss iou|dice: train on `soft loss + W · cross-entropy`
+    /// (default: 1; --reference: 0, the pure soft loss; no effect with --loss ce).
+    #[arg(long, value_name = "W")]
+    ce_weight: Option<f64>,
     /// Linear learning-rate warm-up steps (default: 0).
     #[arg(long)]
     warmup_steps: Option<u64>,
@@ -303,6 +307,7 @@ impl FinetuneArgs {
             },
             warmup_steps: self.warmup_steps.unwrap_or(base.warmup_steps),
             ce_warmup_epochs: self.ce_warmup_epochs.unwrap_or(base.ce_warmup_epochs),
+            ce_weight: self.ce_weight.unwrap_or(base.ce_weight),
             head_init,
             feature_norm: self.feature_norm.unwrap_or(base.feature_norm),
             train_batch_size: self.train_batch_size,

@@ -97,7 +97,8 @@ fn finetune_eval_predict_on_the_embedded_sample() {
     // The robust default recipe, recorded next to the run.
     assert_eq!(cfg["head_init"], "prior");
     assert_eq!(cfg["feature_norm"], true);
-    assert_eq!(cfg["ce_warmup_epochs"], 2);
+    assert_eq!(cfg["ce_warmup_epochs"], 0);
+    assert_eq!(cfg["ce_weight"], 1.0);
     let out = pixclass(tmp.path())
         .args(["segment", "eval", "--embedded", "--checkpoint"])
         .arg(&run)

@@ -85,6 +85,12 @@ pub struct SegTrainConfig {
     /// With a soft loss (IoU, Dice): train with cross-entropy for this many
     /// first epochs (0: none).
     pub ce_warmup_epochs: usize,
+    /// With a soft loss (IoU, Dice): the objective is `soft + ce_weight ·
+    /// cross-entropy` (0: the pure soft loss, the reference). Cross-entropy
+    /// keeps a gradient on confidently wrong pixels, where the soft loss's
+    /// `p(1-p)` vanishes. Ignored with `loss = ce`.
+    #[serde(default)]
+    pub ce_weight: f64,
     /// Initialisation of the new head.
     pub head_init: HeadInit,
     /// Standardise each feature channel with the training set's mean and
@@ -126,13 +132,15 @@ impl Default for SegTrainConfig {
     ///   move margins both ways;
     /// - the head starts at the class prior (zero weights, bias
     ///   `log(p/(1-p))`), so no pixel starts saturated;
-    /// - two cross-entropy epochs before a soft loss (IoU, Dice): CE keeps a
-    ///   gradient on confidently wrong pixels, soft IoU does not.
+    /// - a soft loss (IoU, Dice) is trained together with cross-entropy
+    ///   (weight 1): cross-entropy keeps a gradient on confidently wrong
+    ///   pixels, soft IoU does not. Measured over 5 seeds, this beat both a
+    ///   cross-entropy warm-up and cross-entropy alone (docs/RESULTS.md).
     fn default() -> Self {
         Self {
             head_init: HeadInit::Prior,
             feature_norm: true,
-            ce_warmup_epochs: 2,
+            ce_weight: 1.0,
             ..Self::reference()
         }
     }
@@ -152,6 +160,7 @@ impl SegTrainConfig {
             },
             warmup_steps: 0,
             ce_warmup_epochs: 0,
+            ce_weight: 0.0,
             head_init: HeadInit::Torch,
             feature_norm: false,
             train_batch_size: 128,
@@ -347,6 +356,22 @@ impl SegTask {
         Ok((mean.to_dtype(DType::F32)?, std.to_dtype(DType::F32)?))
     }
 
+    /// The training objective of margins `[N, S, S]` against masks: the
+    /// configured loss plus `ce_weight` times cross-entropy for a soft loss;
+    /// cross-entropy alone while `warming_up`.
+    fn objective(&self, margin: &Tensor, y: &Tensor, warming_up: bool) -> Result<Tensor> {
+        let loss = self.cfg.loss;
+        if warming_up || loss == Loss::Ce {
+            return Ok(Loss::Ce.compute_margin(margin, y)?);
+        }
+        let soft = loss.compute_margin(margin, y)?;
+        if self.cfg.ce_weight == 0.0 {
+            return Ok(soft);
+        }
+        let ce = Loss::Ce.compute_margin(margin, y)?;
+        Ok((soft + (ce * self.cfg.ce_weight)?)?)
+    }
+
     fn epoch_order(&self, epoch: usize) -> Vec<usize> {
         let mut order: Vec<usize> = (0..self.train.len()).collect();
         let mut rng = ChaCha8Rng::seed_from_u64(
@@ -409,12 +434,8 @@ impl TrainTask for SegTask {
         // The loss of the margin equals the loss of both logits (2 classes).
         let margin = self.head.forward_margin(&f, s, s)?;
         let y = self.train.masks_tensor(idx, &self.device)?;
-        let loss = if epoch <= self.cfg.ce_warmup_epochs {
-            Loss::Ce
-        } else {
-            self.cfg.loss
-        };
-        Ok(loss.compute_margin(&margin, &y)?)
+        let warming_up = epoch <= self.cfg.ce_warmup_epochs;
+        self.objective(&margin, &y, warming_up)
     }
 
     fn evaluate(&mut self) -> Result<Vec<f64>> {
@@ -426,7 +447,7 @@ impl TrainTask for SegTask {
         for idx in all.chunks(self.cfg.val_batch_size.max(1)) {
             let margin = self.val_margin(idx)?;
             let y = self.val.masks_tensor(idx, &self.device)?;
-            let l = self.cfg.loss.compute_margin(&margin, &y)?;
+            let l = self.objective(&margin, &y, false)?;
             loss_sum += l.to_dtype(DType::F64)?.to_scalar::<f64>()? * idx.len() as f64;
             let pred = foreground(&margin)?;
             let truth: Vec<u32> = y.flatten_all()?.to_vec1()?;
@@ -561,6 +582,12 @@ pub fn finetune(
         return Err(TrainError::Config(
             "batch sizes and epochs must be at least 1".into(),
         ));
+    }
+    if !(cfg.ce_weight.is_finite() && cfg.ce_weight >= 0.0) {
+        return Err(TrainError::Config(format!(
+            "the cross-entropy weight must be a finite number >= 0, not {}",
+            cfg.ce_weight
+        )));
     }
     let device = select_device(cfg.device, 0)?;
     let splits = splits.limit(cfg.limit);

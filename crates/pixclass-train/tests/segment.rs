@@ -104,6 +104,7 @@ fn reference_soft_iou_collapses_and_the_default_recipe_does_not() {
         head_init: HeadInit::Torch,
         feature_norm: false,
         ce_warmup_epochs: 0,
+        ce_weight: 0.0,
         ..small(Loss::Iou, &cache)
     };
     finetune(&cfg, splits.clone(), &reference, false, false).unwrap();
@@ -115,7 +116,8 @@ fn reference_soft_iou_collapses_and_the_default_recipe_does_not() {
         train_batch_size: 12,
         head_init: HeadInit::Prior,
         feature_norm: true,
-        ce_warmup_epochs: 1,
+        ce_warmup_epochs: 0,
+        ce_weight: 1.0,
         ..small(Loss::Iou, &cache)
     };
     finetune(&cfg, splits, &fixed, false, false).unwrap();
