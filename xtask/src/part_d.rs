@@ -77,7 +77,8 @@ fn read_rows(dir: &Path) -> Result<Vec<Vec<f64>>> {
 }
 
 /// Runs (or reuses, when finished) one fine-tuning into `dir`.
-fn finetune(bin: &Path, plan: &Plan, dir: &Path, extra: &[&str]) -> Result<Run> {
+/// The options `finetune` passes to `pixclass segment finetune`.
+fn finetune_args(plan: &Plan, extra: &[&str]) -> Vec<String> {
     let mut args: Vec<String> = ["--epochs", &plan.epochs.to_string()]
         .into_iter()
         .chain(["--train-batch-size", &plan.batch.to_string()])
@@ -86,16 +87,28 @@ fn finetune(bin: &Path, plan: &Plan, dir: &Path, extra: &[&str]) -> Result<Run> 
         .collect();
     args.extend(plan.data_args.iter().cloned());
     args.extend(extra.iter().map(|s| s.to_string()));
-    // A finished run is reused only when it was started with the same
-    // options (a stamp next to it); delete the folder to rerun it anyway.
-    let stamp = dir.join("xtask-args.txt");
-    let wanted = args.join("\n");
-    if let Ok(rows) = read_rows(dir) {
-        let same = std::fs::read_to_string(&stamp).is_ok_and(|s| s == wanted);
-        if rows.len() == plan.epochs && dir.join("config.json").is_file() && same {
-            return Ok(Run { rows });
-        }
+    args
+}
+
+/// The stamp of a run's options, written next to it when it finishes.
+const STAMP: &str = "xtask-args.txt";
+
+/// A finished run in `dir` started with the same options (a stamp next to
+/// it); delete the folder to rerun it anyway.
+fn finished(dir: &Path, plan: &Plan, extra: &[&str]) -> Option<Run> {
+    let wanted = finetune_args(plan, extra).join("\n");
+    let same = std::fs::read_to_string(dir.join(STAMP)).is_ok_and(|s| s == wanted);
+    let rows = read_rows(dir).ok()?;
+    (same && rows.len() == plan.epochs && dir.join("config.json").is_file()).then_some(Run { rows })
+}
+
+fn finetune(bin: &Path, plan: &Plan, dir: &Path, extra: &[&str]) -> Result<Run> {
+    if let Some(run) = finished(dir, plan, extra) {
+        return Ok(run);
     }
+    let args = finetune_args(plan, extra);
+    let stamp = dir.join(STAMP);
+    let wanted = args.join("\n");
     let _ = std::fs::remove_dir_all(dir);
     let mut cmd = Command::new(bin);
     cmd.args(["--quiet", "segment", "finetune", "--out"])
@@ -164,8 +177,8 @@ pub fn run(
 
     // 1. Default recipe, both losses, seed 0. The first run starts from an
     // empty cache unless it already finished.
-    let first_done = read_rows(&root.join("default-ce-s0")).is_ok_and(|r| r.len() == plan.epochs);
-    if !first_done {
+    let first = ["--loss", "ce", "--seed", "0", "--cache-dir", &cache_s];
+    if finished(&root.join("default-ce-s0"), plan, &first).is_none() {
         let _ = std::fs::remove_dir_all(&cache);
     }
     let mut main = Vec::new();

@@ -375,6 +375,178 @@ pub fn batch_norm_train(
     Ok((y, mean, var))
 }
 
+/// `y = [relu](x·scale + shift)` per channel: eval-mode batch normalisation
+/// with its statistics folded into `scale`/`shift` (one pass instead of
+/// four broadcasts). Inputs: x `[N, C, H, W]`, scale `[C]`, shift `[C]`.
+#[derive(Debug, Clone, Copy)]
+pub struct ChannelAffine {
+    /// Apply a ReLU to the result.
+    pub relu: bool,
+}
+
+/// Gradient of [`ChannelAffine`]: inputs x, dy, `[scale; shift]`; output
+/// packed `[dx (N·C·H·W), dscale (C), dshift (C)]`.
+#[derive(Debug, Clone, Copy)]
+struct ChannelAffineBwd(ChannelAffine);
+
+fn affine_fwd<T: WithDType>(
+    op: ChannelAffine,
+    x: &[T],
+    scale: &[T],
+    shift: &[T],
+    c: usize,
+    hw: usize,
+) -> Vec<T> {
+    let mut out = vec![T::zero(); x.len()];
+    out.par_chunks_mut(hw.max(1))
+        .zip(x.par_chunks(hw.max(1)))
+        .enumerate()
+        .for_each(|(p, (o, xs))| {
+            let (a, b) = (scale[p % c], shift[p % c]);
+            if op.relu {
+                for (o, &v) in o.iter_mut().zip(xs) {
+                    let y = v * a + b;
+                    *o = if y > T::zero() { y } else { T::zero() };
+                }
+            } else {
+                for (o, &v) in o.iter_mut().zip(xs) {
+                    *o = v * a + b;
+                }
+            }
+        });
+    out
+}
+
+fn affine_bwd<T: WithDType>(
+    op: ChannelAffine,
+    x: &[T],
+    dy: &[T],
+    ss: &[T],
+    n: usize,
+    c: usize,
+    hw: usize,
+) -> Vec<T> {
+    let mut out = vec![T::zero(); x.len() + 2 * c];
+    let (dx, rest) = out.split_at_mut(x.len());
+    // dx = dy'·scale, where dy' is dy masked by the ReLU (y > 0).
+    dx.par_chunks_mut(hw.max(1))
+        .enumerate()
+        .for_each(|(p, o)| {
+            let ch = p % c;
+            let (a, b) = (ss[ch], ss[c + ch]);
+            let xs = &x[p * hw..(p + 1) * hw];
+            let ds = &dy[p * hw..(p + 1) * hw];
+            for ((o, &xv), &d) in o.iter_mut().zip(xs).zip(ds) {
+                let live = !op.relu || xv * a + b > T::zero();
+                *o = if live { d * a } else { T::zero() };
+            }
+        });
+    // dscale = Σ dy'·x, dshift = Σ dy' per channel (f64 sums, fixed order).
+    let sums: Vec<(f64, f64)> = (0..c)
+        .into_par_iter()
+        .map(|ch| {
+            let (a, b) = (ss[ch], ss[c + ch]);
+            let (mut sx, mut s) = (0.0, 0.0);
+            for i in 0..n {
+                let r = (i * c + ch) * hw..(i * c + ch + 1) * hw;
+                for (&xv, &d) in x[r.clone()].iter().zip(&dy[r]) {
+                    if !op.relu || xv * a + b > T::zero() {
+                        sx += d.to_f64() * xv.to_f64();
+                        s += d.to_f64();
+                    }
+                }
+            }
+            (sx, s)
+        })
+        .collect();
+    for (ch, (sx, s)) in sums.into_iter().enumerate() {
+        rest[ch] = T::from_f64(sx);
+        rest[c + ch] = T::from_f64(s);
+    }
+    out
+}
+
+impl CustomOp3 for ChannelAffine {
+    fn name(&self) -> &'static str {
+        "pixclass-channel-affine"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (_, c, h, w) = dims4(l1)?;
+        if l2.shape().elem_count() != c || l3.shape().elem_count() != c {
+            candle_core::bail!(
+                "channel affine: scale {:?} and shift {:?} must have {c} values for input {:?}",
+                l2.shape().dims(),
+                l3.shape().dims(),
+                l1.shape().dims()
+            );
+        }
+        let out = dispatch!((s1, l1) => x, (s2, l2) => a, (s3, l3) => b;
+            affine_fwd(*self, x, a, b, c, h * w));
+        Ok((out, l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        scale: &Tensor,
+        shift: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let c = scale.elem_count();
+        let ss = Tensor::cat(&[scale.flatten_all()?, shift.flatten_all()?], 0)?;
+        let packed = x.contiguous()?.apply_op3_no_bwd(
+            &grad.contiguous()?,
+            &ss,
+            &ChannelAffineBwd(*self),
+        )?;
+        let numel = x.elem_count();
+        let dx = x
+            .track_op()
+            .then(|| packed.narrow(0, 0, numel)?.reshape(x.shape()))
+            .transpose()?;
+        let da = scale
+            .track_op()
+            .then(|| packed.narrow(0, numel, c)?.reshape(scale.shape()))
+            .transpose()?;
+        let db = shift
+            .track_op()
+            .then(|| packed.narrow(0, numel + c, c)?.reshape(shift.shape()))
+            .transpose()?;
+        Ok((dx, da, db))
+    }
+}
+
+impl CustomOp3 for ChannelAffineBwd {
+    fn name(&self) -> &'static str {
+        "pixclass-channel-affine-bwd"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (n, c, h, w) = dims4(l1)?;
+        let out = dispatch!((s1, l1) => x, (s2, l2) => dy, (s3, l3) => ss;
+            affine_bwd(self.0, x, dy, ss, n, c, h * w));
+        Ok((out, Shape::from(l1.shape().elem_count() + 2 * c)))
+    }
+}
+
 /// Max pooling with window and stride `k`; the gradient goes to the first
 /// maximum of each window (row-major), like PyTorch.
 #[derive(Debug, Clone, Copy)]

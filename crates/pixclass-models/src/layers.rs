@@ -359,6 +359,25 @@ impl BatchNorm2d {
                 .detach()
                 .reshape((1, c, 1, 1))?;
             let inv = (var + self.cfg.eps)?.sqrt()?.recip()?.to_dtype(x.dtype())?;
+            if kernels && crate::ops::cpu_float(x) {
+                // One pass: y = x·scale + shift, the statistics folded in
+                // (gradients still reach weight and bias through scale/shift).
+                let inv = inv.flatten_all()?;
+                let mean = mean.flatten_all()?;
+                let (scale, shift) = match (&self.weight, &self.bias) {
+                    (Some(w), Some(b)) => {
+                        let scale = w.to_dtype(x.dtype())?.mul(&inv)?;
+                        let shift = b.to_dtype(x.dtype())?.sub(&mean.mul(&scale)?)?;
+                        (scale, shift)
+                    }
+                    _ => (inv.clone(), mean.mul(&inv)?.neg()?),
+                };
+                return x.contiguous()?.apply_op3(
+                    &scale.contiguous()?,
+                    &shift.contiguous()?,
+                    crate::cpu_kernels::ChannelAffine { relu },
+                );
+            }
             let y = self.affine(x.broadcast_sub(&mean)?.broadcast_mul(&inv)?, c)?;
             return if relu { y.relu() } else { Ok(y) };
         }

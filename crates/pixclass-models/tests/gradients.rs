@@ -84,6 +84,66 @@ fn batch_norm_train_matches_finite_differences() {
 }
 
 #[test]
+fn batch_norm_eval_kernel_matches_portable_and_finite_differences() {
+    use candle_nn::{VarBuilder, VarMap};
+    use pixclass_models::layers::{BatchNorm2d, BatchNormConfig};
+    let vm = VarMap::new();
+    let bn = BatchNorm2d::new(
+        3,
+        BatchNormConfig::default(),
+        VarBuilder::from_varmap(&vm, DType::F64, &candle_core::Device::Cpu),
+    )
+    .unwrap();
+    {
+        let data = vm.data().lock().unwrap();
+        data["weight"].set(&rand_tensor(&[3], 50)).unwrap();
+        data["bias"]
+            .set(&rand_tensor(&[3], 51).affine(0.3, 0.0).unwrap())
+            .unwrap();
+        data["running_mean"]
+            .set(&rand_tensor(&[3], 52).affine(0.5, 0.0).unwrap())
+            .unwrap();
+        data["running_var"]
+            .set(&rand_tensor(&[3], 53).abs().unwrap().affine(1.0, 0.2).unwrap())
+            .unwrap();
+    }
+    // An odd plane; values on both sides of the ReLU.
+    let x = rand_tensor(&[2, 3, 3, 5], 54);
+    let r = rand_tensor(&[2, 3, 3, 5], 55);
+    let data = vm.data().lock().unwrap().clone();
+    let (w, b) = (data["weight"].clone(), data["bias"].clone());
+    for relu in [false, true] {
+        let kernel = |x: &Tensor| {
+            weighted_sum(
+                &if relu {
+                    bn.forward_relu_t(x, false)?
+                } else {
+                    bn.forward_t(x, false)?
+                },
+                &r,
+            )
+        };
+        let portable = |x: &Tensor| weighted_sum(&bn.forward_portable_t(x, false, relu)?, &r);
+        assert!(gradient_ok(&kernel, &x, 1e-6), "kernel relu={relu}");
+        let a = kernel(&x).unwrap().to_scalar::<f64>().unwrap();
+        let c = portable(&x).unwrap().to_scalar::<f64>().unwrap();
+        assert!((a - c).abs() < 1e-12, "same forward: {a} vs {c}");
+        // Weight and bias gradients agree between the two paths.
+        let g1 = kernel(&x).unwrap().backward().unwrap();
+        let g2 = portable(&x).unwrap().backward().unwrap();
+        for v in [&w, &b] {
+            let a: Vec<f64> = g1.get(v.as_tensor()).unwrap().to_vec1().unwrap();
+            let c: Vec<f64> = g2.get(v.as_tensor()).unwrap().to_vec1().unwrap();
+            assert!(rel_err(&a, &c) < 1e-12, "relu={relu}: {a:?} vs {c:?}");
+        }
+    }
+    // Eval mode leaves the running statistics alone.
+    let rm: Vec<f64> = bn.running_mean().to_vec1().unwrap();
+    let want: Vec<f64> = rand_tensor(&[3], 52).affine(0.5, 0.0).unwrap().to_vec1().unwrap();
+    assert_eq!(rm, want);
+}
+
+#[test]
 fn builtin_max_pool_gradient_is_detected_as_wrong() {
     // candle 0.11's max_pool2d backward is scaled by 1/(k*k). If this test
     // fails, upstream fixed it: ops::max_pool2d may then use the built-in.
