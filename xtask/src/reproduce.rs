@@ -341,7 +341,11 @@ pub fn run(args: &[String]) -> Result<()> {
     md.push_str(&seg_md);
     failures.extend(seg_failures);
     let total = t0.elapsed().as_secs_f64();
-    writeln!(md, "Total wall time: {total:.0} s.")?;
+    writeln!(
+        md,
+        "Wall time of this command: {total:.0} s (runs finished by an earlier invocation into the \
+         same folder are reused; their own times are in the tables above)."
+    )?;
     if !failures.is_empty() {
         writeln!(md, "\n**Outside the reference bands:**\n")?;
         for f in &failures {
