@@ -375,6 +375,103 @@ pub fn batch_norm_train(
     Ok((y, mean, var))
 }
 
+/// `y = x + b` per channel (a convolution's bias). Inputs: x `[N, C, H, W]`,
+/// b `[C]`. Its bias gradient is one per-channel sum ([`ChannelSum`]), where
+/// candle's `broadcast_add` backward reduces over three dimensions.
+#[derive(Debug, Clone, Copy)]
+pub struct ChannelBias;
+
+/// Per-channel sum of `[N, C, H, W]` -> `[C]` (f64 accumulation in a fixed
+/// order, the input's dtype out).
+#[derive(Debug, Clone, Copy)]
+pub struct ChannelSum;
+
+fn channel_sum<T: WithDType>(x: &[T], n: usize, c: usize, hw: usize) -> Vec<T> {
+    (0..c)
+        .into_par_iter()
+        .map(|ch| {
+            let mut s = 0.0;
+            for i in 0..n {
+                s += x[(i * c + ch) * hw..(i * c + ch + 1) * hw]
+                    .iter()
+                    .map(|v| v.to_f64())
+                    .sum::<f64>();
+            }
+            T::from_f64(s)
+        })
+        .collect()
+}
+
+impl CustomOp1 for ChannelSum {
+    fn name(&self) -> &'static str {
+        "pixclass-channel-sum"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (n, c, h, w) = dims4(l)?;
+        let out = dispatch!((s, l) => x; channel_sum(x, n, c, h * w));
+        Ok((out, Shape::from(c)))
+    }
+}
+
+fn bias_fwd<T: WithDType>(x: &[T], b: &[T], c: usize, hw: usize) -> Vec<T> {
+    let mut out = vec![T::zero(); x.len()];
+    out.par_chunks_mut(hw.max(1))
+        .zip(x.par_chunks(hw.max(1)))
+        .enumerate()
+        .for_each(|(p, (o, xs))| {
+            let bv = b[p % c];
+            for (o, &v) in o.iter_mut().zip(xs) {
+                *o = v + bv;
+            }
+        });
+    out
+}
+
+impl candle_core::CustomOp2 for ChannelBias {
+    fn name(&self) -> &'static str {
+        "pixclass-channel-bias"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (_, c, h, w) = dims4(l1)?;
+        if l2.shape().elem_count() != c {
+            candle_core::bail!(
+                "channel bias: bias {:?} must have {c} values for input {:?}",
+                l2.shape().dims(),
+                l1.shape().dims()
+            );
+        }
+        let out = dispatch!((s1, l1) => x, (s2, l2) => b; bias_fwd(x, b, c, h * w));
+        Ok((out, l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        b: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let dx = x.track_op().then(|| grad.clone());
+        let db = b
+            .track_op()
+            .then(|| {
+                grad.contiguous()?
+                    .apply_op1_no_bwd(&ChannelSum)?
+                    .reshape(b.shape())
+            })
+            .transpose()?;
+        Ok((dx, db))
+    }
+}
+
 /// `y = [relu](x·scale + shift)` per channel: eval-mode batch normalisation
 /// with its statistics folded into `scale`/`shift` (one pass instead of
 /// four broadcasts). Inputs: x `[N, C, H, W]`, scale `[C]`, shift `[C]`.
@@ -429,18 +526,16 @@ fn affine_bwd<T: WithDType>(
     let mut out = vec![T::zero(); x.len() + 2 * c];
     let (dx, rest) = out.split_at_mut(x.len());
     // dx = dy'·scale, where dy' is dy masked by the ReLU (y > 0).
-    dx.par_chunks_mut(hw.max(1))
-        .enumerate()
-        .for_each(|(p, o)| {
-            let ch = p % c;
-            let (a, b) = (ss[ch], ss[c + ch]);
-            let xs = &x[p * hw..(p + 1) * hw];
-            let ds = &dy[p * hw..(p + 1) * hw];
-            for ((o, &xv), &d) in o.iter_mut().zip(xs).zip(ds) {
-                let live = !op.relu || xv * a + b > T::zero();
-                *o = if live { d * a } else { T::zero() };
-            }
-        });
+    dx.par_chunks_mut(hw.max(1)).enumerate().for_each(|(p, o)| {
+        let ch = p % c;
+        let (a, b) = (ss[ch], ss[c + ch]);
+        let xs = &x[p * hw..(p + 1) * hw];
+        let ds = &dy[p * hw..(p + 1) * hw];
+        for ((o, &xv), &d) in o.iter_mut().zip(xs).zip(ds) {
+            let live = !op.relu || xv * a + b > T::zero();
+            *o = if live { d * a } else { T::zero() };
+        }
+    });
     // dscale = Σ dy'·x, dshift = Σ dy' per channel (f64 sums, fixed order).
     let sums: Vec<(f64, f64)> = (0..c)
         .into_par_iter()
@@ -504,11 +599,9 @@ impl CustomOp3 for ChannelAffine {
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let c = scale.elem_count();
         let ss = Tensor::cat(&[scale.flatten_all()?, shift.flatten_all()?], 0)?;
-        let packed = x.contiguous()?.apply_op3_no_bwd(
-            &grad.contiguous()?,
-            &ss,
-            &ChannelAffineBwd(*self),
-        )?;
+        let packed =
+            x.contiguous()?
+                .apply_op3_no_bwd(&grad.contiguous()?, &ss, &ChannelAffineBwd(*self))?;
         let numel = x.elem_count();
         let dx = x
             .track_op()

@@ -143,7 +143,7 @@ impl Module for Conv2d {
             self.cfg.groups,
         )?;
         match &self.bias {
-            Some(b) => y.broadcast_add(&b.reshape((1, (), 1, 1))?),
+            Some(b) => ops::add_channel_bias(&y, b),
             None => Ok(y),
         }
     }
@@ -231,7 +231,7 @@ impl Module for ConvTranspose2d {
             c.stride,
             c.dilation,
         )?;
-        y.broadcast_add(&self.bias.reshape((1, (), 1, 1))?)
+        ops::add_channel_bias(&y, &self.bias)
     }
 }
 

@@ -432,6 +432,21 @@ pub fn max_pool2d_strided(x: &Tensor, k: usize, s: usize, p: usize) -> Result<Te
     best.ok_or_else(|| candle_core::Error::Msg("max_pool2d_strided: empty window".into()))
 }
 
+/// `x + b` with one bias value per channel (a convolution's bias). CPU: one
+/// kernel whose bias gradient is a per-channel sum; other devices:
+/// `broadcast_add`.
+///
+/// # Shapes
+/// `x` `[N, C, H, W]`, `b` `[C]` -> `[N, C, H, W]`.
+pub fn add_channel_bias(x: &Tensor, b: &Tensor) -> Result<Tensor> {
+    if cpu_float(x) && x.dtype() == b.dtype() && x.rank() == 4 {
+        return x
+            .contiguous()?
+            .apply_op2(&b.contiguous()?, crate::cpu_kernels::ChannelBias);
+    }
+    x.broadcast_add(&b.reshape((1, (), 1, 1))?)
+}
+
 /// Bilinear resizing (PyTorch's `F.interpolate(mode="bilinear")`), written
 /// as two matrix products with interpolation matrices, so its backward is
 /// exact on every device.

@@ -104,7 +104,13 @@ fn batch_norm_eval_kernel_matches_portable_and_finite_differences() {
             .set(&rand_tensor(&[3], 52).affine(0.5, 0.0).unwrap())
             .unwrap();
         data["running_var"]
-            .set(&rand_tensor(&[3], 53).abs().unwrap().affine(1.0, 0.2).unwrap())
+            .set(
+                &rand_tensor(&[3], 53)
+                    .abs()
+                    .unwrap()
+                    .affine(1.0, 0.2)
+                    .unwrap(),
+            )
             .unwrap();
     }
     // An odd plane; values on both sides of the ReLU.
@@ -139,7 +145,11 @@ fn batch_norm_eval_kernel_matches_portable_and_finite_differences() {
     }
     // Eval mode leaves the running statistics alone.
     let rm: Vec<f64> = bn.running_mean().to_vec1().unwrap();
-    let want: Vec<f64> = rand_tensor(&[3], 52).affine(0.5, 0.0).unwrap().to_vec1().unwrap();
+    let want: Vec<f64> = rand_tensor(&[3], 52)
+        .affine(0.5, 0.0)
+        .unwrap()
+        .to_vec1()
+        .unwrap();
     assert_eq!(rm, want);
 }
 
@@ -600,4 +610,21 @@ fn pointwise_conv_fast_path_matches_portable_and_finite_differences() {
             "weight gradient pad {pad:?} stride {stride}"
         );
     }
+}
+
+#[test]
+fn channel_bias_matches_broadcast_add_and_finite_differences() {
+    let x = rand_tensor(&[3, 4, 3, 5], 61);
+    let b = rand_tensor(&[4], 62);
+    let ours = ops::add_channel_bias(&x, &b).unwrap();
+    let plain = x.broadcast_add(&b.reshape((1, 4, 1, 1)).unwrap()).unwrap();
+    assert!(max_rel(&ours, &plain) < 1e-15);
+    let r = rand_tensor(&[3, 4, 3, 5], 63);
+    let fx = |t: &Tensor| weighted_sum(&ops::add_channel_bias(t, &b)?, &r);
+    assert!(gradient_ok(&fx, &x, 1e-6), "input gradient");
+    let fb = |t: &Tensor| weighted_sum(&ops::add_channel_bias(&x, t)?, &r);
+    assert!(gradient_ok(&fb, &b, 1e-6), "bias gradient");
+    // A bias of the wrong length is an error naming both shapes.
+    let err = ops::add_channel_bias(&x, &rand_tensor(&[3], 64)).unwrap_err();
+    assert!(err.to_string().contains("[3]"), "{err}");
 }
