@@ -192,13 +192,10 @@ pub struct BnTrain {
 struct BnTrainBwd(BnTrain);
 
 impl BnTrain {
-    fn value(&self, x: f64, ch: usize, g: f64, b: f64) -> f64 {
-        let v = (x - self.mean[ch]) * self.invstd[ch] * g + b;
-        if self.relu && v <= 0.0 {
-            0.0
-        } else {
-            v
-        }
+    /// Channel `ch`'s output as `x·a + k`: `(a, k) = (γσ⁻¹, β - μγσ⁻¹)`.
+    fn scale_shift(&self, ch: usize, g: f64, b: f64) -> (f64, f64) {
+        let a = g * self.invstd[ch];
+        (a, b - self.mean[ch] * a)
     }
 }
 
@@ -216,9 +213,18 @@ fn bn_fwd<T: WithDType>(
         .enumerate()
         .for_each(|(p, (o, xs))| {
             let ch = p % c;
-            let (g, b) = (gamma[ch].to_f64(), beta[ch].to_f64());
-            for (o, v) in o.iter_mut().zip(xs) {
-                *o = T::from_f64(op.value(v.to_f64(), ch, g, b));
+            // y = x·a + k in the element type: a = γσ⁻¹, k = β - μ·a.
+            let (a, k) = op.scale_shift(ch, gamma[ch].to_f64(), beta[ch].to_f64());
+            let (a, k) = (T::from_f64(a), T::from_f64(k));
+            if op.relu {
+                for (o, &v) in o.iter_mut().zip(xs) {
+                    let y = v * a + k;
+                    *o = if y > T::zero() { y } else { T::zero() };
+                }
+            } else {
+                for (o, &v) in o.iter_mut().zip(xs) {
+                    *o = v * a + k;
+                }
             }
         });
     out
@@ -238,22 +244,23 @@ fn bn_bwd<T: WithDType>(
     let sums: Vec<(f64, f64)> = (0..c)
         .into_par_iter()
         .map(|ch| {
-            let (g, b) = (gb[ch].to_f64(), gb[c + ch].to_f64());
-            let (mut s, mut sx) = (0.0, 0.0);
+            // The forward's ReLU mask, computed the same way (element type).
+            let (a, sh) = op.scale_shift(ch, gb[ch].to_f64(), gb[c + ch].to_f64());
+            let (a, sh) = (T::from_f64(a), T::from_f64(sh));
+            let (mut s, mut sdx) = (0.0, 0.0);
             for i in 0..n {
                 let r = (i * c + ch) * hw..(i * c + ch + 1) * hw;
-                for (xv, dv) in x[r.clone()].iter().zip(&dy[r]) {
-                    let xf = xv.to_f64();
-                    let xhat = (xf - op.mean[ch]) * op.invstd[ch];
-                    if op.relu && xhat * g + b <= 0.0 {
+                for (&xv, &dv) in x[r.clone()].iter().zip(&dy[r]) {
+                    if op.relu && xv * a + sh <= T::zero() {
                         continue;
                     }
                     let d = dv.to_f64();
                     s += d;
-                    sx += d * xhat;
+                    sdx += d * xv.to_f64();
                 }
             }
-            (s, sx)
+            // Σ dy'·x̂ = σ⁻¹ (Σ dy'·x - μ Σ dy').
+            (s, op.invstd[ch] * (sdx - op.mean[ch] * s))
         })
         .collect();
     // Pass 2: dx = γσ⁻¹/M · (M·dy' - Σdy' - x̂·Σdy'x̂).
@@ -264,16 +271,22 @@ fn bn_bwd<T: WithDType>(
         let (g, b) = (gb[ch].to_f64(), gb[c + ch].to_f64());
         let (s, sx) = sums[ch];
         let k = g * op.invstd[ch] / m;
+        // k·(M·d - s - x̂·sx) with x̂ = (x - μ)σ⁻¹, as d·p + x·q + r in the
+        // element type.
+        let pp = T::from_f64(k * m);
+        let q = T::from_f64(-k * sx * op.invstd[ch]);
+        let r = T::from_f64(k * (sx * op.mean[ch] * op.invstd[ch] - s));
+        let (a, sh) = op.scale_shift(ch, g, b);
+        let (a, sh) = (T::from_f64(a), T::from_f64(sh));
         let xs = &x[p * hw..(p + 1) * hw];
         let ds = &dy[p * hw..(p + 1) * hw];
-        for ((o, xv), dv) in o.iter_mut().zip(xs).zip(ds) {
-            let xhat = (xv.to_f64() - op.mean[ch]) * op.invstd[ch];
-            let d = if op.relu && xhat * g + b <= 0.0 {
-                0.0
+        for ((o, &xv), &dv) in o.iter_mut().zip(xs).zip(ds) {
+            let d = if op.relu && xv * a + sh <= T::zero() {
+                T::zero()
             } else {
-                dv.to_f64()
+                dv
             };
-            *o = T::from_f64(k * (m * d - s - xhat * sx));
+            *o = d * pp + xv * q + r;
         }
     });
     for ch in 0..c {
