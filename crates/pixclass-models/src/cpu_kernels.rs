@@ -207,27 +207,14 @@ fn bn_fwd<T: WithDType>(
     c: usize,
     hw: usize,
 ) -> Vec<T> {
-    let mut out = vec![T::zero(); x.len()];
-    out.par_chunks_mut(hw)
-        .zip(x.par_chunks(hw))
-        .enumerate()
-        .for_each(|(p, (o, xs))| {
-            let ch = p % c;
-            // y = x·a + k in the element type: a = γσ⁻¹, k = β - μ·a.
+    // y = x·a + k per channel in the element type: a = γσ⁻¹, k = β - μ·a.
+    let (scale, shift): (Vec<T>, Vec<T>) = (0..c)
+        .map(|ch| {
             let (a, k) = op.scale_shift(ch, gamma[ch].to_f64(), beta[ch].to_f64());
-            let (a, k) = (T::from_f64(a), T::from_f64(k));
-            if op.relu {
-                for (o, &v) in o.iter_mut().zip(xs) {
-                    let y = v * a + k;
-                    *o = if y > T::zero() { y } else { T::zero() };
-                }
-            } else {
-                for (o, &v) in o.iter_mut().zip(xs) {
-                    *o = v * a + k;
-                }
-            }
-        });
-    out
+            (T::from_f64(a), T::from_f64(k))
+        })
+        .unzip();
+    affine_fwd(ChannelAffine { relu: op.relu }, x, &scale, &shift, c, hw)
 }
 
 fn bn_bwd<T: WithDType>(
