@@ -263,7 +263,8 @@ pub struct FinetuneArgs {
     /// Linear learning-rate warm-up steps (default: 0).
     #[arg(long)]
     warmup_steps: Option<u64>,
-    /// Everything exactly as the reference (PyTorch head init, no warm-up);
+    /// Everything exactly as the reference (PyTorch head init on raw
+    /// features, the pure soft loss: --ce-weight 0);
     /// explicit options still win.
     #[arg(long)]
     reference: bool,

@@ -148,7 +148,8 @@ impl Default for SegTrainConfig {
 
 impl SegTrainConfig {
     /// Exactly the reference's recipe (SPEC §B.2): PyTorch's head init on
-    /// the raw features, no warm-up (frozen layers still in eval mode).
+    /// the raw features, the pure soft loss, no warm-up (frozen layers still
+    /// in eval mode).
     pub fn reference() -> Self {
         Self {
             model: SegModelKind::Deeplabv3Mobilenetv2Voc,
