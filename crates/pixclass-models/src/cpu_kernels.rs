@@ -128,6 +128,18 @@ macro_rules! dispatch {
 }
 pub(crate) use dispatch;
 
+/// Sum of channel `ch` of `[N, C, H, W]` (f64, images in order).
+fn channel_total<T: WithDType>(x: &[T], n: usize, c: usize, hw: usize, ch: usize) -> f64 {
+    (0..n)
+        .map(|i| {
+            x[(i * c + ch) * hw..(i * c + ch + 1) * hw]
+                .iter()
+                .map(|v| v.to_f64())
+                .sum::<f64>()
+        })
+        .sum()
+}
+
 /// Per-channel mean and biased variance of `[N, C, H, W]`, as `[2, C]` f64.
 #[derive(Debug, Clone, Copy)]
 pub struct ChannelStats;
@@ -137,14 +149,7 @@ fn channel_stats<T: WithDType>(x: &[T], n: usize, c: usize, hw: usize) -> Vec<f6
         .into_par_iter()
         .map(|ch| {
             let m = (n * hw) as f64;
-            let mut sum = 0.0;
-            for i in 0..n {
-                sum += x[(i * c + ch) * hw..(i * c + ch + 1) * hw]
-                    .iter()
-                    .map(|v| v.to_f64())
-                    .sum::<f64>();
-            }
-            let mean = sum / m;
+            let mean = channel_total(x, n, c, hw, ch) / m;
             let mut sq = 0.0;
             for i in 0..n {
                 sq += x[(i * c + ch) * hw..(i * c + ch + 1) * hw]
@@ -389,16 +394,7 @@ pub struct ChannelSum;
 fn channel_sum<T: WithDType>(x: &[T], n: usize, c: usize, hw: usize) -> Vec<T> {
     (0..c)
         .into_par_iter()
-        .map(|ch| {
-            let mut s = 0.0;
-            for i in 0..n {
-                s += x[(i * c + ch) * hw..(i * c + ch + 1) * hw]
-                    .iter()
-                    .map(|v| v.to_f64())
-                    .sum::<f64>();
-            }
-            T::from_f64(s)
-        })
+        .map(|ch| T::from_f64(channel_total(x, n, c, hw, ch)))
         .collect()
 }
 
