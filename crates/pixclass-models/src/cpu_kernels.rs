@@ -9,6 +9,8 @@
 use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Result, Shape, Tensor, WithDType};
 use rayon::prelude::*;
 
+use crate::simd::Real;
+
 /// Geometry of a convolution seen from its input image: an `n x c x h x w`
 /// image, a `kh x kw` kernel, stride, dilation, top/left padding, and the
 /// `ho x wo` output positions.
@@ -943,68 +945,95 @@ impl candle_core::CustomOp2 for MaxPoolStridedBwd {
 }
 
 /// Mean per-pixel cross-entropy of `[N, K, H, W]` logits against `[N, H, W]`
-/// u32 targets, in one pass (log-sum-exp per pixel, f64 accumulation, images
-/// summed in order).
-#[derive(Debug, Clone, Copy)]
-pub struct CrossEntropy;
+/// u32 targets, in one pass: log-sum-exp per pixel in the element type (like
+/// PyTorch), the mean accumulated in f64 (images summed in order). The
+/// forward keeps the per-pixel log-sum-exp for the backward. Create one per
+/// loss evaluation ([`CrossEntropy::new`]).
+#[derive(Debug, Clone, Default)]
+pub struct CrossEntropy {
+    /// Per-pixel log-sum-exp of the last forward, in f64 (`[N·H·W]`).
+    lse: Arc<std::sync::Mutex<Option<Vec<f64>>>>,
+}
+
+impl CrossEntropy {
+    /// A cross-entropy op with nothing stored yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
 
 /// Its gradient with respect to the logits: `scale · (softmax - onehot)`.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct CrossEntropyBwd {
     scale: f64,
+    /// The forward's per-pixel log-sum-exp, when known.
+    lse: Option<Arc<Vec<f64>>>,
 }
 
-/// Per image: log-sum-exp of every pixel, written into `lse` (`hw` values).
-fn pixel_lse<T: WithDType>(img: &[T], k: usize, hw: usize, lse: &mut [f64]) {
-    let mut max = vec![f64::NEG_INFINITY; hw];
-    for c in 0..k {
-        for (m, v) in max.iter_mut().zip(&img[c * hw..(c + 1) * hw]) {
-            *m = m.max(v.to_f64());
+/// Per image: log-sum-exp of every pixel, written into `lse` (`hw` values):
+/// the channel maximum, then the sum of `exp(x - max)` in the element type.
+#[inline(always)]
+fn pixel_lse<T: Real>(img: &[T], k: usize, hw: usize, lse: &mut [f64]) {
+    let mut max = img[..hw].to_vec();
+    for c in 1..k {
+        for (m, &v) in max.iter_mut().zip(&img[c * hw..(c + 1) * hw]) {
+            // NaN-propagating maximum: a NaN logit makes the pixel's loss NaN.
+            *m = if v > *m || v.is_nan_() { v } else { *m };
         }
     }
-    lse.fill(0.0);
+    let mut sum = vec![T::zero(); hw];
     for c in 0..k {
-        for ((s, m), v) in lse.iter_mut().zip(&max).zip(&img[c * hw..(c + 1) * hw]) {
-            *s += (v.to_f64() - m).exp();
+        for ((s, &m), &v) in sum.iter_mut().zip(&max).zip(&img[c * hw..(c + 1) * hw]) {
+            *s += (v - m).exp_fast();
         }
     }
-    for (s, m) in lse.iter_mut().zip(&max) {
-        *s = s.ln() + m;
+    for ((l, s), m) in lse.iter_mut().zip(&sum).zip(&max) {
+        *l = s.to_f64().ln() + m.to_f64();
     }
 }
 
-fn ce_fwd<T: WithDType>(x: &[T], t: &[u32], n: usize, k: usize, hw: usize) -> Result<f64> {
+fn ce_fwd<T: Real>(x: &[T], t: &[u32], n: usize, k: usize, hw: usize) -> Result<(f64, Vec<f64>)> {
     if let Some(bad) = t.iter().find(|&&c| c as usize >= k) {
         candle_core::bail!("cross_entropy: target class {bad} out of range for {k} classes");
     }
-    let per_image: Vec<f64> = (0..n)
-        .into_par_iter()
-        .map(|i| {
+    let mut lse = vec![0.0; n * hw];
+    let per_image: Vec<f64> = lse
+        .par_chunks_mut(hw)
+        .enumerate()
+        .map(|(i, lse)| {
             let img = &x[i * k * hw..(i + 1) * k * hw];
-            let mut lse = vec![0.0; hw];
-            pixel_lse(img, k, hw, &mut lse);
+            crate::simd::vectorized(|| pixel_lse(img, k, hw, lse));
             let tt = &t[i * hw..(i + 1) * hw];
             (0..hw)
                 .map(|p| lse[p] - img[tt[p] as usize * hw + p].to_f64())
                 .sum::<f64>()
         })
         .collect();
-    Ok(per_image.iter().sum::<f64>() / (n * hw) as f64)
+    Ok((per_image.iter().sum::<f64>() / (n * hw) as f64, lse))
 }
 
-fn ce_bwd<T: WithDType>(x: &[T], t: &[u32], k: usize, hw: usize, scale: f64) -> Vec<T> {
+fn ce_bwd<T: Real>(x: &[T], t: &[u32], lse: Option<&[f64]>, k: usize, hw: usize, scale: f64) -> Vec<T> {
     let mut out = vec![T::zero(); x.len()];
+    let s = T::from_f64(scale);
     out.par_chunks_mut(k * hw).enumerate().for_each(|(i, o)| {
         let img = &x[i * k * hw..(i + 1) * k * hw];
-        let mut lse = vec![0.0; hw];
-        pixel_lse(img, k, hw, &mut lse);
-        let tt = &t[i * hw..(i + 1) * hw];
-        for c in 0..k {
-            for p in 0..hw {
-                let sm = (img[c * hw + p].to_f64() - lse[p]).exp();
-                let onehot = if tt[p] as usize == c { 1.0 } else { 0.0 };
-                o[c * hw + p] = T::from_f64(scale * (sm - onehot));
+        let lse: Vec<T> = match lse {
+            Some(l) => l[i * hw..(i + 1) * hw].iter().map(|&v| T::from_f64(v)).collect(),
+            None => {
+                let mut l = vec![0.0; hw];
+                crate::simd::vectorized(|| pixel_lse(img, k, hw, &mut l));
+                l.into_iter().map(T::from_f64).collect()
             }
+        };
+        crate::simd::vectorized(|| {
+            for (oc, xc) in o.chunks_exact_mut(hw).zip(img.chunks_exact(hw)) {
+                for ((o, &v), &l) in oc.iter_mut().zip(xc).zip(&lse) {
+                    *o = s * (v - l).exp_fast();
+                }
+            }
+        });
+        for (p, &c) in t[i * hw..(i + 1) * hw].iter().enumerate() {
+            o[c as usize * hw + p] -= s;
         }
     });
     out
@@ -1038,21 +1067,20 @@ impl candle_core::CustomOp2 for CrossEntropy {
             );
         }
         let t = targets(s2, l2)?;
-        let out = match s1 {
+        let (out, lse) = match s1 {
             CpuStorage::F32(_) => {
-                CpuStorage::F32(vec![
-                    ce_fwd(contiguous_slice::<f32>(s1, l1)?, t, n, k, h * w)? as f32,
-                ])
+                let (loss, lse) = ce_fwd(contiguous_slice::<f32>(s1, l1)?, t, n, k, h * w)?;
+                (CpuStorage::F32(vec![loss as f32]), lse)
             }
-            CpuStorage::F64(_) => CpuStorage::F64(vec![ce_fwd(
-                contiguous_slice::<f64>(s1, l1)?,
-                t,
-                n,
-                k,
-                h * w,
-            )?]),
+            CpuStorage::F64(_) => {
+                let (loss, lse) = ce_fwd(contiguous_slice::<f64>(s1, l1)?, t, n, k, h * w)?;
+                (CpuStorage::F64(vec![loss]), lse)
+            }
             _ => candle_core::bail!("cross_entropy: f32 or f64 logits"),
         };
+        if let Ok(mut slot) = self.lse.lock() {
+            *slot = Some(lse);
+        }
         Ok((out, Shape::from(())))
     }
 
@@ -1065,8 +1093,10 @@ impl candle_core::CustomOp2 for CrossEntropy {
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let (n, _, h, w) = logits.dims4()?;
         let g = grad.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
+        let lse = self.lse.lock().ok().and_then(|mut slot| slot.take());
         let op = CrossEntropyBwd {
             scale: g / (n * h * w) as f64,
+            lse: lse.filter(|l| l.len() == n * h * w).map(Arc::new),
         };
         Ok((
             Some(
@@ -1093,10 +1123,12 @@ impl candle_core::CustomOp2 for CrossEntropyBwd {
     ) -> Result<(CpuStorage, Shape)> {
         let (_, k, h, w) = dims4(l1)?;
         let t = targets(s2, l2)?;
+        let lse = self.lse.as_deref().map(Vec::as_slice);
         let out = match s1 {
             CpuStorage::F32(_) => CpuStorage::F32(ce_bwd(
                 contiguous_slice::<f32>(s1, l1)?,
                 t,
+                lse,
                 k,
                 h * w,
                 self.scale,
@@ -1104,6 +1136,7 @@ impl candle_core::CustomOp2 for CrossEntropyBwd {
             CpuStorage::F64(_) => CpuStorage::F64(ce_bwd(
                 contiguous_slice::<f64>(s1, l1)?,
                 t,
+                lse,
                 k,
                 h * w,
                 self.scale,

@@ -26,6 +26,7 @@ pub mod mobilenet;
 pub mod ops;
 pub mod registry;
 pub mod segment;
+mod simd;
 pub mod summary;
 pub mod weights;
 

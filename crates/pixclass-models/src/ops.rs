@@ -511,7 +511,7 @@ pub fn cross_entropy(logits: &Tensor, target: &Tensor) -> Result<Tensor> {
         let t = target.to_dtype(DType::U32)?.contiguous()?;
         return logits
             .contiguous()?
-            .apply_op2(&t, crate::cpu_kernels::CrossEntropy);
+            .apply_op2(&t, crate::cpu_kernels::CrossEntropy::new());
     }
     cross_entropy_portable(logits, target)
 }

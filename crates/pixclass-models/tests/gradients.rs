@@ -471,6 +471,24 @@ fn cross_entropy_kernel_matches_portable_and_finite_differences() {
         let f = |x: &Tensor| ce(x, &t)?.affine(2.5, 0.0);
         assert!(gradient_ok(&f, &x, 1e-6));
     }
+    // f32 logits (single-precision exp, stored log-sum-exp) agree with f64.
+    let x32 = candle_core::Var::from_tensor(&x.to_dtype(DType::F32).unwrap()).unwrap();
+    let l32 = ops::cross_entropy(x32.as_tensor(), &t).unwrap();
+    let g32 = l32.backward().unwrap();
+    let g32 = g32.get(x32.as_tensor()).unwrap().to_dtype(DType::F64).unwrap();
+    let l32 = f64::from(l32.to_scalar::<f32>().unwrap());
+    assert!((l32 - a).abs() < 1e-6 * a, "{l32} vs {a}");
+    let x64 = candle_core::Var::from_tensor(&x).unwrap();
+    let g64 = ops::cross_entropy(x64.as_tensor(), &t).unwrap().backward().unwrap();
+    let g64 = g64.get(x64.as_tensor()).unwrap();
+    let diff = (&g32 - g64).unwrap().abs().unwrap().max_all().unwrap();
+    assert!(diff.to_scalar::<f64>().unwrap() < 1e-8, "{diff}");
+    // A NaN logit makes the loss NaN (the trainer stops on it).
+    let mut v = x.flatten_all().unwrap().to_vec1::<f64>().unwrap();
+    v[7] = f64::NAN;
+    let xn = Tensor::from_vec(v, x.shape(), x.device()).unwrap().to_dtype(DType::F32).unwrap();
+    let ln = ops::cross_entropy(&xn, &t).unwrap().to_scalar::<f32>().unwrap();
+    assert!(ln.is_nan(), "{ln}");
     // A class out of range is an error, not a panic.
     let bad = Tensor::from_vec(vec![7u32; 24], (2, 3, 4), &candle_core::Device::Cpu).unwrap();
     let err = ops::cross_entropy(&x, &bad).unwrap_err();
