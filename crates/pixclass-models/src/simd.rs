@@ -63,7 +63,7 @@ impl Real for f32 {
         let p = p * r + 8.333_452e-3;
         let p = p * r + 4.166_579_6e-2;
         let p = p * r + 1.666_666_5e-1;
-        let p = p * r + 5.000_000_1e-1;
+        let p = p * r + 0.5;
         let y = p * r2 + r + 1.0;
         // 2^n through the exponent bits; n is in [-126, 128] after clamping,
         // and 2^128 is split so that the bit pattern stays finite.
