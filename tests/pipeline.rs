@@ -35,6 +35,7 @@ fn train_reload_evaluate_round_trip_with_a_partial_last_batch() {
         cfg.limit,
         &palette,
         cfg.seed,
+        cfg.rng,
     )
     .unwrap();
     assert_eq!(train.len(), 150);
@@ -54,4 +55,13 @@ fn train_reload_evaluate_round_trip_with_a_partial_last_batch() {
     );
     // The data source is recorded in the saved configuration.
     assert!(loaded.config.data.contains("embedded sample"));
+}
+
+#[test]
+fn configs_from_before_the_rng_field_keep_their_chacha_streams() {
+    let mut json = serde_json::to_value(ColourTrainConfig::default()).unwrap();
+    assert_eq!(json["rng"], "torch");
+    json.as_object_mut().unwrap().remove("rng");
+    let old: ColourTrainConfig = serde_json::from_value(json).unwrap();
+    assert_eq!(old.rng, pixclass_data::RngScheme::Chacha);
 }

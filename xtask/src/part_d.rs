@@ -91,7 +91,7 @@ fn finetune_args(plan: &Plan, extra: &[&str]) -> Vec<String> {
 }
 
 /// The stamp of a run's options, written next to it when it finishes.
-const STAMP: &str = "xtask-args.txt";
+pub(crate) const STAMP: &str = "xtask-args.txt";
 
 /// A finished run in `dir` started with the same options (a stamp next to
 /// it); delete the folder to rerun it anyway.

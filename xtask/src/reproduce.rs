@@ -222,9 +222,9 @@ pub fn run(args: &[String]) -> Result<()> {
         ]);
         a.push(dir.to_string_lossy().into_owned());
         a.extend(mode.data_args.clone());
-        // A run left by an earlier (possibly interrupted) reproduction is
-        // resumed; a finished one is reused as it is.
-        if dir.join("checkpoint.safetensors").is_file() {
+        // A run left by an earlier (possibly interrupted) reproduction with
+        // the same options is resumed; a finished one is reused as it is.
+        if keep_if_same(&dir, &a)? && dir.join("checkpoint.safetensors").is_file() {
             a.push("--resume".into());
             a.push(dir.to_string_lossy().into_owned());
         }
@@ -270,9 +270,6 @@ pub fn run(args: &[String]) -> Result<()> {
     // of Part A's ConvTransposeNet (deterministic), so that run is reused.
     let sweep_dir = out.join("sweep");
     let same_run = sweep_dir.join("batch_100");
-    if mode.batch_sizes.contains(&100) && !same_run.exists() {
-        copy_dir(&out.join("colourize").join("conv-transpose"), &same_run)?;
-    }
     let mut a = s(&[
         "--quiet",
         "colourize",
@@ -295,6 +292,10 @@ pub fn run(args: &[String]) -> Result<()> {
             .join(","),
     );
     a.extend(mode.data_args.clone());
+    keep_if_same(&sweep_dir, &a)?;
+    if mode.batch_sizes.contains(&100) && !same_run.exists() {
+        copy_dir(&out.join("colourize").join("conv-transpose"), &same_run)?;
+    }
     pixclass(&bin, &a)?;
     writeln!(
         md,
@@ -455,4 +456,19 @@ fn publish(out: &Path, md: &str) -> Result<()> {
     std::fs::write(docs.join("RESULTS.md"), format!("{header}{text}"))?;
     println!("published to {}", docs.join("RESULTS.md").display());
     Ok(())
+}
+
+/// Keeps the run folder `dir` (to resume or reuse it) only when a stamp in it
+/// says it was started with the same `args`; otherwise (other options, or a
+/// folder from before stamps) clears it. Then stamps it with `args`.
+fn keep_if_same(dir: &Path, args: &[String]) -> Result<bool> {
+    let stamp = dir.join(crate::part_d::STAMP);
+    let wanted = args.join("\n");
+    let same = std::fs::read_to_string(&stamp).is_ok_and(|s| s == wanted);
+    if !same && dir.exists() {
+        std::fs::remove_dir_all(dir).with_context(|| format!("clearing {}", dir.display()))?;
+    }
+    std::fs::create_dir_all(dir)?;
+    std::fs::write(&stamp, wanted)?;
+    Ok(same)
 }

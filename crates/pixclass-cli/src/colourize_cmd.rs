@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand, ValueEnum};
+use pixclass_data::RngScheme;
 use pixclass_models::{ColourModelKind, ColourNet, ColourNetConfig};
 use pixclass_train::adam::AdamConfig;
 use pixclass_train::colourize::{self, ColourTrainConfig};
@@ -85,6 +86,11 @@ impl NetArgs {
     }
 }
 
+fn parse_rng(s: &str) -> Result<RngScheme, String> {
+    s.parse()
+        .map_err(|e: pixclass_data::DataError| e.to_string())
+}
+
 /// Training settings (defaults: the study's).
 #[derive(Args, Clone)]
 pub struct TrainArgs {
@@ -102,6 +108,12 @@ pub struct TrainArgs {
     /// Seed of the shuffle and the initial weights.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// How the seed becomes shuffles and initial weights: `torch` = the
+    /// reference program's streams (NumPy's shuffles, PyTorch's initial
+    /// weights: the same seed starts from the same point as the PyTorch
+    /// code), `chacha` = per-split and per-parameter ChaCha8 streams.
+    #[arg(long, default_value = "torch", value_parser = parse_rng)]
+    rng: RngScheme,
     /// Device.
     #[arg(long, value_enum, default_value = "cpu")]
     device: Dev,
@@ -126,6 +138,7 @@ impl TrainArgs {
             batch_size: self.batch_size,
             epochs: self.epochs,
             seed: self.seed,
+            rng: self.rng,
             device: self.device.into(),
             limit: self.limit,
             class: self.class,
@@ -273,6 +286,7 @@ pub fn run(cmd: ColourizeCmd, progress: bool) -> Result<()> {
                 model.config.limit,
                 &palette,
                 model.config.seed,
+                model.config.rng,
             )?;
             let (loss, acc) = colourize::evaluate_split(
                 &model.net,

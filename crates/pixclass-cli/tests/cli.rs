@@ -141,6 +141,8 @@ fn short_training_run_learns_and_writes_every_output() {
         serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
     assert_eq!(cfg["batch_size"], 100);
     assert_eq!(cfg["model"]["kind"], "unet");
+    // The reference program's random streams by default.
+    assert_eq!(cfg["rng"], "torch");
     // The samples strip: 3 rows x 10 images of 32 px scaled x3.
     let img = image::open(out.join("samples_epoch_02.png")).unwrap();
     assert_eq!((img.width(), img.height()), (10 * 98 + 2, 3 * 98 + 2));
@@ -286,6 +288,21 @@ fn user_errors_are_messages_not_panics() {
     ]);
     assert!(
         !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("16, 24 and 32")
+    );
+    // An unknown RNG scheme names the known ones.
+    let out = run(&[
+        "colourize",
+        "train",
+        "--embedded",
+        "--rng",
+        "mt",
+        "--epochs",
+        "1",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("torch") && err.contains("chacha"),
+        "{err}"
     );
 
     // Offline fetch fails fast and says where to put the files.

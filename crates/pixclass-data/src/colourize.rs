@@ -37,6 +37,100 @@ pub fn shuffle_order(n: usize, seed: u64, split: Split) -> Vec<usize> {
     idx
 }
 
+/// How a colourization run draws its random numbers: the split shuffles here,
+/// the initial weights in pixclass-train.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RngScheme {
+    /// The reference program's streams: NumPy's legacy MT19937 seeded once
+    /// (`npr.seed(seed)`) shuffles the training split, then the test split
+    /// (`npr.shuffle`); PyTorch's generator (`torch.manual_seed(seed)`) draws
+    /// the initial weights in module order. Same seed, same data order and
+    /// initial weights as the PyTorch program. Seeds must fit in 32 bits.
+    #[default]
+    Torch,
+    /// ChaCha8 streams: one per split ([`shuffle_order`]) and one per
+    /// parameter name, independent of split sizes and creation order.
+    Chacha,
+}
+
+impl RngScheme {
+    /// Both names, for messages and command-line help.
+    pub const NAMES: [&'static str; 2] = ["torch", "chacha"];
+
+    /// The name used in configs and on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Torch => "torch",
+            Self::Chacha => "chacha",
+        }
+    }
+}
+
+impl std::str::FromStr for RngScheme {
+    type Err = DataError;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "torch" => Ok(Self::Torch),
+            "chacha" => Ok(Self::Chacha),
+            other => Err(DataError::Invalid(format!(
+                "unknown RNG scheme {other:?} (expected one of {:?})",
+                Self::NAMES
+            ))),
+        }
+    }
+}
+
+/// NumPy's legacy `RandomState.shuffle` of `0..n` (Fisher-Yates from the
+/// end, `random_interval` by masked rejection sampling) drawing from `rng`.
+pub fn numpy_shuffle(n: usize, rng: &mut rand_mt::Mt) -> Vec<usize> {
+    let mut idx: Vec<usize> = (0..n).collect();
+    for i in (1..n).rev() {
+        // Smallest all-ones mask covering i; draws above i are rejected.
+        let mask = u64::MAX >> (i as u64).leading_zeros();
+        let j = loop {
+            let v = if i as u64 <= u64::from(u32::MAX) {
+                u64::from(rng.next_u32()) & mask
+            } else {
+                rng.next_u64() & mask
+            };
+            if v <= i as u64 {
+                break v as usize;
+            }
+        };
+        idx.swap(i, j);
+    }
+    idx
+}
+
+/// The fixed permutations of the training and test splits (sizes `n_train`,
+/// `n_test`) under `scheme`. [`RngScheme::Torch`] needs a seed below 2^32
+/// (NumPy refuses larger ones).
+pub fn split_orders(
+    n_train: usize,
+    n_test: usize,
+    seed: u64,
+    scheme: RngScheme,
+) -> Result<(Vec<usize>, Vec<usize>)> {
+    match scheme {
+        RngScheme::Chacha => Ok((
+            shuffle_order(n_train, seed, Split::Train),
+            shuffle_order(n_test, seed, Split::Test),
+        )),
+        RngScheme::Torch => {
+            let seed = u32::try_from(seed).map_err(|_| {
+                DataError::Invalid(format!(
+                    "seed {seed} does not fit NumPy's 32-bit seeds (RNG scheme torch)"
+                ))
+            })?;
+            let mut rng = rand_mt::Mt::new(seed);
+            let train = numpy_shuffle(n_train, &mut rng);
+            Ok((train, numpy_shuffle(n_test, &mut rng)))
+        }
+    }
+}
+
 /// Grey value of one pixel exactly like the reference: mean of R/256, G/256
 /// and B/256 in f64, then f32.
 #[inline]
@@ -48,6 +142,17 @@ impl ColourSplit {
     /// Preprocesses `set` (already filtered to one class): shuffles it with
     /// [`shuffle_order`] and computes grey inputs and colour classes.
     pub fn new(set: &CifarSet, palette: &Palette, seed: u64, split: Split) -> Result<Self> {
+        Self::with_order(set, palette, &shuffle_order(set.len(), seed, split), split)
+    }
+
+    /// Preprocesses `set` (already filtered to one class) in the given order
+    /// (a permutation of its indices, e.g. from [`split_orders`]).
+    pub fn with_order(
+        set: &CifarSet,
+        palette: &Palette,
+        order: &[usize],
+        split: Split,
+    ) -> Result<Self> {
         if set.is_empty() {
             return Err(DataError::EmptySelection {
                 what: format!("no images in the {} split", split.name()),
@@ -55,9 +160,20 @@ impl ColourSplit {
         }
         let n = set.len();
         let hw = SIDE * SIDE;
-        let order = shuffle_order(n, seed, split);
+        let mut seen = vec![false; n];
+        let permutation = order.len() == n
+            && order
+                .iter()
+                .all(|&i| i < n && !std::mem::replace(&mut seen[i], true));
+        if !permutation {
+            return Err(DataError::Invalid(format!(
+                "an order of {} indices is not a permutation of the {n} images of the {} split",
+                order.len(),
+                split.name()
+            )));
+        }
         let mut bytes = Vec::with_capacity(n * IMAGE_BYTES);
-        for &i in &order {
+        for &i in order {
             bytes.extend_from_slice(set.image(i));
         }
         let mut grey = Vec::with_capacity(n * hw);

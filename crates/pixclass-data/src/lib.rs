@@ -23,7 +23,7 @@ pub mod paths;
 pub mod segment;
 
 pub use cifar::{CifarLayout, CifarSet, CifarSource, Split, HORSE};
-pub use colourize::ColourSplit;
+pub use colourize::{split_orders, ColourSplit, RngScheme};
 pub use colours::Palette;
 pub use error::{DataError, Result};
 pub use paths::resolve_data_dir;

@@ -10,7 +10,7 @@
 //! Working per image keeps the column matrix small (it stays in cache) and
 //! writes outputs in `[N, C, H, W]` order with no transposes.
 
-use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor, WithDType};
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor, WithDType};
 use rayon::prelude::*;
 
 use crate::cpu_kernels::{contiguous_slice, dispatch, Geometry};
@@ -154,8 +154,18 @@ fn col2im_image<T: WithDType>(cols: &[T], g: &Geometry, out: &mut [T]) {
     }
 }
 
-/// `Y[n] = W · im2col(X[n])`: x `[N, C, H, W]`, w `[O, C, kh, kw]` -> `[N, O, ho, wo]`.
-fn fwd<T: WithDType>(x: &[T], w: &[T], g: &Geometry, o: usize) -> Vec<T> {
+/// Adds `bias[c]` to plane `c` of one image (`[C, hw]`), while it is in cache.
+fn add_bias<T: WithDType>(img: &mut [T], bias: Option<&[T]>, hw: usize) {
+    if let Some(bias) = bias {
+        for (plane, &b) in img.chunks_exact_mut(hw).zip(bias) {
+            plane.iter_mut().for_each(|v| *v += b);
+        }
+    }
+}
+
+/// `Y[n] = W · im2col(X[n]) (+ bias)`: x `[N, C, H, W]`, w `[O, C, kh, kw]`,
+/// bias `[O]` -> `[N, O, ho, wo]`.
+fn fwd<T: WithDType>(x: &[T], w: &[T], bias: Option<&[T]>, g: &Geometry, o: usize) -> Vec<T> {
     let (ckk, ohw, chw) = (g.rows(), g.ho * g.wo, g.c * g.h * g.w);
     let mut y = vec![T::zero(); g.n * o * ohw];
     let threads = inner_threads(g.n);
@@ -163,6 +173,7 @@ fn fwd<T: WithDType>(x: &[T], w: &[T], g: &Geometry, o: usize) -> Vec<T> {
         y.par_chunks_mut(o * ohw).enumerate().for_each(|(n, yn)| {
             let xn = &x[n * chw..(n + 1) * chw];
             gemm_into(o, ohw, ckk, yn, (w, ckk, 1), (xn, ohw, 1), false, threads);
+            add_bias(yn, bias, ohw);
         });
         return y;
     }
@@ -171,13 +182,15 @@ fn fwd<T: WithDType>(x: &[T], w: &[T], g: &Geometry, o: usize) -> Vec<T> {
         |cols, (n, yn)| {
             im2col_image(&x[n * chw..(n + 1) * chw], g, cols);
             gemm_into(o, ohw, ckk, yn, (w, ckk, 1), (cols, ohw, 1), false, threads);
+            add_bias(yn, bias, ohw);
         },
     );
     y
 }
 
-/// `dX[n] = col2im(Wᵀ · dY[n])`: dy `[N, O, ho, wo]`, w `[O, C, kh, kw]` -> `[N, C, H, W]`.
-fn bwd_data<T: WithDType>(dy: &[T], w: &[T], g: &Geometry, o: usize) -> Vec<T> {
+/// `dX[n] = col2im(Wᵀ · dY[n]) (+ bias)`: dy `[N, O, ho, wo]`, w `[O, C, kh, kw]`,
+/// bias `[C]` (a transposed convolution's) -> `[N, C, H, W]`.
+fn bwd_data<T: WithDType>(dy: &[T], w: &[T], bias: Option<&[T]>, g: &Geometry, o: usize) -> Vec<T> {
     let (ckk, ohw, chw) = (g.rows(), g.ho * g.wo, g.c * g.h * g.w);
     let mut dx = vec![T::zero(); g.n * chw];
     let threads = inner_threads(g.n);
@@ -195,6 +208,7 @@ fn bwd_data<T: WithDType>(dy: &[T], w: &[T], g: &Geometry, o: usize) -> Vec<T> {
                 false,
                 threads,
             );
+            add_bias(dxn, bias, g.h * g.w);
         });
         return dx;
     }
@@ -213,6 +227,7 @@ fn bwd_data<T: WithDType>(dy: &[T], w: &[T], g: &Geometry, o: usize) -> Vec<T> {
                 threads,
             );
             col2im_image(cols, g, dxn);
+            add_bias(dxn, bias, g.h * g.w);
         },
     );
     dx
@@ -287,11 +302,20 @@ struct ConvKernel {
 }
 
 impl ConvKernel {
-    fn run<T: WithDType>(&self, a: &[T], b: &[T]) -> Vec<T> {
+    fn run<T: WithDType>(&self, a: &[T], b: &[T], bias: Option<&[T]>) -> Vec<T> {
         match self.kind {
-            Kind::Fwd => fwd(a, b, &self.g, self.o),
-            Kind::BwdData => bwd_data(a, b, &self.g, self.o),
+            Kind::Fwd => fwd(a, b, bias, &self.g, self.o),
+            Kind::BwdData => bwd_data(a, b, bias, &self.g, self.o),
             Kind::BwdFilter => bwd_filter(a, b, &self.g, self.o),
+        }
+    }
+
+    /// Channels of the output (the length a bias must have).
+    fn out_channels(&self) -> usize {
+        match self.kind {
+            Kind::Fwd => self.o,
+            Kind::BwdData => self.g.c,
+            Kind::BwdFilter => 0,
         }
     }
 
@@ -325,7 +349,7 @@ impl CustomOp2 for ConvKernel {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let out = dispatch!((s1, l1) => a, (s2, l2) => b; self.run(a, b));
+        let out = dispatch!((s1, l1) => a, (s2, l2) => b; self.run(a, b, None));
         Ok((out, self.shape()))
     }
 
@@ -364,13 +388,72 @@ impl CustomOp2 for ConvKernel {
     }
 }
 
-/// Convolution (groups 1) on the CPU.
+/// A forward kernel (convolution or transposed convolution) with the layer's
+/// bias added per output channel in the same pass: inputs (x, w, bias).
+/// Its bias gradient is the per-channel sum of the output gradient.
+#[derive(Debug, Clone, Copy)]
+struct ConvBias(ConvKernel);
+
+impl CustomOp3 for ConvBias {
+    fn name(&self) -> &'static str {
+        match self.0.kind {
+            Kind::Fwd => "pixclass-conv2d-bias",
+            _ => "pixclass-conv-transpose2d-bias",
+        }
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let c = self.0.out_channels();
+        if l3.shape().elem_count() != c {
+            candle_core::bail!(
+                "{}: bias {:?} must have {c} values",
+                self.name(),
+                l3.shape().dims()
+            );
+        }
+        let out =
+            dispatch!((s1, l1) => a, (s2, l2) => b, (s3, l3) => bias; self.0.run(a, b, Some(bias)));
+        Ok((out, self.0.shape()))
+    }
+
+    fn bwd(
+        &self,
+        a: &Tensor,
+        b: &Tensor,
+        bias: &Tensor,
+        res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (da, db) = CustomOp2::bwd(&self.0, a, b, res, grad)?;
+        let dbias = bias
+            .track_op()
+            .then(|| {
+                grad.contiguous()?
+                    .apply_op1_no_bwd(&crate::cpu_kernels::ChannelSum)?
+                    .reshape(bias.shape())
+            })
+            .transpose()?;
+        Ok((da, db, dbias))
+    }
+}
+
+/// Convolution (groups 1) on the CPU, with an optional per-output-channel
+/// bias added in the same pass.
 ///
 /// # Shapes
-/// `x` `[N, C, H, W]`, `weight` `[O, C, kh, kw]` -> `[N, O, ho, wo]`.
+/// `x` `[N, C, H, W]`, `weight` `[O, C, kh, kw]`, `bias` `[O]` -> `[N, O, ho, wo]`.
 pub fn conv2d(
     x: &Tensor,
     weight: &Tensor,
+    bias: Option<&Tensor>,
     pad: ((usize, usize), (usize, usize)),
     stride: usize,
     dilation: usize,
@@ -394,8 +477,10 @@ pub fn conv2d(
         ho,
         wo,
     };
-    x.contiguous()?.apply_op2(
-        &weight.contiguous()?,
+    apply(
+        x,
+        weight,
+        bias,
         ConvKernel {
             g,
             o,
@@ -404,15 +489,25 @@ pub fn conv2d(
     )
 }
 
+/// Runs `kernel` on (x, w), with the bias fused in when there is one.
+fn apply(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, kernel: ConvKernel) -> Result<Tensor> {
+    let (x, weight) = (x.contiguous()?, weight.contiguous()?);
+    match bias {
+        Some(b) => x.apply_op3(&weight, &b.contiguous()?, ConvBias(kernel)),
+        None => x.apply_op2(&weight, kernel),
+    }
+}
+
 /// Transposed convolution (groups 1) on the CPU: the backward-data kernel of
 /// the convolution that maps its output back to its input.
 ///
 /// # Shapes
-/// `x` `[N, Cin, H, W]`, `weight` `[Cin, Cout, k, k]` ->
+/// `x` `[N, Cin, H, W]`, `weight` `[Cin, Cout, k, k]`, `bias` `[Cout]` ->
 /// `[N, Cout, (H-1)·s - 2p + d·(k-1) + op + 1, ...]`.
 pub fn conv_transpose2d(
     x: &Tensor,
     weight: &Tensor,
+    bias: Option<&Tensor>,
     padding: usize,
     output_padding: usize,
     stride: usize,
@@ -436,8 +531,10 @@ pub fn conv_transpose2d(
         ho: h,
         wo: w,
     };
-    x.contiguous()?.apply_op2(
-        &weight.contiguous()?,
+    apply(
+        x,
+        weight,
+        bias,
         ConvKernel {
             g,
             o: cin,

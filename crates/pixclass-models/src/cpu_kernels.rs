@@ -1012,13 +1012,23 @@ fn ce_fwd<T: Real>(x: &[T], t: &[u32], n: usize, k: usize, hw: usize) -> Result<
     Ok((per_image.iter().sum::<f64>() / (n * hw) as f64, lse))
 }
 
-fn ce_bwd<T: Real>(x: &[T], t: &[u32], lse: Option<&[f64]>, k: usize, hw: usize, scale: f64) -> Vec<T> {
+fn ce_bwd<T: Real>(
+    x: &[T],
+    t: &[u32],
+    lse: Option<&[f64]>,
+    k: usize,
+    hw: usize,
+    scale: f64,
+) -> Vec<T> {
     let mut out = vec![T::zero(); x.len()];
     let s = T::from_f64(scale);
     out.par_chunks_mut(k * hw).enumerate().for_each(|(i, o)| {
         let img = &x[i * k * hw..(i + 1) * k * hw];
         let lse: Vec<T> = match lse {
-            Some(l) => l[i * hw..(i + 1) * hw].iter().map(|&v| T::from_f64(v)).collect(),
+            Some(l) => l[i * hw..(i + 1) * hw]
+                .iter()
+                .map(|&v| T::from_f64(v))
+                .collect(),
             None => {
                 let mut l = vec![0.0; hw];
                 crate::simd::vectorized(|| pixel_lse(img, k, hw, &mut l));

@@ -1,16 +1,22 @@
 //! Seeded parameter initialisation.
 //!
 //! candle's CPU random numbers come from an unseedable thread RNG, so two
-//! runs would start from different weights. [`seeded_var_builder`] creates a
-//! `VarBuilder` over a `VarMap` whose new variables are drawn from ChaCha8
-//! seeded by `(seed, parameter name)`: the same seed gives the same weights
-//! on every device and in any creation order.
+//! runs would start from different weights. Two seeded `VarBuilder`s over a
+//! `VarMap` fix that:
+//! - [`seeded_var_builder`]: each new variable drawn from ChaCha8 seeded by
+//!   `(seed, parameter name)`: the same weights on every device and in any
+//!   creation order;
+//! - [`torch_var_builder`]: PyTorch's CPU generator after
+//!   `torch.manual_seed(seed)` (MT19937), drawn in creation order with
+//!   PyTorch's `uniform_` arithmetic: a model built in the same module order
+//!   as its PyTorch twin starts from bit-identical weights.
 
 use candle_core::{DType, Device, Result, Shape, Tensor, Var};
 use candle_nn::var_builder::SimpleBackend;
 use candle_nn::{Init, VarBuilder, VarMap};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use std::sync::Mutex;
 
 struct Seeded {
     map: VarMap,
@@ -52,45 +58,66 @@ fn sample(init: Init, shape: &Shape, rng: &mut ChaCha8Rng) -> Result<Vec<f64>> {
     })
 }
 
+/// The variable `name` of `map`, if it exists with shape `s`.
+fn existing(map: &VarMap, s: &Shape, name: &str) -> Result<Option<Tensor>> {
+    let data = map.data().lock().unwrap_or_else(|e| e.into_inner());
+    match data.get(name) {
+        Some(v) if v.as_tensor().shape() != s => candle_core::bail!(
+            "parameter {name}: shape {:?} requested, {:?} exists",
+            s.dims(),
+            v.as_tensor().dims()
+        ),
+        Some(v) => Ok(Some(v.as_tensor().clone())),
+        None => Ok(None),
+    }
+}
+
+/// Stores `values` (on the CPU) as the new variable `name` of `map`.
+fn insert(map: &VarMap, name: &str, values: Tensor, dtype: DType, dev: &Device) -> Result<Tensor> {
+    let var = Var::from_tensor(&values.to_dtype(dtype)?.to_device(dev)?)?;
+    let out = var.as_tensor().clone();
+    let mut data = map.data().lock().unwrap_or_else(|e| e.into_inner());
+    data.insert(name.to_string(), var);
+    Ok(out)
+}
+
+fn get_unchecked(map: &VarMap, name: &str, dtype: DType) -> Result<Tensor> {
+    let data = map.data().lock().unwrap_or_else(|e| e.into_inner());
+    match data.get(name) {
+        Some(v) => v.as_tensor().to_dtype(dtype),
+        None => candle_core::bail!("no parameter named {name}"),
+    }
+}
+
+fn contains(map: &VarMap, name: &str) -> bool {
+    map.data()
+        .lock()
+        .map(|d| d.contains_key(name))
+        .unwrap_or(false)
+}
+
 impl SimpleBackend for Seeded {
     fn get(&self, s: Shape, name: &str, h: Init, dtype: DType, dev: &Device) -> Result<Tensor> {
-        let mut data = self.map.data().lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(v) = data.get(name) {
-            let t = v.as_tensor();
-            if t.shape() != &s {
-                candle_core::bail!(
-                    "parameter {name}: shape {:?} requested, {:?} exists",
-                    s.dims(),
-                    t.dims()
-                );
-            }
+        if let Some(t) = existing(&self.map, &s, name)? {
             return t.to_dtype(dtype);
         }
         let mut rng = ChaCha8Rng::seed_from_u64(self.seed ^ fnv(name));
         let values = sample(h, &s, &mut rng)?;
-        let t = Tensor::from_vec(values, s, &Device::Cpu)?
-            .to_dtype(dtype)?
-            .to_device(dev)?;
-        let var = Var::from_tensor(&t)?;
-        let out = var.as_tensor().clone();
-        data.insert(name.to_string(), var);
-        Ok(out)
+        insert(
+            &self.map,
+            name,
+            Tensor::from_vec(values, s, &Device::Cpu)?,
+            dtype,
+            dev,
+        )
     }
 
     fn get_unchecked(&self, name: &str, dtype: DType, _dev: &Device) -> Result<Tensor> {
-        let data = self.map.data().lock().unwrap_or_else(|e| e.into_inner());
-        match data.get(name) {
-            Some(v) => v.as_tensor().to_dtype(dtype),
-            None => candle_core::bail!("no parameter named {name}"),
-        }
+        get_unchecked(&self.map, name, dtype)
     }
 
     fn contains_tensor(&self, name: &str) -> bool {
-        self.map
-            .data()
-            .lock()
-            .map(|d| d.contains_key(name))
-            .unwrap_or(false)
+        contains(&self.map, name)
     }
 }
 
@@ -106,6 +133,97 @@ pub fn seeded_var_builder(
         Box::new(Seeded {
             map: map.clone(),
             seed,
+        }),
+        dtype,
+        device.clone(),
+    )
+}
+
+/// PyTorch's `uniform_(from, to)` for f32 tensors on the CPU: 24 random bits
+/// of one 32-bit draw, bounds rounded to f32, the affine map in f64 (its
+/// accumulation type), the result rounded to f32.
+fn torch_uniform(rng: &mut rand_mt::Mt, from: f64, to: f64, n: usize) -> Vec<f32> {
+    let (from, to) = (f64::from(from as f32), f64::from(to as f32));
+    (0..n)
+        .map(|_| {
+            let x = f64::from(rng.next_u32() & 0x00ff_ffff) * (1.0 / 16_777_216.0);
+            (x * (to - from) + from) as f32
+        })
+        .collect()
+}
+
+struct TorchSeeded {
+    map: VarMap,
+    rng: Mutex<rand_mt::Mt>,
+}
+
+impl TorchSeeded {
+    fn sample(&self, init: Init, shape: &Shape, name: &str) -> Result<Vec<f32>> {
+        let n = shape.elem_count();
+        let mut rng = self.rng.lock().unwrap_or_else(|e| e.into_inner());
+        Ok(match init {
+            Init::Const(v) => vec![v as f32; n],
+            Init::Uniform { lo, up } => torch_uniform(&mut rng, lo, up, n),
+            Init::Kaiming {
+                dist: candle_nn::init::NormalOrUniform::Uniform,
+                fan: candle_nn::init::FanInOut::FanIn,
+                non_linearity,
+            } => {
+                // torch.nn.init.kaiming_uniform_: std = gain / sqrt(fan),
+                // bound = sqrt(3) * std, fan_in = size(1) * receptive field.
+                let fan_in: usize = shape.dims().iter().skip(1).product::<usize>().max(1);
+                let std = non_linearity.gain() / (fan_in as f64).sqrt();
+                let bound = 3f64.sqrt() * std;
+                torch_uniform(&mut rng, -bound, bound, n)
+            }
+            other => candle_core::bail!(
+                "parameter {name}: init {other:?} has no PyTorch-compatible draw (uniform and kaiming-uniform only)"
+            ),
+        })
+    }
+}
+
+impl SimpleBackend for TorchSeeded {
+    fn get(&self, s: Shape, name: &str, h: Init, dtype: DType, dev: &Device) -> Result<Tensor> {
+        if let Some(t) = existing(&self.map, &s, name)? {
+            return t.to_dtype(dtype);
+        }
+        let values = self.sample(h, &s, name)?;
+        insert(
+            &self.map,
+            name,
+            Tensor::from_vec(values, s, &Device::Cpu)?,
+            dtype,
+            dev,
+        )
+    }
+
+    fn get_unchecked(&self, name: &str, dtype: DType, _dev: &Device) -> Result<Tensor> {
+        get_unchecked(&self.map, name, dtype)
+    }
+
+    fn contains_tensor(&self, name: &str) -> bool {
+        contains(&self.map, name)
+    }
+}
+
+/// A `VarBuilder` creating variables in `map` from PyTorch's CPU generator
+/// seeded with `seed` (`torch.manual_seed(seed)`), one shared stream drawn in
+/// creation order; uniform and kaiming-uniform inits draw exactly like
+/// PyTorch's `uniform_` on f32 tensors, constants draw nothing. Existing
+/// variables are returned as they are (and draw nothing).
+pub fn torch_var_builder(
+    map: &VarMap,
+    seed: u64,
+    dtype: DType,
+    device: &Device,
+) -> VarBuilder<'static> {
+    // torch.manual_seed keeps the low 32 bits for the MT19937 state.
+    let rng = rand_mt::Mt::new(seed as u32);
+    VarBuilder::from_backend(
+        Box::new(TorchSeeded {
+            map: map.clone(),
+            rng: Mutex::new(rng),
         }),
         dtype,
         device.clone(),

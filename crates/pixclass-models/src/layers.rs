@@ -44,12 +44,25 @@ impl Default for Conv2dConfig {
     }
 }
 
-/// PyTorch's default init bound for a layer with `fan_in` inputs per output:
-/// `kaiming_uniform(a = sqrt 5)` = U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
+/// PyTorch's default bias init for a layer with `fan_in` inputs per output:
+/// U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
 fn uniform_bound(fan_in: usize) -> Init {
     let b = 1.0 / (fan_in as f64).sqrt();
     Init::Uniform { lo: -b, up: b }
 }
+
+/// PyTorch's default conv weight init, `kaiming_uniform_(a = sqrt 5)`:
+/// U(-b, b) with `b = sqrt(3) · gain / sqrt(fan_in)`, `gain = sqrt(2 / (1 + a²))`
+/// (= 1/sqrt(fan_in) up to rounding). `fan_in` = the product of the weight's
+/// dimensions after the first, as in PyTorch.
+pub const TORCH_CONV_WEIGHT_INIT: Init = Init::Kaiming {
+    dist: candle_nn::init::NormalOrUniform::Uniform,
+    fan: candle_nn::init::FanInOut::FanIn,
+    non_linearity: candle_nn::init::NonLinearity::ExplicitGain(TORCH_CONV_GAIN),
+};
+
+/// `sqrt(2 / (1 + a²))` for `a = sqrt(5)`, as Python computes it.
+const TORCH_CONV_GAIN: f64 = 0.5773502691896257;
 
 /// A 2-D convolution (`torch.nn.Conv2d`).
 #[derive(Debug, Clone)]
@@ -78,7 +91,7 @@ impl Conv2d {
         let weight = vb.get_with_hints(
             (out_c, in_c / cfg.groups, k, k),
             "weight",
-            uniform_bound(fan_in),
+            TORCH_CONV_WEIGHT_INIT,
         )?;
         let bias = if cfg.bias {
             Some(vb.get_with_hints(out_c, "bias", uniform_bound(fan_in))?)
@@ -133,19 +146,16 @@ impl Module for Conv2d {
     /// `[N, C_in, H, W]` -> `[N, C_out, H', W']`.
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let (ph, pw) = self.pads();
-        let y = ops::conv2d(
+        ops::conv2d_bias(
             x,
             &self.weight,
+            self.bias.as_ref(),
             ph,
             pw,
             self.cfg.stride,
             self.cfg.dilation,
             self.cfg.groups,
-        )?;
-        match &self.bias {
-            Some(b) => ops::add_channel_bias(&y, b),
-            None => Ok(y),
-        }
+        )
     }
 }
 
@@ -192,7 +202,7 @@ impl ConvTranspose2d {
     ) -> Result<Self> {
         // PyTorch computes fan_in from weight.size(1) = out channels.
         let fan_in = out_c * k * k;
-        let weight = vb.get_with_hints((in_c, out_c, k, k), "weight", uniform_bound(fan_in))?;
+        let weight = vb.get_with_hints((in_c, out_c, k, k), "weight", TORCH_CONV_WEIGHT_INIT)?;
         let bias = vb.get_with_hints(out_c, "bias", uniform_bound(fan_in))?;
         Ok(Self { weight, bias, cfg })
     }
@@ -223,15 +233,15 @@ impl Module for ConvTranspose2d {
     /// `[N, C_in, H, W]` -> `[N, C_out, (H-1)·s - 2p + d·(k-1) + op + 1, ...]`.
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let c = self.cfg;
-        let y = ops::conv_transpose2d(
+        ops::conv_transpose2d_bias(
             x,
             &self.weight,
+            Some(&self.bias),
             c.padding,
             c.output_padding,
             c.stride,
             c.dilation,
-        )?;
-        ops::add_channel_bias(&y, &self.bias)
+        )
     }
 }
 

@@ -154,11 +154,34 @@ pub fn conv2d(
     dilation: usize,
     groups: usize,
 ) -> Result<Tensor> {
+    conv2d_bias(x, weight, None, pad_h, pad_w, stride, dilation, groups)
+}
+
+/// [`conv2d`] plus an optional per-output-channel bias: fused into the
+/// convolution kernel on the CPU (groups 1), [`add_channel_bias`] elsewhere.
+///
+/// # Shapes
+/// As [`conv2d`]; `bias` `[O]`.
+#[allow(clippy::too_many_arguments)]
+pub fn conv2d_bias(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    pad_h: Pad,
+    pad_w: Pad,
+    stride: usize,
+    dilation: usize,
+    groups: usize,
+) -> Result<Tensor> {
     ConvExtent::new(x, weight, pad_h, pad_w, dilation)?;
-    if cpu_float(x) && groups == 1 {
-        return crate::conv_gemm::conv2d(x, weight, (pad_h, pad_w), stride, dilation);
+    if cpu_float(x) && groups == 1 && bias.is_none_or(|b| b.dtype() == x.dtype()) {
+        return crate::conv_gemm::conv2d(x, weight, bias, (pad_h, pad_w), stride, dilation);
     }
-    conv2d_portable(x, weight, pad_h, pad_w, stride, dilation, groups)
+    let y = conv2d_portable(x, weight, pad_h, pad_w, stride, dilation, groups)?;
+    match bias {
+        Some(b) => add_channel_bias(&y, b),
+        None => Ok(y),
+    }
 }
 
 /// Depthwise 2-D convolution (groups = channels, one filter per channel).
@@ -357,17 +380,39 @@ pub fn conv_transpose2d(
     stride: usize,
     dilation: usize,
 ) -> Result<Tensor> {
-    if cpu_float(x) {
+    conv_transpose2d_bias(x, weight, None, padding, output_padding, stride, dilation)
+}
+
+/// [`conv_transpose2d`] plus an optional per-output-channel bias, fused into
+/// the kernel on the CPU.
+///
+/// # Shapes
+/// As [`conv_transpose2d`]; `bias` `[Cout]`.
+pub fn conv_transpose2d_bias(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    padding: usize,
+    output_padding: usize,
+    stride: usize,
+    dilation: usize,
+) -> Result<Tensor> {
+    if cpu_float(x) && bias.is_none_or(|b| b.dtype() == x.dtype()) {
         return crate::conv_gemm::conv_transpose2d(
             x,
             weight,
+            bias,
             padding,
             output_padding,
             stride,
             dilation,
         );
     }
-    x.conv_transpose2d(weight, padding, output_padding, stride, dilation)
+    let y = x.conv_transpose2d(weight, padding, output_padding, stride, dilation)?;
+    match bias {
+        Some(b) => add_channel_bias(&y, b),
+        None => Ok(y),
+    }
 }
 
 /// Per-pixel class of the largest logit.

@@ -102,7 +102,10 @@ mod tests {
         vectorized(|| v.iter_mut().for_each(|x| *x = x.exp_fast()));
         for (i, x) in v.iter().enumerate() {
             let want = f64::from(input[i]).exp();
-            assert!(((*x as f64 - want) / want).abs() < 3e-7, "{i}: {x} vs {want}");
+            assert!(
+                ((*x as f64 - want) / want).abs() < 3e-7,
+                "{i}: {x} vs {want}"
+            );
         }
     }
 }

@@ -348,3 +348,65 @@ fn pool_upsample_summary_rows_by_hand() {
     assert_eq!(rows.len(), 17);
     assert!(s.to_table().contains("49728"));
 }
+
+/// `torch_var_builder` reproduces PyTorch's initial weights bit for bit:
+/// `torch.manual_seed(seed)` then building the net (golden values from
+/// `golden/make_torch_init.py`).
+#[test]
+fn torch_init_matches_pytorch_bit_for_bit() {
+    let text = std::fs::read_to_string(common::golden("torch_init.json")).unwrap();
+    let fixture: serde_json::Value = serde_json::from_str(&text).unwrap();
+    for case in fixture["cases"].as_array().unwrap() {
+        let kind: ColourModelKind = case["kind"].as_str().unwrap().parse().unwrap();
+        let kernel = case["kernel"].as_u64().unwrap() as usize;
+        let seed = case["seed"].as_u64().unwrap();
+        let vm = VarMap::new();
+        let vb = pixclass_models::init::torch_var_builder(&vm, seed, DType::F32, &Device::Cpu);
+        ColourNet::new(
+            ColourNetConfig {
+                kind,
+                kernel,
+                ..Default::default()
+            },
+            vb,
+        )
+        .unwrap();
+        let vars = vm.data().lock().unwrap();
+        let params = case["params"].as_array().unwrap();
+        for p in params {
+            let name = p["name"].as_str().unwrap();
+            let t = vars
+                .get(name)
+                .unwrap_or_else(|| panic!("{kind}: no {name}"));
+            let v = t
+                .as_tensor()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap();
+            let shape: Vec<usize> = p["shape"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|d| d.as_u64().unwrap() as usize)
+                .collect();
+            assert_eq!(t.as_tensor().dims(), shape.as_slice(), "{kind} {name}");
+            for (i, h) in p["head"].as_array().unwrap().iter().enumerate() {
+                assert_eq!(
+                    v[i],
+                    h.as_f64().unwrap() as f32,
+                    "{kind} k{kernel} seed {seed} {name}[{i}]"
+                );
+            }
+            let sum: f64 = v.iter().map(|&x| f64::from(x)).sum();
+            let want = p["sum"].as_f64().unwrap();
+            assert!(
+                (sum - want).abs() < 1e-9,
+                "{kind} {name}: sum {sum} vs {want}"
+            );
+        }
+        // Every drawn parameter is covered (BatchNorm's constants draw nothing).
+        let trainable = vars.keys().filter(|n| !n.contains("running")).count();
+        assert_eq!(trainable, params.len(), "{kind}: parameter count");
+    }
+}

@@ -475,19 +475,32 @@ fn cross_entropy_kernel_matches_portable_and_finite_differences() {
     let x32 = candle_core::Var::from_tensor(&x.to_dtype(DType::F32).unwrap()).unwrap();
     let l32 = ops::cross_entropy(x32.as_tensor(), &t).unwrap();
     let g32 = l32.backward().unwrap();
-    let g32 = g32.get(x32.as_tensor()).unwrap().to_dtype(DType::F64).unwrap();
+    let g32 = g32
+        .get(x32.as_tensor())
+        .unwrap()
+        .to_dtype(DType::F64)
+        .unwrap();
     let l32 = f64::from(l32.to_scalar::<f32>().unwrap());
     assert!((l32 - a).abs() < 1e-6 * a, "{l32} vs {a}");
     let x64 = candle_core::Var::from_tensor(&x).unwrap();
-    let g64 = ops::cross_entropy(x64.as_tensor(), &t).unwrap().backward().unwrap();
+    let g64 = ops::cross_entropy(x64.as_tensor(), &t)
+        .unwrap()
+        .backward()
+        .unwrap();
     let g64 = g64.get(x64.as_tensor()).unwrap();
     let diff = (&g32 - g64).unwrap().abs().unwrap().max_all().unwrap();
     assert!(diff.to_scalar::<f64>().unwrap() < 1e-8, "{diff}");
     // A NaN logit makes the loss NaN (the trainer stops on it).
     let mut v = x.flatten_all().unwrap().to_vec1::<f64>().unwrap();
     v[7] = f64::NAN;
-    let xn = Tensor::from_vec(v, x.shape(), x.device()).unwrap().to_dtype(DType::F32).unwrap();
-    let ln = ops::cross_entropy(&xn, &t).unwrap().to_scalar::<f32>().unwrap();
+    let xn = Tensor::from_vec(v, x.shape(), x.device())
+        .unwrap()
+        .to_dtype(DType::F32)
+        .unwrap();
+    let ln = ops::cross_entropy(&xn, &t)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
     assert!(ln.is_nan(), "{ln}");
     // A class out of range is an error, not a panic.
     let bad = Tensor::from_vec(vec![7u32; 24], (2, 3, 4), &candle_core::Device::Cpu).unwrap();
@@ -645,4 +658,83 @@ fn channel_bias_matches_broadcast_add_and_finite_differences() {
     // A bias of the wrong length is an error naming both shapes.
     let err = ops::add_channel_bias(&x, &rand_tensor(&[3], 64)).unwrap_err();
     assert!(err.to_string().contains("[3]"), "{err}");
+}
+
+#[test]
+fn fused_conv_bias_matches_separate_bias_and_finite_differences() {
+    // Convolution (3x3 stride 2 on a mixed-parity input; 1x1 fast path) and
+    // transposed convolution with the bias fused into the kernel: the same
+    // values as conv + broadcast add, and every gradient (input, weight,
+    // bias) checked by finite differences.
+    let x = rand_tensor(&[9, 3, 7, 6], 71);
+    for (w_shape, pad, stride) in [([4, 3, 3, 3], (1, 1), 2), ([4, 3, 1, 1], (0, 0), 1)] {
+        let w = rand_tensor(&w_shape, 72);
+        let b = rand_tensor(&[4], 73);
+        let conv = |x: &Tensor, w: &Tensor, b: &Tensor| {
+            ops::conv2d_bias(x, w, Some(b), pad, pad, stride, 1, 1)
+        };
+        let fused = conv(&x, &w, &b).unwrap();
+        let separate = ops::conv2d_portable(&x, &w, pad, pad, stride, 1, 1)
+            .unwrap()
+            .broadcast_add(&b.reshape((1, 4, 1, 1)).unwrap())
+            .unwrap();
+        assert!(max_rel(&fused, &separate) < 1e-12, "{w_shape:?}");
+        let r = rand_tensor(fused.dims(), 74);
+        assert!(gradient_ok(
+            &|t| weighted_sum(&conv(t, &w, &b)?, &r),
+            &x,
+            1e-6
+        ));
+        assert!(gradient_ok(
+            &|t| weighted_sum(&conv(&x, t, &b)?, &r),
+            &w,
+            1e-6
+        ));
+        assert!(gradient_ok(
+            &|t| weighted_sum(&conv(&x, &w, t)?, &r),
+            &b,
+            1e-6
+        ));
+    }
+    let x = rand_tensor(&[2, 4, 3, 5], 75);
+    let w = rand_tensor(&[4, 3, 3, 3], 76);
+    let b = rand_tensor(&[3], 77);
+    let convt =
+        |x: &Tensor, w: &Tensor, b: &Tensor| ops::conv_transpose2d_bias(x, w, Some(b), 1, 1, 2, 1);
+    let fused = convt(&x, &w, &b).unwrap();
+    let separate = x
+        .conv_transpose2d(&w, 1, 1, 2, 1)
+        .unwrap()
+        .broadcast_add(&b.reshape((1, 3, 1, 1)).unwrap())
+        .unwrap();
+    assert!(max_rel(&fused, &separate) < 1e-12);
+    let r = rand_tensor(fused.dims(), 78);
+    assert!(gradient_ok(
+        &|t| weighted_sum(&convt(t, &w, &b)?, &r),
+        &x,
+        1e-6
+    ));
+    assert!(gradient_ok(
+        &|t| weighted_sum(&convt(&x, t, &b)?, &r),
+        &w,
+        1e-6
+    ));
+    assert!(gradient_ok(
+        &|t| weighted_sum(&convt(&x, &w, t)?, &r),
+        &b,
+        1e-6
+    ));
+    // A bias of the wrong length is an error.
+    let err = ops::conv2d_bias(
+        &x,
+        &rand_tensor(&[2, 4, 1, 1], 79),
+        Some(&b),
+        (0, 0),
+        (0, 0),
+        1,
+        1,
+        1,
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("bias"), "{err}");
 }

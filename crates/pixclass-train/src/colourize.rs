@@ -8,10 +8,10 @@ use candle_nn::VarMap;
 use image::{Rgb, RgbImage};
 use serde::{Deserialize, Serialize};
 
-use pixclass_data::cifar::{CifarSource, Split, SIDE};
-use pixclass_data::{ColourSplit, Palette};
+use pixclass_data::cifar::{CifarSet, CifarSource, Split, SIDE};
+use pixclass_data::{split_orders, ColourSplit, Palette, RngScheme};
 use pixclass_metrics::{correct_pixels, cross_entropy};
-use pixclass_models::init::seeded_var_builder;
+use pixclass_models::init::{seeded_var_builder, torch_var_builder};
 use pixclass_models::layers::trainable_vars;
 use pixclass_models::{ColourModelKind, ColourNet, ColourNetConfig};
 
@@ -35,6 +35,11 @@ pub struct ColourTrainConfig {
     pub epochs: usize,
     /// Seed of the data shuffle and the initial weights.
     pub seed: u64,
+    /// How the seed becomes shuffles and initial weights (default `torch`:
+    /// the reference program's NumPy/PyTorch streams; configs written before
+    /// this field existed used `chacha`).
+    #[serde(default = "legacy_rng")]
+    pub rng: RngScheme,
     /// Device.
     pub device: DeviceKind,
     /// Use only the first N images of each split.
@@ -53,6 +58,7 @@ impl Default for ColourTrainConfig {
             batch_size: 100,
             epochs: 25,
             seed: 0,
+            rng: RngScheme::Torch,
             device: DeviceKind::Cpu,
             limit: None,
             class: pixclass_data::HORSE,
@@ -68,15 +74,26 @@ pub fn prepare_data(
     limit: Option<usize>,
     palette: &Palette,
     seed: u64,
+    rng: RngScheme,
 ) -> Result<(ColourSplit, ColourSplit)> {
-    let load = |split: Split| -> Result<ColourSplit> {
+    let load = |split: Split| -> Result<CifarSet> {
         let mut set = source.load(split)?.filter_class(class)?;
         if let Some(n) = limit {
             set = set.take(n)?;
         }
-        Ok(ColourSplit::new(&set, palette, seed, split)?)
+        Ok(set)
     };
-    Ok((load(Split::Train)?, load(Split::Test)?))
+    let (train, test) = (load(Split::Train)?, load(Split::Test)?);
+    let (train_order, test_order) = split_orders(train.len(), test.len(), seed, rng)?;
+    Ok((
+        ColourSplit::with_order(&train, palette, &train_order, Split::Train)?,
+        ColourSplit::with_order(&test, palette, &test_order, Split::Test)?,
+    ))
+}
+
+/// The scheme of configs written before [`ColourTrainConfig::rng`] existed.
+fn legacy_rng() -> RngScheme {
+    RngScheme::Chacha
 }
 
 /// The training task of the study.
@@ -277,9 +294,12 @@ pub fn train_colouriser(
     }
     let json = serde_json::to_string_pretty(&cfg).map_err(|e| TrainError::Config(e.to_string()))?;
     checkpoint::write_atomic(&config_path, json.as_bytes())?;
-    let (train, val) = prepare_data(source, cfg.class, cfg.limit, &palette, cfg.seed)?;
+    let (train, val) = prepare_data(source, cfg.class, cfg.limit, &palette, cfg.seed, cfg.rng)?;
     let varmap = VarMap::new();
-    let vb = seeded_var_builder(&varmap, cfg.seed, DType::F32, &device);
+    let vb = match cfg.rng {
+        RngScheme::Torch => torch_var_builder(&varmap, cfg.seed, DType::F32, &device),
+        RngScheme::Chacha => seeded_var_builder(&varmap, cfg.seed, DType::F32, &device),
+    };
     let net = ColourNet::new(cfg.model, vb)?;
     let trainable = trainable_vars(&varmap);
     let mut task = ColourTask::new(net, train, val, palette, cfg.batch_size, device);
