@@ -1,4 +1,4 @@
-//! `cargo xtask bench [--out DIR] [--python PY] [--publish]`: pixclass and
+//! `cargo xtask bench [--out DIR] [--python PY] [--rounds R] [--publish]`: pixclass and
 //! PyTorch timed side by side in one command on the same machine and thread
 //! count: the colourization nets' training step and inference (batch 100),
 //! the DeepLab head fine-tuning step on cached features, and both DeepLab
@@ -73,29 +73,40 @@ pub fn run(args: &[String]) -> Result<()> {
         }
     }
     let ex = |name: &str| root().join("target/release/examples").join(name);
-    let mut ours = BTreeMap::new();
-    let mut peaks = BTreeMap::new();
-    for name in ["step_timing", "seg_forward_timing"] {
-        let (rows, peak) = bench_rows(Command::new(ex(name)), name)?;
-        if let Some(p) = peak {
-            peaks.insert(format!("pixclass {name}"), p);
-        }
-        ours.extend(rows);
-    }
     let python = opt(args, "--python").or_else(|| std::env::var("PIXCLASS_TORCH_PYTHON").ok());
-    let mut torch = BTreeMap::new();
-    if let Some(py) = &python {
-        let data = opt(args, "--data-dir")
-            .or_else(|| std::env::var("PIXCLASS_DATA").ok())
-            .unwrap_or_else(|| "../shared/data".into());
-        let scripts = [
-            ("crates/pixclass-train/benches/torch_colour_step.py", vec![]),
-            (
-                "crates/pixclass-models/benches/torch_seg_forward.py",
-                vec!["--data".to_string(), data],
-            ),
-        ];
-        for (script, extra) in scripts {
+    let data = opt(args, "--data-dir")
+        .or_else(|| std::env::var("PIXCLASS_DATA").ok())
+        .unwrap_or_else(|| "../shared/data".into());
+    let scripts = [
+        ("crates/pixclass-train/benches/torch_colour_step.py", vec![]),
+        (
+            "crates/pixclass-models/benches/torch_seg_forward.py",
+            vec!["--data".to_string(), data],
+        ),
+    ];
+    // Rounds alternate pixclass and PyTorch, so a slow spell of a shared
+    // machine hits both sides; each row keeps every round's median.
+    let rounds: usize = opt(args, "--rounds")
+        .map(|r| r.parse().context("--rounds takes a number"))
+        .transpose()?
+        .unwrap_or(3)
+        .max(1);
+    let mut ours: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+    let mut torch: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+    let mut peaks = BTreeMap::new();
+    for round in 1..=rounds {
+        println!("round {round}/{rounds}");
+        for name in ["step_timing", "seg_forward_timing"] {
+            let (rows, peak) = bench_rows(Command::new(ex(name)), name)?;
+            if let Some(p) = peak {
+                peaks.insert(format!("pixclass {name}"), p);
+            }
+            for (k, v) in rows {
+                ours.entry(k).or_default().push(v);
+            }
+        }
+        let Some(py) = &python else { continue };
+        for (script, extra) in &scripts {
             let mut c = Command::new(py);
             c.current_dir(root())
                 .arg(script)
@@ -105,28 +116,43 @@ pub fn run(args: &[String]) -> Result<()> {
             if let Some(p) = peak {
                 peaks.insert(format!("PyTorch {script}"), p);
             }
-            torch.extend(rows);
+            for (k, v) in rows {
+                torch.entry(k).or_default().push(v);
+            }
         }
-    } else {
+    }
+    if python.is_none() {
         println!("no PyTorch (pass --python PY or set PIXCLASS_TORCH_PYTHON): pixclass times only");
     }
     let machine = crate::reproduce::machine();
     let mut md = String::new();
     writeln!(
         md,
-        "| workload | pixclass (ms) | PyTorch (ms) | pixclass / PyTorch |\n|---|---:|---:|---:|"
+        "| workload | pixclass (ms) | PyTorch (ms) | pixclass / PyTorch | per round |\n|---|---:|---:|---:|---|"
     )?;
     let mut rows = Vec::new();
     for (k, v) in &ours {
-        let t = torch.get(k).copied();
-        let ratio = t.map(|t| v / t);
+        let t = torch.get(k);
+        // The ratio of each round's pair, then their median: paired runs
+        // cancel most of the machine's drift.
+        let per_round: Vec<f64> = t
+            .map(|t| v.iter().zip(t).map(|(a, b)| a / b).collect())
+            .unwrap_or_default();
+        let ratio = (!per_round.is_empty()).then(|| median(&per_round));
         writeln!(
             md,
-            "| {k} | {v:.1} | {} | {} |",
-            t.map_or("-".into(), |t| format!("{t:.1}")),
-            ratio.map_or("-".into(), |r| format!("{r:.2}"))
+            "| {k} | {:.1} | {} | {} | {} |",
+            median(v),
+            t.map_or("-".into(), |t| format!("{:.1}", median(t))),
+            ratio.map_or("-".into(), |r| format!("{r:.2}")),
+            per_round
+                .iter()
+                .map(|r| format!("{r:.2}"))
+                .collect::<Vec<_>>()
+                .join(" ")
         )?;
-        rows.push(json!({"workload": k, "pixclass_ms": v, "pytorch_ms": t, "ratio": ratio}));
+        rows.push(json!({"workload": k, "pixclass_ms": median(v), "pytorch_ms": t.map(|t| median(t)),
+            "ratio": ratio, "pixclass_rounds_ms": v, "pytorch_rounds_ms": t, "ratio_rounds": per_round}));
     }
     writeln!(
         md,
@@ -137,7 +163,7 @@ pub fn run(args: &[String]) -> Result<()> {
             .collect::<Vec<_>>()
             .join("; ")
     )?;
-    let report = json!({"machine": machine, "threads": threads, "rows": rows, "peak_mb": peaks});
+    let report = json!({"machine": machine, "threads": threads, "rounds": rounds, "rows": rows, "peak_mb": peaks});
     std::fs::write(
         out.join("bench.json"),
         serde_json::to_string_pretty(&report)?,
@@ -147,7 +173,9 @@ pub fn run(args: &[String]) -> Result<()> {
         let text = format!(
             "<!-- Generated by `cargo xtask bench --publish`; do not edit by hand. -->\n\n# Performance\n\n\
              Command: `cargo xtask bench --python PY --publish` (pixclass and PyTorch in the same command, \
-             {threads} threads each, medians of 10 runs after warm-ups).\n\nMachine: {machine}.\n\n{md}\n\
+             {threads} threads each; each side's time is the median of 10 runs after warm-ups; {rounds} rounds \
+             alternate the two sides, the ratio is the median of the rounds' ratios, all of which are listed: \
+             this shared machine's speed drifts by ±20 % between minutes).\n\nMachine: {machine}.\n\n{md}\n\
              Workloads: the three colourization nets at batch 100 (1x32x32 input, NF 32, 24 classes): training \
              step = forward + cross-entropy + backward + Adam, inference = eval forward + argmax \
              (`crates/pixclass-train/examples/step_timing.rs` / `benches/torch_colour_step.py`); DeepLab head \
@@ -159,4 +187,14 @@ pub fn run(args: &[String]) -> Result<()> {
         println!("published to docs/PERFORMANCE.md");
     }
     Ok(())
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
 }

@@ -6,7 +6,7 @@
 //! - `reproduce [--quick|--full] [--device cpu|cuda|metal] [--out DIR] [--publish]`:
 //!   the whole study (Parts A–D) with a report next to the reference numbers.
 //! - `fetch [--all|cifar10|flowers17|weights] [--data-dir D]`: official downloads, verified.
-//! - `bench [--python PY] [--out DIR] [--publish]`: pixclass vs PyTorch timings.
+//! - `bench [--python PY] [--out DIR] [--rounds R] [--publish]`: pixclass vs PyTorch timings.
 //! - `golden [--python PY]`: regenerate the PyTorch golden fixtures.
 
 mod bench;
@@ -44,7 +44,7 @@ fn print_help() {
          \x20   run the whole study (Parts A-D) and write DIR/report.md + DIR/results.json\n\
          fetch [--all|cifar10|flowers17|weights] [--data-dir D]\n\
          \x20   download and verify the official data and pretrained weights\n\
-         bench [--python PY] [--out DIR] [--publish]\n\
+         bench [--python PY] [--out DIR] [--rounds R] [--publish]\n\
          \x20   time pixclass and PyTorch side by side; --publish writes docs/PERFORMANCE.md\n\
          golden [--python PY]           regenerate the PyTorch golden fixtures (needs torch)"
     );
