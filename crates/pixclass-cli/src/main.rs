@@ -1,6 +1,7 @@
 //! `pixclass`: the command-line tool. It only parses arguments and wires the
 //! library crates together; every piece of work lives in a library.
 
+mod allocator;
 mod colourize_cmd;
 mod data_cmd;
 mod segment_cmd;
@@ -8,11 +9,6 @@ mod weights_cmd;
 
 use std::path::PathBuf;
 
-/// Tensor buffers of tens of MB are freed and allocated every step; mimalloc
-/// reuses them where glibc unmaps and page-faults them back (twice the time
-/// of a cached fine-tuning epoch went to page faults).
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -72,6 +68,7 @@ pub struct DataArgs {
 }
 
 fn main() {
+    allocator::keep_freed_memory();
     let cli = Cli::parse();
     let level = match cli.verbose {
         0 => "info",

@@ -3,9 +3,9 @@
 //! weights (the time does not depend on the values).
 use std::time::Instant;
 
-/// The same allocator as the `pixclass` binary.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+/// The same allocator (and settings) as the `pixclass` binary.
+#[path = "../../pixclass-cli/src/allocator.rs"]
+mod allocator;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarMap;
@@ -28,6 +28,7 @@ fn median_ms(f: &dyn Fn() -> anyhow::Result<()>) -> anyhow::Result<f64> {
 }
 
 fn main() -> anyhow::Result<()> {
+    allocator::keep_freed_memory();
     let dev = Device::Cpu;
     let x = Tensor::rand(-1f32, 1.0, (1, 3, 224, 224), &dev)?;
     let mb = MobileNetV2DeepLab::pretrained(&dev, true)?;

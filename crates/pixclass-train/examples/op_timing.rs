@@ -1,9 +1,9 @@
 //! Times single ops (forward + backward) at the sizes of the colourization nets.
 use std::time::Instant;
 
-/// The same allocator as the `pixclass` binary.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+/// The same allocator (and settings) as the `pixclass` binary.
+#[path = "../../pixclass-cli/src/allocator.rs"]
+mod allocator;
 
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::VarBuilder;
@@ -31,6 +31,7 @@ fn time(
 }
 
 fn main() -> anyhow::Result<()> {
+    allocator::keep_freed_memory();
     let dev = Device::Cpu;
     let x = Tensor::rand(0f32, 1.0, (100, 32, 32, 32), &dev)?;
     let vm = candle_nn::VarMap::new();

@@ -7,9 +7,9 @@
 //!     cargo run --release -p pixclass-train --example step_timing
 use std::time::Instant;
 
-/// The same allocator as the `pixclass` binary.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+/// The same allocator (and settings) as the `pixclass` binary.
+#[path = "../../pixclass-cli/src/allocator.rs"]
+mod allocator;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarMap;
@@ -24,6 +24,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 fn main() -> anyhow::Result<()> {
+    allocator::keep_freed_memory();
     for kind in ColourModelKind::ALL {
         let vm = VarMap::new();
         let net = ColourNet::new(
