@@ -1190,18 +1190,44 @@ fn for_tap(g: &Geometry, i: usize, j: usize, mut f: impl FnMut(usize, usize)) {
     }
 }
 
+/// `o[oy, x0..x1] += k · plane[iy, ix0..]` for every output row of tap
+/// `(i, j)` of a stride-1 convolution: contiguous runs that vectorise.
+#[inline(always)]
+fn tap_rows_stride1<T: WithDType>(g: &Geometry, i: usize, j: usize, k: T, plane: &[T], o: &mut [T]) {
+    let (y0, y1) = g.valid_range(i, g.pad_top, g.ho, g.h);
+    let (x0, x1) = g.valid_range(j, g.pad_left, g.wo, g.w);
+    if x0 >= x1 {
+        return;
+    }
+    let ix0 = x0 + j * g.dilation - g.pad_left;
+    for oy in y0..y1 {
+        let iy = oy + i * g.dilation - g.pad_top;
+        let orow = &mut o[oy * g.wo + x0..oy * g.wo + x1];
+        let irow = &plane[iy * g.w + ix0..iy * g.w + ix0 + (x1 - x0)];
+        for (a, &b) in orow.iter_mut().zip(irow) {
+            *a += k * b;
+        }
+    }
+}
+
 fn depthwise_fwd<T: WithDType>(g: &Geometry, x: &[T], w: &[T]) -> Vec<T> {
     let (hw, ohw, taps) = (g.h * g.w, g.ho * g.wo, g.kh * g.kw);
     let mut out = vec![T::zero(); g.n * g.c * ohw];
     out.par_chunks_mut(ohw).enumerate().for_each(|(p, o)| {
         let c = p % g.c;
         let plane = &x[p * hw..(p + 1) * hw];
-        for i in 0..g.kh {
-            for j in 0..g.kw {
-                let k = w[c * taps + i * g.kw + j];
-                for_tap(g, i, j, |oi, ii| o[oi] += k * plane[ii]);
+        crate::simd::vectorized(|| {
+            for i in 0..g.kh {
+                for j in 0..g.kw {
+                    let k = w[c * taps + i * g.kw + j];
+                    if g.stride == 1 {
+                        tap_rows_stride1(g, i, j, k, plane, o);
+                    } else {
+                        for_tap(g, i, j, |oi, ii| o[oi] += k * plane[ii]);
+                    }
+                }
             }
-        }
+        });
     });
     out
 }
