@@ -8,8 +8,11 @@
 //! - `fetch [--all|cifar10|flowers17|weights] [--data-dir D]`: official downloads, verified.
 //! - `bench [--python PY] [--out DIR] [--rounds R] [--publish]`: pixclass vs PyTorch timings.
 //! - `golden [--python PY]`: regenerate the PyTorch golden fixtures.
+//! - `crosscheck --python PY --run DIR [--model M] [--publish]`: a colourization
+//!   run epoch by epoch next to the reference program in PyTorch (same seed).
 
 mod bench;
+mod crosscheck;
 mod part_d;
 mod reproduce;
 
@@ -27,6 +30,7 @@ fn main() -> Result<()> {
     match task.as_str() {
         "reproduce" => reproduce::run(rest),
         "bench" => bench::run(rest),
+        "crosscheck" => crosscheck::run(rest),
         "fetch" => fetch(rest),
         "golden" => golden(rest),
         "help" | "--help" | "-h" => {
@@ -46,7 +50,9 @@ fn print_help() {
          \x20   download and verify the official data and pretrained weights\n\
          bench [--python PY] [--out DIR] [--rounds R] [--publish]\n\
          \x20   time pixclass and PyTorch side by side; --publish writes docs/PERFORMANCE.md\n\
-         golden [--python PY]           regenerate the PyTorch golden fixtures (needs torch)"
+         golden [--python PY]           regenerate the PyTorch golden fixtures (needs torch)\n\
+         crosscheck --python PY --run DIR [--model M] [--data-dir D] [--publish]\n\
+         \x20   a colourization run next to the reference program in PyTorch, same seed"
     );
 }
 
@@ -131,6 +137,8 @@ fn golden(args: &[String]) -> Result<()> {
     for script in [
         "crates/pixclass-models/tests/golden/make_colour_golden.py",
         "crates/pixclass-train/tests/golden/make_adam_golden.py",
+        "crates/pixclass-models/tests/golden/make_torch_init.py",
+        "crates/pixclass-data/tests/fixtures/make_numpy_shuffle.py",
     ] {
         println!("{py} {script}");
         if !Command::new(&py)

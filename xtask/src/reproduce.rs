@@ -264,7 +264,11 @@ pub fn run(args: &[String]) -> Result<()> {
         )?;
         results.push(json!({"model": display, "val_loss": loss, "val_acc": acc, "reference_loss": loss_band, "reference_acc": acc_band, "floor_acc": floor, "seconds": secs}));
     }
-    writeln!(md, "\nReference bands: SPEC §A.5. Rows: grey input / true quantised colours / predicted colours.\n\n{pictures}")?;
+    writeln!(md, "\nReference bands: SPEC §A.5. Seed 0 with `--rng torch` (the default): the splits are shuffled by \
+        NumPy's `npr.seed(0); npr.shuffle` and the initial weights are PyTorch's after `torch.manual_seed(0)`, as in \
+        the reference program, so these runs start exactly where a PyTorch run with seed 0 starts \
+        (`cargo xtask crosscheck` compares them epoch by epoch: docs/CROSSCHECK.md). \
+        Rows: grey input / true quantised colours / predicted colours.\n\n{pictures}")?;
 
     // Part B: batch-size study. Its batch-100 run has exactly the settings
     // of Part A's ConvTransposeNet (deterministic), so that run is reused.
