@@ -53,11 +53,13 @@ fn torch_rows(stdout: &str) -> Vec<Row> {
 }
 
 pub fn run(args: &[String]) -> Result<()> {
-    let Some(python) = opt(args, "--python").or_else(|| std::env::var("PIXCLASS_TORCH_PYTHON").ok())
+    let Some(python) =
+        opt(args, "--python").or_else(|| std::env::var("PIXCLASS_TORCH_PYTHON").ok())
     else {
         bail!("crosscheck needs a Python with torch: --python PY or PIXCLASS_TORCH_PYTHON");
     };
-    let run_dir = PathBuf::from(opt(args, "--run").context("--run DIR: the pixclass run to compare")?);
+    let run_dir =
+        PathBuf::from(opt(args, "--run").context("--run DIR: the pixclass run to compare")?);
     let model = opt(args, "--model").unwrap_or_else(|| "pool-upsample".into());
     let data = opt(args, "--data-dir")
         .or_else(|| std::env::var("PIXCLASS_DATA").ok())
@@ -66,7 +68,16 @@ pub fn run(args: &[String]) -> Result<()> {
     if !finished {
         let bin = build_pixclass(None)?;
         let st = Command::new(&bin)
-            .args(["--quiet", "colourize", "train", "--model", &model, "--data-dir", &data, "--out"])
+            .args([
+                "--quiet",
+                "colourize",
+                "train",
+                "--model",
+                &model,
+                "--data-dir",
+                &data,
+                "--out",
+            ])
             .arg(&run_dir)
             .status()
             .context("running pixclass")?;
@@ -91,18 +102,36 @@ pub fn run(args: &[String]) -> Result<()> {
     let out = Command::new(&python)
         .current_dir(root())
         .arg("crates/pixclass-train/benches/torch_colour_reference.py")
-        .args(["--data-dir", &data, "--model", &model, "--seeds", &seed.to_string()])
+        .args([
+            "--data-dir",
+            &data,
+            "--model",
+            &model,
+            "--seeds",
+            &seed.to_string(),
+        ])
         .args(["--epochs", &epochs.to_string(), "--threads"])
-        .arg(std::thread::available_parallelism().map_or(1, |n| n.get()).to_string())
+        .arg(
+            std::thread::available_parallelism()
+                .map_or(1, |n| n.get())
+                .to_string(),
+        )
         .output()
         .context("running the PyTorch reference")?;
     let stdout = String::from_utf8_lossy(&out.stdout);
     if !out.status.success() {
-        bail!("the PyTorch reference failed:\n{}", String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "the PyTorch reference failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     let theirs = torch_rows(&stdout);
     if theirs.len() != ours.len() {
-        bail!("{} pixclass epochs but {} PyTorch epochs", ours.len(), theirs.len());
+        bail!(
+            "{} pixclass epochs but {} PyTorch epochs",
+            ours.len(),
+            theirs.len()
+        );
     }
     let mut md = String::new();
     writeln!(

@@ -9,7 +9,6 @@ mod weights_cmd;
 
 use std::path::PathBuf;
 
-
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 

@@ -94,32 +94,81 @@ fn inner_threads(images: usize) -> usize {
 
 /// One image's column matrix `[C·kh·kw, ho·wo]`.
 fn im2col_image<T: WithDType>(x: &[T], g: &Geometry, out: &mut [T]) {
+    let taps: Vec<(usize, usize)> = (0..g.kh)
+        .flat_map(|ky| (0..g.kw).map(move |kx| (ky, kx)))
+        .collect();
+    im2col_taps(x, g, &taps, out, false);
+}
+
+/// The column matrix of one image restricted to the kernel taps `taps`
+/// (rows `(c, tap)` in that order): `[C·taps, ho·wo]`; with `parallel`, the
+/// channels are split across threads (for a batch of one image).
+fn im2col_taps<T: WithDType>(
+    x: &[T],
+    g: &Geometry,
+    taps: &[(usize, usize)],
+    out: &mut [T],
+    parallel: bool,
+) {
     let ohw = g.ho * g.wo;
-    for (row, dst) in out.chunks_mut(ohw).enumerate() {
-        let c = row / (g.kh * g.kw);
-        let ky = (row / g.kw) % g.kh;
-        let kx = row % g.kw;
+    let channel = |c: usize, rows: &mut [T]| {
         let plane = &x[c * g.h * g.w..(c + 1) * g.h * g.w];
-        dst.fill(T::zero());
-        let (ylo, yhi) = g.valid_range(ky, g.pad_top, g.ho, g.h);
-        let (xlo, xhi) = g.valid_range(kx, g.pad_left, g.wo, g.w);
-        if xlo >= xhi {
-            continue; // this kernel column only ever reads padding
+        for (&(ky, kx), dst) in taps.iter().zip(rows.chunks_mut(ohw)) {
+            im2col_row(plane, g, ky, kx, dst);
         }
-        for oy in ylo..yhi {
-            let iy = oy * g.stride + ky * g.dilation - g.pad_top;
-            let src = &plane[iy * g.w..(iy + 1) * g.w];
-            let drow = &mut dst[oy * g.wo..(oy + 1) * g.wo];
-            if g.stride == 1 {
-                let ix0 = xlo + kx * g.dilation - g.pad_left;
-                drow[xlo..xhi].copy_from_slice(&src[ix0..ix0 + (xhi - xlo)]);
-            } else {
-                for ox in xlo..xhi {
-                    drow[ox] = src[ox * g.stride + kx * g.dilation - g.pad_left];
-                }
+    };
+    let per_channel = taps.len() * ohw;
+    if parallel {
+        out.par_chunks_mut(per_channel)
+            .enumerate()
+            .for_each(|(c, rows)| channel(c, rows));
+    } else {
+        for (c, rows) in out.chunks_mut(per_channel).enumerate() {
+            channel(c, rows);
+        }
+    }
+}
+
+/// One row of a column matrix: kernel tap `(ky, kx)` of one channel's plane.
+fn im2col_row<T: WithDType>(plane: &[T], g: &Geometry, ky: usize, kx: usize, dst: &mut [T]) {
+    dst.fill(T::zero());
+    let (ylo, yhi) = g.valid_range(ky, g.pad_top, g.ho, g.h);
+    let (xlo, xhi) = g.valid_range(kx, g.pad_left, g.wo, g.w);
+    if xlo >= xhi {
+        return; // this kernel column only ever reads padding
+    }
+    for oy in ylo..yhi {
+        let iy = oy * g.stride + ky * g.dilation - g.pad_top;
+        let src = &plane[iy * g.w..(iy + 1) * g.w];
+        let drow = &mut dst[oy * g.wo..(oy + 1) * g.wo];
+        if g.stride == 1 {
+            let ix0 = xlo + kx * g.dilation - g.pad_left;
+            drow[xlo..xhi].copy_from_slice(&src[ix0..ix0 + (xhi - xlo)]);
+        } else {
+            for ox in xlo..xhi {
+                drow[ox] = src[ox * g.stride + kx * g.dilation - g.pad_left];
             }
         }
     }
+}
+
+/// The kernel taps that read at least one image pixel. With a dilation as
+/// large as the image (DeepLab's atrous rates 24 and 36 on a 28x28 map)
+/// most taps only ever read padding: their column-matrix rows are zero and
+/// the forward GEMM can leave them out.
+fn live_taps(g: &Geometry) -> Vec<(usize, usize)> {
+    let live = |k: usize, pad: usize, out: usize, size: usize| {
+        let (lo, hi) = g.valid_range(k, pad, out, size);
+        lo < hi
+    };
+    (0..g.kh)
+        .filter(|&ky| live(ky, g.pad_top, g.ho, g.h))
+        .flat_map(|ky| {
+            (0..g.kw)
+                .filter(|&kx| live(kx, g.pad_left, g.wo, g.w))
+                .map(move |kx| (ky, kx))
+        })
+        .collect()
 }
 
 /// Adds one image's column matrix back into the image (overlaps summed).
@@ -177,11 +226,27 @@ fn fwd<T: WithDType>(x: &[T], w: &[T], bias: Option<&[T]>, g: &Geometry, o: usiz
         });
         return y;
     }
+    // Taps that only read padding contribute exact zeros: leave them out of
+    // both the column matrix and the weights.
+    let taps = live_taps(g);
+    let reduced: Vec<T>;
+    let (w, k) = if taps.len() == g.kh * g.kw {
+        (w, ckk)
+    } else {
+        let kk = g.kh * g.kw;
+        reduced = w
+            .chunks_exact(kk)
+            .flat_map(|filter| taps.iter().map(move |&(ky, kx)| filter[ky * g.kw + kx]))
+            .collect();
+        (reduced.as_slice(), g.c * taps.len())
+    };
+    // One image: the column matrix is built by all threads.
+    let parallel_cols = threads > 1;
     y.par_chunks_mut(o * ohw).enumerate().for_each_init(
-        || vec![T::zero(); ckk * ohw],
+        || vec![T::zero(); k * ohw],
         |cols, (n, yn)| {
-            im2col_image(&x[n * chw..(n + 1) * chw], g, cols);
-            gemm_into(o, ohw, ckk, yn, (w, ckk, 1), (cols, ohw, 1), false, threads);
+            im2col_taps(&x[n * chw..(n + 1) * chw], g, &taps, cols, parallel_cols);
+            gemm_into(o, ohw, k, yn, (w, k, 1), (cols, ohw, 1), false, threads);
             add_bias(yn, bias, ohw);
         },
     );

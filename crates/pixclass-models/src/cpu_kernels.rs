@@ -470,6 +470,109 @@ impl candle_core::CustomOp2 for ChannelBias {
     }
 }
 
+/// `y = relu(a + b)` elementwise (a residual connection), one pass; its
+/// gradient `dy·[y > 0]` goes to both inputs.
+#[derive(Debug, Clone, Copy)]
+pub struct AddRelu;
+
+/// `dy·[y > 0]`: inputs (y, dy).
+#[derive(Debug, Clone, Copy)]
+struct ReluMask;
+
+fn zip_map<T: WithDType>(a: &[T], b: &[T], f: impl Fn(T, T) -> T + Sync) -> Vec<T> {
+    const CHUNK: usize = 1 << 14;
+    let mut out = vec![T::zero(); a.len()];
+    out.par_chunks_mut(CHUNK)
+        .zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK)))
+        .for_each(|(o, (a, b))| {
+            for ((o, &x), &y) in o.iter_mut().zip(a).zip(b) {
+                *o = f(x, y);
+            }
+        });
+    out
+}
+
+fn add_relu_fwd<T: WithDType>(a: &[T], b: &[T]) -> Vec<T> {
+    zip_map(a, b, |x, y| {
+        let v = x + y;
+        if v > T::zero() {
+            v
+        } else {
+            T::zero()
+        }
+    })
+}
+
+fn relu_mask<T: WithDType>(y: &[T], g: &[T]) -> Vec<T> {
+    zip_map(y, g, |y, g| if y > T::zero() { g } else { T::zero() })
+}
+
+fn same_shape(l1: &Layout, l2: &Layout, what: &str) -> Result<()> {
+    if l1.shape() != l2.shape() {
+        candle_core::bail!(
+            "{what}: shapes {:?} and {:?} differ",
+            l1.shape().dims(),
+            l2.shape().dims()
+        );
+    }
+    Ok(())
+}
+
+impl candle_core::CustomOp2 for AddRelu {
+    fn name(&self) -> &'static str {
+        "pixclass-add-relu"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        same_shape(l1, l2, self.name())?;
+        let out = dispatch!((s1, l1) => a, (s2, l2) => b; add_relu_fwd(a, b));
+        Ok((out, l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        a: &Tensor,
+        b: &Tensor,
+        res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let g = (a.track_op() || b.track_op())
+            .then(|| {
+                res.contiguous()?
+                    .apply_op2_no_bwd(&grad.contiguous()?, &ReluMask)
+            })
+            .transpose()?;
+        Ok((
+            g.clone().filter(|_| a.track_op()),
+            g.filter(|_| b.track_op()),
+        ))
+    }
+}
+
+impl candle_core::CustomOp2 for ReluMask {
+    fn name(&self) -> &'static str {
+        "pixclass-relu-mask"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        same_shape(l1, l2, self.name())?;
+        let out = dispatch!((s1, l1) => y, (s2, l2) => g; relu_mask(y, g));
+        Ok((out, l1.shape().clone()))
+    }
+}
+
 /// `y = [relu](x·scale + shift)` per channel: eval-mode batch normalisation
 /// with its statistics folded into `scale`/`shift` (one pass instead of
 /// four broadcasts). Inputs: x `[N, C, H, W]`, scale `[C]`, shift `[C]`.
@@ -1193,7 +1296,14 @@ fn for_tap(g: &Geometry, i: usize, j: usize, mut f: impl FnMut(usize, usize)) {
 /// `o[oy, x0..x1] += k · plane[iy, ix0..]` for every output row of tap
 /// `(i, j)` of a stride-1 convolution: contiguous runs that vectorise.
 #[inline(always)]
-fn tap_rows_stride1<T: WithDType>(g: &Geometry, i: usize, j: usize, k: T, plane: &[T], o: &mut [T]) {
+fn tap_rows_stride1<T: WithDType>(
+    g: &Geometry,
+    i: usize,
+    j: usize,
+    k: T,
+    plane: &[T],
+    o: &mut [T],
+) {
     let (y0, y1) = g.valid_range(i, g.pad_top, g.ho, g.h);
     let (x0, x1) = g.valid_range(j, g.pad_left, g.wo, g.w);
     if x0 >= x1 {

@@ -149,7 +149,7 @@ impl Bottleneck {
             Some((c, b)) => b.forward_t(&c.forward(x)?, train)?,
             None => x.clone(),
         };
-        Ok((y + identity)?.relu()?)
+        Ok(ops::add_relu(&y, &identity)?)
     }
 }
 

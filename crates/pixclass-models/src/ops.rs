@@ -477,6 +477,20 @@ pub fn max_pool2d_strided(x: &Tensor, k: usize, s: usize, p: usize) -> Result<Te
     best.ok_or_else(|| candle_core::Error::Msg("max_pool2d_strided: empty window".into()))
 }
 
+/// `relu(a + b)` (a residual connection): one fused pass on the CPU, candle's
+/// add and ReLU elsewhere.
+///
+/// # Shapes
+/// `a`, `b` the same shape -> that shape.
+pub fn add_relu(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    if cpu_float(a) && a.dtype() == b.dtype() {
+        return a
+            .contiguous()?
+            .apply_op2(&b.contiguous()?, crate::cpu_kernels::AddRelu);
+    }
+    (a + b)?.relu()
+}
+
 /// `x + b` with one bias value per channel (a convolution's bias). CPU: one
 /// kernel whose bias gradient is a per-channel sum; other devices:
 /// `broadcast_add`.

@@ -277,6 +277,14 @@ fn dilated_conv_whose_taps_fall_in_the_padding() {
         .to_vec1()
         .unwrap();
     assert!(d.iter().all(|v| *v < 1e-12));
+    // One image (the column matrix built by all threads) with dilations that
+    // leave some taps live (3: rows, 4: columns too) or only the centre (6).
+    let x1 = rand_tensor(&[1, 3, 5, 4], 73);
+    for dil in [3, 4, 6] {
+        let a = ops::conv2d(&x1, &w, (dil, dil), (dil, dil), 1, dil, 1).unwrap();
+        let b = ops::conv2d_portable(&x1, &w, (dil, dil), (dil, dil), 1, dil, 1).unwrap();
+        assert!(max_rel(&a, &b) < 1e-12, "dilation {dil}");
+    }
     for conv in [ops::conv2d, ops::conv2d_portable] {
         let fx = |x: &Tensor| weighted_sum(&conv(x, &w, (6, 6), (6, 6), 1, 6, 1)?, &r);
         assert!(gradient_ok(&fx, &x, 1e-6));
@@ -737,4 +745,25 @@ fn fused_conv_bias_matches_separate_bias_and_finite_differences() {
     )
     .unwrap_err();
     assert!(err.to_string().contains("bias"), "{err}");
+}
+
+#[test]
+fn fused_add_relu_matches_add_then_relu_and_finite_differences() {
+    let a = rand_tensor(&[2, 3, 5, 4], 81);
+    let b = rand_tensor(&[2, 3, 5, 4], 82).affine(1.0, -0.5).unwrap();
+    let ours = ops::add_relu(&a, &b).unwrap();
+    let plain = (&a + &b).unwrap().relu().unwrap();
+    assert_eq!(f64s(&ours), f64s(&plain));
+    let r = rand_tensor(&[2, 3, 5, 4], 83);
+    assert!(gradient_ok(
+        &|t| weighted_sum(&ops::add_relu(t, &b)?, &r),
+        &a,
+        1e-6
+    ));
+    assert!(gradient_ok(
+        &|t| weighted_sum(&ops::add_relu(&a, t)?, &r),
+        &b,
+        1e-6
+    ));
+    assert!(ops::add_relu(&a, &r.narrow(0, 0, 1).unwrap()).is_err());
 }
