@@ -18,9 +18,28 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::sync::Mutex;
 
-struct Seeded {
+/// Where new variables' values come from: one of the two seeded schemes.
+trait Draw: Send + Sync + 'static {
+    /// Values for the new variable `name` of shape `shape` (on the CPU).
+    fn draw(&self, init: Init, shape: &Shape, name: &str) -> Result<Tensor>;
+}
+
+/// A `VarMap` backend: existing variables are returned, new ones drawn.
+struct Seeded<D> {
     map: VarMap,
+    draw: D,
+}
+
+/// Per-parameter ChaCha8 streams seeded by `(seed, name)`.
+struct ChaChaDraw {
     seed: u64,
+}
+
+impl Draw for ChaChaDraw {
+    fn draw(&self, init: Init, shape: &Shape, name: &str) -> Result<Tensor> {
+        let mut rng = ChaCha8Rng::seed_from_u64(self.seed ^ fnv(name));
+        Tensor::from_vec(sample(init, shape, &mut rng)?, shape, &Device::Cpu)
+    }
 }
 
 /// FNV-1a hash of a name, to derive one RNG stream per parameter.
@@ -96,20 +115,13 @@ fn contains(map: &VarMap, name: &str) -> bool {
         .unwrap_or(false)
 }
 
-impl SimpleBackend for Seeded {
+impl<D: Draw> SimpleBackend for Seeded<D> {
     fn get(&self, s: Shape, name: &str, h: Init, dtype: DType, dev: &Device) -> Result<Tensor> {
         if let Some(t) = existing(&self.map, &s, name)? {
             return t.to_dtype(dtype);
         }
-        let mut rng = ChaCha8Rng::seed_from_u64(self.seed ^ fnv(name));
-        let values = sample(h, &s, &mut rng)?;
-        insert(
-            &self.map,
-            name,
-            Tensor::from_vec(values, s, &Device::Cpu)?,
-            dtype,
-            dev,
-        )
+        let values = self.draw.draw(h, &s, name)?;
+        insert(&self.map, name, values, dtype, dev)
     }
 
     fn get_unchecked(&self, name: &str, dtype: DType, _dev: &Device) -> Result<Tensor> {
@@ -132,7 +144,7 @@ pub fn seeded_var_builder(
     VarBuilder::from_backend(
         Box::new(Seeded {
             map: map.clone(),
-            seed,
+            draw: ChaChaDraw { seed },
         }),
         dtype,
         device.clone(),
@@ -152,12 +164,19 @@ fn torch_uniform(rng: &mut rand_mt::Mt, from: f64, to: f64, n: usize) -> Vec<f32
         .collect()
 }
 
-struct TorchSeeded {
-    map: VarMap,
+/// PyTorch's CPU generator: one MT19937 stream drawn in creation order.
+struct TorchDraw {
     rng: Mutex<rand_mt::Mt>,
 }
 
-impl TorchSeeded {
+impl Draw for TorchDraw {
+    fn draw(&self, init: Init, shape: &Shape, name: &str) -> Result<Tensor> {
+        let values = self.sample(init, shape, name)?;
+        Tensor::from_vec(values, shape, &Device::Cpu)
+    }
+}
+
+impl TorchDraw {
     fn sample(&self, init: Init, shape: &Shape, name: &str) -> Result<Vec<f32>> {
         let n = shape.elem_count();
         let mut rng = self.rng.lock().unwrap_or_else(|e| e.into_inner());
@@ -183,30 +202,6 @@ impl TorchSeeded {
     }
 }
 
-impl SimpleBackend for TorchSeeded {
-    fn get(&self, s: Shape, name: &str, h: Init, dtype: DType, dev: &Device) -> Result<Tensor> {
-        if let Some(t) = existing(&self.map, &s, name)? {
-            return t.to_dtype(dtype);
-        }
-        let values = self.sample(h, &s, name)?;
-        insert(
-            &self.map,
-            name,
-            Tensor::from_vec(values, s, &Device::Cpu)?,
-            dtype,
-            dev,
-        )
-    }
-
-    fn get_unchecked(&self, name: &str, dtype: DType, _dev: &Device) -> Result<Tensor> {
-        get_unchecked(&self.map, name, dtype)
-    }
-
-    fn contains_tensor(&self, name: &str) -> bool {
-        contains(&self.map, name)
-    }
-}
-
 /// A `VarBuilder` creating variables in `map` from PyTorch's CPU generator
 /// seeded with `seed` (`torch.manual_seed(seed)`), one shared stream drawn in
 /// creation order; uniform and kaiming-uniform inits draw exactly like
@@ -221,9 +216,11 @@ pub fn torch_var_builder(
     // torch.manual_seed keeps the low 32 bits for the MT19937 state.
     let rng = rand_mt::Mt::new(seed as u32);
     VarBuilder::from_backend(
-        Box::new(TorchSeeded {
+        Box::new(Seeded {
             map: map.clone(),
-            rng: Mutex::new(rng),
+            draw: TorchDraw {
+                rng: Mutex::new(rng),
+            },
         }),
         dtype,
         device.clone(),
