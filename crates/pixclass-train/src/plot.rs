@@ -77,6 +77,15 @@ fn range(panel: &Panel) -> ((f64, f64), (f64, f64)) {
     ((x0, x1), (y0 - pad, y1 + pad))
 }
 
+/// An axis label: integers without a decimal point, else 3 significant digits.
+fn tick(v: f64) -> String {
+    if v == v.round() && v.abs() < 1e6 {
+        format!("{v:.0}")
+    } else {
+        format!("{v:.3}")
+    }
+}
+
 /// Draws panels side by side into a PNG of `width x height` per panel.
 pub fn draw_panels(path: &Path, panels: &[Panel], width: u32, height: u32) -> Result<()> {
     ensure_font();
@@ -106,6 +115,10 @@ pub fn draw_panels(path: &Path, panels: &[Panel], width: u32, height: u32) -> Re
                         .x_desc(&panel.x_label)
                         .y_desc(&panel.y_label)
                         .label_style(("sans-serif", 14))
+                        // A log axis would label (and grid) every 10, 20, ..., 90.
+                        .x_labels(if panel.log_x { 6 } else { 10 })
+                        .max_light_lines(if panel.log_x { 1 } else { 10 })
+                        .x_label_formatter(&|v| tick(*v))
                         .draw()
                         .map_err(|e| err(e.to_string()))?;
                     for (i, s) in panel.series.iter().enumerate() {
