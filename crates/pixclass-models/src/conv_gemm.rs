@@ -131,22 +131,29 @@ fn im2col_taps<T: WithDType>(
 
 /// One row of a column matrix: kernel tap `(ky, kx)` of one channel's plane.
 fn im2col_row<T: WithDType>(plane: &[T], g: &Geometry, ky: usize, kx: usize, dst: &mut [T]) {
-    dst.fill(T::zero());
     let (ylo, yhi) = g.valid_range(ky, g.pad_top, g.ho, g.h);
     let (xlo, xhi) = g.valid_range(kx, g.pad_left, g.wo, g.w);
-    if xlo >= xhi {
-        return; // this kernel column only ever reads padding
+    if xlo >= xhi || ylo >= yhi {
+        dst.fill(T::zero()); // this kernel tap only ever reads padding
+        return;
     }
+    // Output rows whose input row is padding are zero...
+    dst[..ylo * g.wo].fill(T::zero());
+    dst[yhi * g.wo..].fill(T::zero());
+    let ix0 = xlo * g.stride + kx * g.dilation - g.pad_left;
     for oy in ylo..yhi {
         let iy = oy * g.stride + ky * g.dilation - g.pad_top;
-        let src = &plane[iy * g.w..(iy + 1) * g.w];
+        let src = &plane[iy * g.w + ix0..(iy + 1) * g.w];
         let drow = &mut dst[oy * g.wo..(oy + 1) * g.wo];
+        // ...and so are the columns left and right of the valid ones.
+        drow[..xlo].fill(T::zero());
+        drow[xhi..].fill(T::zero());
+        let valid = &mut drow[xlo..xhi];
         if g.stride == 1 {
-            let ix0 = xlo + kx * g.dilation - g.pad_left;
-            drow[xlo..xhi].copy_from_slice(&src[ix0..ix0 + (xhi - xlo)]);
+            valid.copy_from_slice(&src[..xhi - xlo]);
         } else {
-            for ox in xlo..xhi {
-                drow[ox] = src[ox * g.stride + kx * g.dilation - g.pad_left];
+            for (d, s) in valid.iter_mut().zip(src.iter().step_by(g.stride)) {
+                *d = *s;
             }
         }
     }
