@@ -15,9 +15,30 @@ use serde_json::json;
 
 use crate::{flag, opt, root};
 
-/// Runs `cmd` under `/usr/bin/time` when present; returns its `BENCH` rows
-/// (name -> ms) and the peak resident memory in MB.
-fn bench_rows(mut cmd: Command, what: &str) -> Result<(BTreeMap<String, f64>, Option<f64>)> {
+/// Lines `PREFIX name<TAB>value` of a benchmark's output.
+fn tagged(stdout: &str, prefix: &str) -> BTreeMap<String, f64> {
+    stdout
+        .lines()
+        .filter_map(|l| l.strip_prefix(prefix))
+        .filter_map(|l| {
+            let (k, v) = l.split_once('\t')?;
+            Some((k.to_string(), v.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+/// What one benchmark process reported.
+struct Report {
+    /// `BENCH` rows: workload -> ms.
+    rows: BTreeMap<String, f64>,
+    /// `FLOPS` rows: workload -> floating-point operations per run.
+    flops: BTreeMap<String, f64>,
+    /// Peak resident memory in MB.
+    peak: Option<f64>,
+}
+
+/// Runs `cmd` under `/usr/bin/time` when present.
+fn bench_rows(mut cmd: Command, what: &str) -> Result<Report> {
     let timed = Path::new("/usr/bin/time").is_file();
     let out = if timed {
         let prog = cmd.get_program().to_owned();
@@ -37,21 +58,14 @@ fn bench_rows(mut cmd: Command, what: &str) -> Result<(BTreeMap<String, f64>, Op
     if !out.status.success() {
         bail!("{what} failed:\n{stderr}");
     }
-    let rows = stdout
-        .lines()
-        .filter_map(|l| l.strip_prefix("BENCH "))
-        .filter_map(|l| {
-            let (k, v) = l.split_once('\t')?;
-            Some((k.to_string(), v.trim().parse().ok()?))
-        })
-        .collect();
+    let (rows, flops) = (tagged(&stdout, "BENCH "), tagged(&stdout, "FLOPS "));
     let peak = stderr
         .lines()
         .filter_map(|l| l.strip_prefix("PEAK_KB "))
         .filter_map(|v| v.trim().parse::<f64>().ok())
         .next_back()
         .map(|kb| kb / 1024.0);
-    Ok((rows, peak))
+    Ok(Report { rows, flops, peak })
 }
 
 pub fn run(args: &[String]) -> Result<()> {
@@ -94,13 +108,15 @@ pub fn run(args: &[String]) -> Result<()> {
     let mut ours: BTreeMap<String, Vec<f64>> = BTreeMap::new();
     let mut torch: BTreeMap<String, Vec<f64>> = BTreeMap::new();
     let mut peaks = BTreeMap::new();
+    let mut flops = BTreeMap::new();
     for round in 1..=rounds {
         println!("round {round}/{rounds}");
         for name in ["step_timing", "seg_forward_timing"] {
-            let (rows, peak) = bench_rows(Command::new(ex(name)), name)?;
+            let Report { rows, flops: f, peak } = bench_rows(Command::new(ex(name)), name)?;
             if let Some(p) = peak {
                 peaks.insert(format!("pixclass {name}"), p);
             }
+            flops.extend(f);
             for (k, v) in rows {
                 ours.entry(k).or_default().push(v);
             }
@@ -112,7 +128,7 @@ pub fn run(args: &[String]) -> Result<()> {
                 .arg(script)
                 .args(["--threads", &threads.to_string()])
                 .args(extra);
-            let (rows, peak) = bench_rows(c, script)?;
+            let Report { rows, peak, .. } = bench_rows(c, script)?;
             if let Some(p) = peak {
                 peaks.insert(format!("PyTorch {script}"), p);
             }
@@ -128,7 +144,7 @@ pub fn run(args: &[String]) -> Result<()> {
     let mut md = String::new();
     writeln!(
         md,
-        "| workload | pixclass (ms) | PyTorch (ms) | pixclass / PyTorch | per round |\n|---|---:|---:|---:|---|"
+        "| workload | pixclass (ms) | PyTorch (ms) | pixclass / PyTorch | per round | pixclass GFLOP/s |\n|---|---:|---:|---:|---|---:|"
     )?;
     let mut rows = Vec::new();
     for (k, v) in &ours {
@@ -139,9 +155,10 @@ pub fn run(args: &[String]) -> Result<()> {
             .map(|t| v.iter().zip(t).map(|(a, b)| a / b).collect())
             .unwrap_or_default();
         let ratio = (!per_round.is_empty()).then(|| median(&per_round));
+        let gflops = flops.get(k).map(|f| f / (median(v) / 1e3) / 1e9);
         writeln!(
             md,
-            "| {k} | {:.1} | {} | {} | {} |",
+            "| {k} | {:.1} | {} | {} | {} | {} |",
             median(v),
             t.map_or("-".into(), |t| format!("{:.1}", median(t))),
             ratio.map_or("-".into(), |r| format!("{r:.2}")),
@@ -149,10 +166,21 @@ pub fn run(args: &[String]) -> Result<()> {
                 .iter()
                 .map(|r| format!("{r:.2}"))
                 .collect::<Vec<_>>()
-                .join(" ")
+                .join(" "),
+            gflops.map_or("-".into(), |g| format!("{g:.1}"))
         )?;
         rows.push(json!({"workload": k, "pixclass_ms": median(v), "pytorch_ms": t.map(|t| median(t)),
-            "ratio": ratio, "pixclass_rounds_ms": v, "pytorch_rounds_ms": t, "ratio_rounds": per_round}));
+            "ratio": ratio, "pixclass_rounds_ms": v, "pytorch_rounds_ms": t, "ratio_rounds": per_round,
+            "flops": flops.get(k), "pixclass_gflops": gflops}));
+    }
+    if let Some(peak) = peak_gflops(threads) {
+        writeln!(
+            md,
+            "\nPeak f32 arithmetic of this machine: {peak:.0} GFLOP/s ({threads} cores x {:.2} GHz x 32 FLOP per \
+             cycle: two 8-wide FMA units, AVX2). GFLOP/s counts the convolutions' multiply-adds from the layer \
+             summary (training: 3x the forward).",
+            peak / threads as f64 / 32.0
+        )?;
     }
     writeln!(
         md,
@@ -197,4 +225,19 @@ fn median(v: &[f64]) -> f64 {
         n if n % 2 == 1 => v[n / 2],
         n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
     }
+}
+
+/// Cores x clock (from /proc/cpuinfo) x 32 f32 FLOP per cycle (two AVX2 FMA
+/// units of 8 lanes), when the clock is known.
+fn peak_gflops(threads: usize) -> Option<f64> {
+    let info = std::fs::read_to_string("/proc/cpuinfo").ok()?;
+    let mhz: f64 = info
+        .lines()
+        .find(|l| l.starts_with("cpu MHz"))?
+        .split(':')
+        .nth(1)?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(threads as f64 * mhz / 1e3 * 32.0)
 }

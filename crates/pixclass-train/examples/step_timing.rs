@@ -58,6 +58,12 @@ fn main() -> anyhow::Result<()> {
         // Machine-readable rows for `cargo xtask bench`.
         println!("BENCH {kind} train step\t{t}");
         println!("BENCH {kind} inference\t{i}");
+        // Work per step: 2 FLOPs per multiply-accumulate of the forward
+        // (the layer summary's connections), about 3x that for training
+        // (forward, backward-data and backward-filter products).
+        let macs = (net.summary(32, 32)?.total_connections() * 100) as f64;
+        println!("FLOPS {kind} train step\t{}", 6.0 * macs);
+        println!("FLOPS {kind} inference\t{}", 2.0 * macs);
     }
     Ok(())
 }
