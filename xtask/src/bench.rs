@@ -112,7 +112,11 @@ pub fn run(args: &[String]) -> Result<()> {
     for round in 1..=rounds {
         println!("round {round}/{rounds}");
         for name in ["step_timing", "seg_forward_timing"] {
-            let Report { rows, flops: f, peak } = bench_rows(Command::new(ex(name)), name)?;
+            let Report {
+                rows,
+                flops: f,
+                peak,
+            } = bench_rows(Command::new(ex(name)), name)?;
             if let Some(p) = peak {
                 peaks.insert(format!("pixclass {name}"), p);
             }
