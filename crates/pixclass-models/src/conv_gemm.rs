@@ -118,6 +118,9 @@ fn im2col_taps<T: WithDType>(
         }
     };
     let per_channel = taps.len() * ohw;
+    if per_channel == 0 {
+        return; // no live tap: an empty column matrix
+    }
     if parallel {
         out.par_chunks_mut(per_channel)
             .enumerate()

@@ -285,6 +285,13 @@ fn dilated_conv_whose_taps_fall_in_the_padding() {
         let b = ops::conv2d_portable(&x1, &w, (dil, dil), (dil, dil), 1, dil, 1).unwrap();
         assert!(max_rel(&a, &b) < 1e-12, "dilation {dil}");
     }
+    // No live tap at all (a 1x1 kernel, stride 3, reading only padding): zeros.
+    let x0 = rand_tensor(&[1, 3, 1, 1], 74);
+    let w0 = rand_tensor(&[2, 3, 1, 1], 75);
+    let a = ops::conv2d(&x0, &w0, (1, 1), (1, 1), 3, 1, 1).unwrap();
+    let b = ops::conv2d_portable(&x0, &w0, (1, 1), (1, 1), 3, 1, 1).unwrap();
+    assert_eq!(a.dims(), b.dims());
+    assert_eq!(f64s(&a), f64s(&b));
     for conv in [ops::conv2d, ops::conv2d_portable] {
         let fx = |x: &Tensor| weighted_sum(&conv(x, &w, (6, 6), (6, 6), 1, 6, 1)?, &r);
         assert!(gradient_ok(&fx, &x, 1e-6));
