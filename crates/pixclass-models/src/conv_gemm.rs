@@ -92,12 +92,11 @@ fn inner_threads(images: usize) -> usize {
     }
 }
 
-/// One image's column matrix `[C·kh·kw, ho·wo]`.
-fn im2col_image<T: WithDType>(x: &[T], g: &Geometry, out: &mut [T]) {
-    let taps: Vec<(usize, usize)> = (0..g.kh)
+/// Every kernel tap `(ky, kx)` in row order.
+fn all_taps(g: &Geometry) -> Vec<(usize, usize)> {
+    (0..g.kh)
         .flat_map(|ky| (0..g.kw).map(move |kx| (ky, kx)))
-        .collect();
-    im2col_taps(x, g, &taps, out, false);
+        .collect()
 }
 
 /// The column matrix of one image restricted to the kernel taps `taps`
@@ -318,6 +317,7 @@ fn bwd_filter<T: WithDType>(x: &[T], dy: &[T], g: &Geometry, o: usize) -> Vec<T>
     let (ckk, ohw, chw) = (g.rows(), g.ho * g.wo, g.c * g.h * g.w);
     let chunks = g.n.div_ceil(FILTER_CHUNK);
     let threads = inner_threads(chunks);
+    let taps = all_taps(g);
     // One partial dW per fixed chunk of images, computed in parallel...
     let partials: Vec<Vec<T>> = (0..chunks)
         .into_par_iter()
@@ -330,7 +330,7 @@ fn bwd_filter<T: WithDType>(x: &[T], dy: &[T], g: &Geometry, o: usize) -> Vec<T>
                 let cols: &[T] = if pointwise {
                     xn
                 } else {
-                    im2col_image(xn, g, &mut cols);
+                    im2col_taps(xn, g, &taps, &mut cols, false);
                     &cols
                 };
                 // colsᵀ: (row stride 1, column stride ohw).
