@@ -1,9 +1,14 @@
-//! `cargo xtask bench [--out DIR] [--python PY] [--rounds R] [--publish]`: pixclass and
-//! PyTorch timed side by side in one command on the same machine and thread
-//! count: the colourization nets' training step and inference (batch 100),
-//! the DeepLab head fine-tuning step on cached features, and both DeepLab
-//! forwards at 224x224. Writes `DIR/bench.json` and, with `--publish`,
-//! `docs/PERFORMANCE.md`.
+//! `cargo xtask bench [--out DIR] [--python PY] [--rounds R] [--device cpu|cuda]
+//! [--prebuilt DIR] [--publish]`: pixclass and PyTorch timed side by side in
+//! one command on the same machine and thread count: the colourization nets'
+//! training step and inference (batch 100), the DeepLab head fine-tuning step
+//! on cached features, and both DeepLab forwards at 224x224. Writes
+//! `DIR/bench.json` and `DIR/PERFORMANCE.md`; `--publish` copies the latter to
+//! `docs/PERFORMANCE.md` (CPU) or `docs/PERFORMANCE-CUDA.md` (GPU).
+//!
+//! `--device cuda` builds the examples with `--features cuda` and times both
+//! sides on the GPU. `--prebuilt DIR` takes the example binaries from `DIR`
+//! instead of building them, for a GPU machine without a Rust toolchain.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -72,21 +77,42 @@ pub fn run(args: &[String]) -> Result<()> {
     let out = PathBuf::from(opt(args, "--out").unwrap_or_else(|| "runs/bench".into()));
     std::fs::create_dir_all(&out)?;
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    // Build first, so compile time never lands in a measurement.
-    for (pkg, ex) in [
-        ("pixclass-train", "step_timing"),
-        ("pixclass-models", "seg_forward_timing"),
-    ] {
-        let st = Command::new(&cargo)
-            .current_dir(root())
-            .args(["build", "--release", "--quiet", "-p", pkg, "--example", ex])
-            .status()?;
-        if !st.success() {
-            bail!("building example {ex} failed");
+    let device = opt(args, "--device").unwrap_or_else(|| "cpu".into());
+    let gpu = match device.as_str() {
+        "cpu" => false,
+        "cuda" => true,
+        other => bail!("--device {other:?}: cpu or cuda"),
+    };
+    let examples = match opt(args, "--prebuilt") {
+        Some(dir) => PathBuf::from(dir),
+        None => {
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            // Build first, so compile time never lands in a measurement.
+            for (pkg, ex) in [
+                ("pixclass-train", "step_timing"),
+                ("pixclass-models", "seg_forward_timing"),
+            ] {
+                let mut c = Command::new(&cargo);
+                c.current_dir(root()).args([
+                    "build",
+                    "--release",
+                    "--quiet",
+                    "-p",
+                    pkg,
+                    "--example",
+                    ex,
+                ]);
+                if gpu {
+                    c.args(["--features", "cuda"]);
+                }
+                if !c.status()?.success() {
+                    bail!("building example {ex} failed");
+                }
+            }
+            crate::target_dir().join("release/examples")
         }
-    }
-    let ex = |name: &str| root().join("target/release/examples").join(name);
+    };
+    let ex = |name: &str| examples.join(name);
     let python = opt(args, "--python").or_else(|| std::env::var("PIXCLASS_TORCH_PYTHON").ok());
     let data = opt(args, "--data-dir")
         .or_else(|| std::env::var("PIXCLASS_DATA").ok())
@@ -116,7 +142,14 @@ pub fn run(args: &[String]) -> Result<()> {
                 rows,
                 flops: f,
                 peak,
-            } = bench_rows(Command::new(ex(name)), name)?;
+            } = bench_rows(
+                {
+                    let mut c = Command::new(ex(name));
+                    c.args(["--device", &device]);
+                    c
+                },
+                name,
+            )?;
             if let Some(p) = peak {
                 peaks.insert(format!("pixclass {name}"), p);
             }
@@ -131,6 +164,7 @@ pub fn run(args: &[String]) -> Result<()> {
             c.current_dir(root())
                 .arg(script)
                 .args(["--threads", &threads.to_string()])
+                .args(["--device", &device])
                 .args(extra);
             let Report { rows, peak, .. } = bench_rows(c, script)?;
             if let Some(p) = peak {
@@ -144,7 +178,10 @@ pub fn run(args: &[String]) -> Result<()> {
     if python.is_none() {
         println!("no PyTorch (pass --python PY or set PIXCLASS_TORCH_PYTHON): pixclass times only");
     }
-    let machine = crate::reproduce::machine();
+    let mut machine = crate::reproduce::machine();
+    if gpu {
+        machine = format!("{}; host {machine}", gpu_name());
+    }
     let mut md = String::new();
     writeln!(
         md,
@@ -177,7 +214,7 @@ pub fn run(args: &[String]) -> Result<()> {
             "ratio": ratio, "pixclass_rounds_ms": v, "pytorch_rounds_ms": t, "ratio_rounds": per_round,
             "flops": flops.get(k), "pixclass_gflops": gflops}));
     }
-    if let Some(peak) = peak_gflops(threads) {
+    if let Some(peak) = peak_gflops(threads).filter(|_| !gpu) {
         writeln!(
             md,
             "\nPeak f32 arithmetic of this machine: {peak:.0} GFLOP/s ({threads} cores x {:.2} GHz x 32 FLOP per \
@@ -195,19 +232,38 @@ pub fn run(args: &[String]) -> Result<()> {
             .collect::<Vec<_>>()
             .join("; ")
     )?;
-    let report = json!({"machine": machine, "threads": threads, "rounds": rounds, "rows": rows, "peak_mb": peaks});
+    let report = json!({"machine": machine, "device": device, "threads": threads, "rounds": rounds,
+        "rows": rows, "peak_mb": peaks});
     std::fs::write(
         out.join("bench.json"),
         serde_json::to_string_pretty(&report)?,
     )?;
     println!("{md}");
-    if flag(args, "--publish") {
+    let (title, command, page) = if gpu {
+        (
+            "Performance on a GPU",
+            "cargo xtask bench --device cuda --python PY --publish",
+            "PERFORMANCE-CUDA.md",
+        )
+    } else {
+        (
+            "Performance",
+            "cargo xtask bench --python PY --publish",
+            "PERFORMANCE.md",
+        )
+    };
+    let timing = if gpu {
+        "both sides on the GPU, every timed run ended by a device synchronisation; memory is host memory"
+    } else {
+        "this shared machine's speed drifts by ±20 % between minutes"
+    };
+    {
         let text = format!(
-            "<!-- Generated by `cargo xtask bench --publish`; do not edit by hand. -->\n\n# Performance\n\n\
-             Command: `cargo xtask bench --python PY --publish` (pixclass and PyTorch in the same command, \
+            "<!-- Generated by `cargo xtask bench --publish`; do not edit by hand. -->\n\n# {title}\n\n\
+             Command: `{command}` (pixclass and PyTorch in the same command, \
              {threads} threads each; each side's time is the median of 10 runs after warm-ups; {rounds} rounds \
-             alternate the two sides, the ratio is the median of the rounds' ratios, all of which are listed: \
-             this shared machine's speed drifts by ±20 % between minutes).\n\nMachine: {machine}.\n\n{md}\n\
+             alternate the two sides, the ratio is the median of the rounds' ratios, all of which are listed; \
+             {timing}).\n\nMachine: {machine}.\n\n{md}\n\
              Workloads: the three colourization nets at batch 100 (1x32x32 input, NF 32, 24 classes): training \
              step = forward + cross-entropy + backward + Adam, inference = eval forward + argmax \
              (`crates/pixclass-train/examples/step_timing.rs` / `benches/torch_colour_step.py`); DeepLab head \
@@ -215,10 +271,34 @@ pub fn run(args: &[String]) -> Result<()> {
              DeepLab models at 1x3x224x224 (`crates/pixclass-models/examples/seg_forward_timing.rs` / \
              `benches/torch_seg_forward.py`).\n"
         );
-        std::fs::write(root().join("docs/PERFORMANCE.md"), text)?;
-        println!("published to docs/PERFORMANCE.md");
+        std::fs::write(out.join(page), &text)?;
+        if flag(args, "--publish") {
+            std::fs::write(root().join("docs").join(page), text)?;
+            println!("published to docs/{page}");
+        }
     }
     Ok(())
+}
+
+/// The GPU's name, driver and memory as `nvidia-smi` reports them.
+fn gpu_name() -> String {
+    Command::new("nvidia-smi")
+        .args([
+            "--query-gpu=name,driver_version,memory.total",
+            "--format=csv,noheader",
+        ])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| {
+            let s = String::from_utf8_lossy(&o.stdout);
+            let f: Vec<&str> = s.lines().next().unwrap_or("").split(", ").collect();
+            match f.as_slice() {
+                [name, driver, mem] => format!("{name} (driver {driver}, {mem})"),
+                _ => s.trim().to_string(),
+            }
+        })
+        .unwrap_or_else(|| "an NVIDIA GPU (nvidia-smi not found)".into())
 }
 
 fn median(v: &[f64]) -> f64 {

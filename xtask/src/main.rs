@@ -6,10 +6,14 @@
 //! - `reproduce [--quick|--full] [--device cpu|cuda|metal] [--out DIR] [--publish]`:
 //!   the whole study (Parts A–D) with a report next to the reference numbers.
 //! - `fetch [--all|cifar10|flowers17|weights] [--data-dir D]`: official downloads, verified.
-//! - `bench [--python PY] [--out DIR] [--rounds R] [--publish]`: pixclass vs PyTorch timings.
+//! - `bench [--python PY] [--out DIR] [--rounds R] [--device cpu|cuda] [--prebuilt DIR] [--publish]`:
+//!   pixclass vs PyTorch timings.
 //! - `golden [--python PY]`: regenerate the PyTorch golden fixtures.
 //! - `crosscheck --python PY --run DIR [--model M] [--publish]`: a colourization
 //!   run epoch by epoch next to the reference program in PyTorch (same seed).
+//!
+//! `PIXCLASS_BIN=path` makes the tasks use that `pixclass` binary instead of
+//! building one (a GPU machine without a Rust toolchain, say).
 
 mod bench;
 mod crosscheck;
@@ -48,7 +52,7 @@ fn print_help() {
          \x20   run the whole study (Parts A-D) and write DIR/report.md + DIR/results.json\n\
          fetch [--all|cifar10|flowers17|weights] [--data-dir D]\n\
          \x20   download and verify the official data and pretrained weights\n\
-         bench [--python PY] [--out DIR] [--rounds R] [--publish]\n\
+         bench [--python PY] [--out DIR] [--rounds R] [--device cpu|cuda] [--prebuilt DIR] [--publish]\n\
          \x20   time pixclass and PyTorch side by side; --publish writes docs/PERFORMANCE.md\n\
          golden [--python PY]           regenerate the PyTorch golden fixtures (needs torch)\n\
          crosscheck --python PY --run DIR [--model M] [--data-dir D] [--publish]\n\
@@ -80,6 +84,14 @@ pub fn flag(args: &[String], name: &str) -> bool {
 /// Builds the `pixclass` binary in release mode (with a GPU feature when
 /// asked) and returns its path.
 pub fn build_pixclass(features: Option<&str>) -> Result<PathBuf> {
+    // A prebuilt binary (a GPU machine without a Rust toolchain, say).
+    if let Ok(bin) = std::env::var("PIXCLASS_BIN") {
+        let bin = PathBuf::from(bin);
+        if !bin.is_file() {
+            bail!("PIXCLASS_BIN={} is not a file", bin.display());
+        }
+        return Ok(bin);
+    }
     let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     cmd.current_dir(root())
         .args(["build", "--release", "--quiet", "-p", "pixclass-cli"]);
@@ -90,7 +102,14 @@ pub fn build_pixclass(features: Option<&str>) -> Result<PathBuf> {
     if !status.success() {
         bail!("cargo build of pixclass failed");
     }
-    Ok(root().join("target/release/pixclass"))
+    Ok(target_dir().join("release/pixclass"))
+}
+
+/// Cargo's target folder: `$CARGO_TARGET_DIR` or `target/` of the workspace.
+pub fn target_dir() -> PathBuf {
+    std::env::var("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| root().join("target"))
 }
 
 /// `cargo xtask fetch [--all|cifar10|flowers17|weights]`: everything the

@@ -9,7 +9,9 @@ warm-ups, on `--threads` threads.
   graph.json and weights as pixclass's port (TF "SAME" padding with F.pad,
   depthwise convs as grouped convs, align_corners=True resizing).
 
-    python crates/pixclass-models/benches/torch_seg_forward.py --threads 2 --data ../shared/data
+    python crates/pixclass-models/benches/torch_seg_forward.py --threads 2 --data ../shared/data [--device cuda]
+
+On a GPU each timed run ends with `torch.cuda.synchronize()`.
 """
 import argparse
 import json
@@ -25,18 +27,27 @@ from safetensors.torch import load_file
 p = argparse.ArgumentParser()
 p.add_argument("--threads", type=int, default=2)
 p.add_argument("--data", default="../shared/data")
+p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
 args = p.parse_args()
 torch.set_num_threads(args.threads)
+dev = torch.device(args.device)
+
+
+def sync():
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
 
 
 def median_ms(f):
     with torch.no_grad():
         for _ in range(2):
             f()
+        sync()
         ts = []
         for _ in range(10):
             t = time.perf_counter()
             f()
+            sync()
             ts.append((time.perf_counter() - t) * 1e3)
     return statistics.median(ts)
 
@@ -55,11 +66,11 @@ class TfliteGraph(torch.nn.Module):
         self.w = {}
         for k, v in weights.items():
             if k.endswith("/depthwise_weights"):
-                self.w[k] = v.permute(3, 0, 1, 2).contiguous()
+                self.w[k] = v.permute(3, 0, 1, 2).contiguous().to(dev)
             elif k.endswith("/weights"):
-                self.w[k] = v.permute(0, 3, 1, 2).contiguous()
+                self.w[k] = v.permute(0, 3, 1, 2).contiguous().to(dev)
             else:
-                self.w[k] = v
+                self.w[k] = v.to(dev)
 
     def forward(self, x):
         T = self.g["tensors"]
@@ -94,18 +105,18 @@ class TfliteGraph(torch.nn.Module):
         return vals[self.g["outputs"][0]]
 
 
-x = torch.rand(1, 3, 224, 224) * 2 - 1
+x = (torch.rand(1, 3, 224, 224) * 2 - 1).to(dev)
 out = {}
 d = Path(args.data) / "pretrained" / "deeplabv3_mobilenetv2_voc"
 mb = TfliteGraph(json.load(open(d / "deeplabv3_257_mv_gpu.graph.json")), load_file(d / "deeplabv3_257_mv_gpu.weights.safetensors")).eval()
 assert mb(x).shape == (1, 21, 224, 224)
 out["deeplabv3-mobilenetv2-voc"] = median_ms(lambda: mb(x))
-r101 = torchvision.models.segmentation.deeplabv3_resnet101(weights=None, weights_backbone=None, aux_loss=True).eval()
+r101 = torchvision.models.segmentation.deeplabv3_resnet101(weights=None, weights_backbone=None, aux_loss=True).eval().to(dev)
 out["deeplabv3-resnet101"] = median_ms(lambda: r101(x)["out"])
 # One fine-tuning step of the 2-class head on cached features (batch 128).
-f = torch.rand(128, 256, 28, 28)
-yy = torch.randint(0, 2, (128, 224, 224))
-conv = torch.nn.Conv2d(256, 2, 1)
+f = torch.rand(128, 256, 28, 28, device=dev)
+yy = torch.randint(0, 2, (128, 224, 224), device=dev)
+conv = torch.nn.Conv2d(256, 2, 1).to(dev)
 opt = torch.optim.Adam(conv.parameters(), lr=0.05)
 
 

@@ -12,8 +12,12 @@ use pixclass_models::ops;
 use pixclass_models::{ColourModelKind, ColourNet, ColourNetConfig};
 
 fn build(cfg: ColourNetConfig, dtype: DType) -> (VarMap, ColourNet) {
+    build_on(cfg, dtype, &Device::Cpu)
+}
+
+fn build_on(cfg: ColourNetConfig, dtype: DType, dev: &Device) -> (VarMap, ColourNet) {
     let vm = VarMap::new();
-    let vb = VarBuilder::from_varmap(&vm, dtype, &Device::Cpu);
+    let vb = VarBuilder::from_varmap(&vm, dtype, dev);
     let net = ColourNet::new(cfg, vb).unwrap();
     (vm, net)
 }
@@ -42,7 +46,8 @@ fn golden_case(file: &str) {
         num_colours: num("nc"),
         in_channels: num("nic"),
     };
-    let (vm, net) = build(cfg, DType::F32);
+    let dev = device();
+    let (vm, net) = build_on(cfg, DType::F32, &dev);
     // Load the PyTorch state dict: every tensor must be used exactly once.
     {
         let data = vm.data().lock().unwrap();
@@ -56,7 +61,7 @@ fn golden_case(file: &str) {
             let src = t
                 .get(&format!("param.{name}"))
                 .unwrap_or_else(|| panic!("{file}: {name} missing"));
-            var.set(src).unwrap();
+            var.set(&src.to_device(&dev).unwrap()).unwrap();
         }
     }
     assert_eq!(
@@ -66,12 +71,14 @@ fn golden_case(file: &str) {
             .map(|k| t[k].elem_count())
             .sum::<usize>()
     );
-    let logits = net.forward_t(&t["x"], true).unwrap();
+    let x = t["x"].to_device(&dev).unwrap();
+    let logits = net.forward_t(&x, true).unwrap();
     assert!(
         max_rel(&logits, &t["logits_train"]) < 1e-4,
         "{file}: train logits"
     );
-    let loss = ce(&logits, &t["target"].to_dtype(DType::U32).unwrap()).unwrap();
+    let target = t["target"].to_dtype(DType::U32).unwrap();
+    let loss = ce(&logits, &target.to_device(&dev).unwrap()).unwrap();
     assert!(
         max_rel(&loss.reshape(1).unwrap(), &t["loss"]) < 1e-5,
         "{file}: loss"
@@ -92,7 +99,7 @@ fn golden_case(file: &str) {
             assert!(e < 1e-5, "{file}: {name} after the train step off by {e}");
         }
     }
-    let eval = net.forward_t(&t["x"], false).unwrap();
+    let eval = net.forward_t(&x, false).unwrap();
     assert!(
         max_rel(&eval, &t["logits_eval"]) < 1e-4,
         "{file}: eval logits"

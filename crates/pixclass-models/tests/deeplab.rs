@@ -46,8 +46,7 @@ fn formula(name: &str, shape: &[usize]) -> Tensor {
 fn build(cfg: DeepLabConfig) -> (VarMap, DeepLabV3) {
     let vm = VarMap::new();
     // Zeros first (fast), then every tensor set by the formula.
-    let model =
-        DeepLabV3::new(cfg, VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu)).unwrap();
+    let model = DeepLabV3::new(cfg, VarBuilder::from_varmap(&vm, DType::F32, &device())).unwrap();
     (vm, model)
 }
 
@@ -64,11 +63,12 @@ fn resnet101_matches_torchvision() {
             "torchvision state-dict keys less the 112 num_batches_tracked"
         );
         for (name, var) in data.iter() {
-            var.set(&formula(name, var.dims())).unwrap();
+            var.set(&formula(name, var.dims()).to_device(var.device()).unwrap())
+                .unwrap();
         }
     }
     let t = load("deeplab_r101.safetensors");
-    let x = &t["x"];
+    let x = &t["x"].to_device(&device()).unwrap();
     let features = model.features_t(x, false).unwrap();
     assert_eq!(features.dims(), &[1, 256, 6, 8]);
     let e = max_rel_strict(&features, &t["features"]);

@@ -29,15 +29,17 @@ fn tf_same_padding_matches_tensorflow() {
 #[test]
 fn logits_match_the_reference_interpreter() {
     let fixture = load("mobilenet_voc.safetensors");
-    let model = MobileNetV2DeepLab::pretrained(&Device::Cpu, true).unwrap();
+    let dev = device();
+    let model = MobileNetV2DeepLab::pretrained(&dev, true).unwrap();
     assert_eq!(model.num_classes(), 21);
     // What the oracle sees in each photo, and on at least which fraction.
     let expected = [(16usize, 0.1), (13, 0.1), (3, 0.03), (16, 0.1)]; // potted plant, horse, bird
     for (k, &(class, min_frac)) in expected.iter().enumerate() {
-        let logits = model.forward(&input(&fixture, k)).unwrap().i(0).unwrap(); // [21, 257, 257]
+        let x = input(&fixture, k).to_device(&dev).unwrap();
+        let logits = model.forward(&x).unwrap().i(0).unwrap(); // [21, 257, 257]
         assert_eq!(logits.dims(), &[21, 257, 257]);
         // Every 8th row and column against the oracle.
-        let idx = Tensor::new((0..33u32).map(|i| i * 8).collect::<Vec<_>>(), &Device::Cpu).unwrap();
+        let idx = Tensor::new((0..33u32).map(|i| i * 8).collect::<Vec<_>>(), &dev).unwrap();
         let sub = logits
             .index_select(&idx, 1)
             .unwrap()

@@ -4,7 +4,9 @@ pixclass (tests/golden/make_colour_golden.py defines them), batch 100,
 Adam) and inference (eval forward + argmax). Prints median milliseconds over
 10 steps after 3 warm-up steps, on `--threads` threads.
 
-    python crates/pixclass-train/benches/torch_colour_step.py --threads 2
+    python crates/pixclass-train/benches/torch_colour_step.py --threads 2 [--device cuda]
+
+On a GPU every timed step ends with `torch.cuda.synchronize()`.
 """
 import argparse
 import statistics
@@ -23,8 +25,16 @@ spec = importlib.util.spec_from_file_location(
 p = argparse.ArgumentParser()
 p.add_argument("--threads", type=int, default=2)
 p.add_argument("--steps", type=int, default=10)
+p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
 args = p.parse_args()
 torch.set_num_threads(args.threads)
+dev = torch.device(args.device)
+
+
+def sync():
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+
 
 # Import the model classes without running the fixture generation.
 src = spec.loader.get_data(spec.origin).decode()
@@ -34,10 +44,10 @@ exec(compile(src, spec.origin, "exec"), ns)
 
 for kind in ["pool-upsample", "conv-transpose", "unet"]:
     torch.manual_seed(0)
-    net = ns["build"](kind, 3, 32, 24, 1)
+    net = ns["build"](kind, 3, 32, 24, 1).to(dev)
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
-    x = torch.rand(100, 1, 32, 32)
-    y = torch.randint(0, 24, (100, 32, 32))
+    x = torch.rand(100, 1, 32, 32, device=dev)
+    y = torch.randint(0, 24, (100, 32, 32), device=dev)
     train, infer = [], []
     for i in range(3 + args.steps):
         net.train()
@@ -46,16 +56,18 @@ for kind in ["pool-upsample", "conv-transpose", "unet"]:
         loss = F.cross_entropy(net(x), y)
         loss.backward()
         opt.step()
+        sync()
         t1 = time.perf_counter()
         net.eval()
         with torch.no_grad():
             net(x).argmax(1)
+        sync()
         t2 = time.perf_counter()
         if i >= 3:
             train.append((t1 - t0) * 1e3)
             infer.append((t2 - t1) * 1e3)
     t, i = statistics.median(train), statistics.median(infer)
-    print(f"{kind}: train step {t:.1f} ms, inference {i:.1f} ms (torch {torch.__version__}, {args.threads} threads)")
+    print(f"{kind}: train step {t:.1f} ms, inference {i:.1f} ms (torch {torch.__version__}, {args.device}, {args.threads} threads)")
     # Machine-readable rows for `cargo xtask bench`.
     print(f"BENCH {kind} train step\t{t}")
     print(f"BENCH {kind} inference\t{i}")

@@ -4,7 +4,11 @@
 //! the training step (forward + loss + backward + Adam) and of inference
 //! (eval forward + argmax).
 //!
-//!     cargo run --release -p pixclass-train --example step_timing
+//!     cargo run --release -p pixclass-train --example step_timing [-- --device cuda]
+//!
+//! On a GPU (`--device cuda`, a `--features cuda` build) every timed step ends
+//! with a device synchronisation, so the times are the kernels' and not the
+//! launches'.
 use std::time::Instant;
 
 /// The same allocator (and settings) as the `pixclass` binary.
@@ -17,14 +21,30 @@ use pixclass_models::init::seeded_var_builder;
 use pixclass_models::layers::trainable_vars;
 use pixclass_models::{ColourModelKind, ColourNet, ColourNetConfig};
 use pixclass_train::adam::{Adam, AdamConfig};
+use pixclass_train::{select_device, DeviceKind};
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
 }
 
+/// The `--device` argument (default cpu).
+fn device_arg() -> anyhow::Result<Device> {
+    let args: Vec<String> = std::env::args().collect();
+    let kind = match args.iter().position(|a| a == "--device") {
+        Some(i) => args
+            .get(i + 1)
+            .ok_or_else(|| anyhow::anyhow!("--device needs a value"))?
+            .parse::<DeviceKind>()
+            .map_err(anyhow::Error::msg)?,
+        None => DeviceKind::Cpu,
+    };
+    Ok(select_device(kind, 0)?)
+}
+
 fn main() -> anyhow::Result<()> {
     allocator::keep_freed_memory();
+    let dev = device_arg()?;
     for kind in ColourModelKind::ALL {
         let vm = VarMap::new();
         let net = ColourNet::new(
@@ -32,18 +52,20 @@ fn main() -> anyhow::Result<()> {
                 kind,
                 ..Default::default()
             },
-            seeded_var_builder(&vm, 0, DType::F32, &Device::Cpu),
+            seeded_var_builder(&vm, 0, DType::F32, &dev),
         )?;
         let mut adam = Adam::new(trainable_vars(&vm), AdamConfig::default())?;
-        let x = Tensor::rand(0f32, 1.0, (100, 1, 32, 32), &Device::Cpu)?;
-        let y = Tensor::rand(0f32, 24.0, (100, 32, 32), &Device::Cpu)?.to_dtype(DType::U32)?;
+        let x = Tensor::rand(0f32, 1.0, (100, 1, 32, 32), &dev)?;
+        let y = Tensor::rand(0f32, 24.0, (100, 32, 32), &dev)?.to_dtype(DType::U32)?;
         let (mut train, mut infer) = (Vec::new(), Vec::new());
         for i in 0..13 {
             let t0 = Instant::now();
             let loss = pixclass_metrics::cross_entropy(&net.forward_t(&x, true)?, &y)?;
             adam.step(&loss.backward()?)?;
+            dev.synchronize()?;
             let t1 = Instant::now();
             let _ = net.forward_t(&x, false)?.argmax(1)?;
+            dev.synchronize()?;
             let t2 = Instant::now();
             if i >= 3 {
                 train.push((t1 - t0).as_secs_f64() * 1e3);
@@ -52,7 +74,8 @@ fn main() -> anyhow::Result<()> {
         }
         let (t, i) = (median(train), median(infer));
         println!(
-            "{kind}: train step {t:.1} ms, inference {i:.1} ms (pixclass, {} threads)",
+            "{kind}: train step {t:.1} ms, inference {i:.1} ms (pixclass, {}, {} threads)",
+            if dev.is_cpu() { "cpu" } else { "gpu" },
             rayon_threads()
         );
         // Machine-readable rows for `cargo xtask bench`.

@@ -7,6 +7,20 @@ use std::path::PathBuf;
 
 use candle_core::{DType, Device, Result, Tensor, Var};
 
+/// The device of the golden tests: the CPU, or the GPU with
+/// `PIXCLASS_TEST_DEVICE=cuda` (a `--features cuda` build), so the same
+/// PyTorch fixtures check candle's CUDA path too. Asking for a GPU that is
+/// not there fails the test; it never falls back to the CPU.
+pub fn device() -> Device {
+    match std::env::var("PIXCLASS_TEST_DEVICE").as_deref() {
+        Err(_) | Ok("") | Ok("cpu") => Device::Cpu,
+        Ok("cuda") => {
+            Device::new_cuda(0).expect("PIXCLASS_TEST_DEVICE=cuda: no usable CUDA device")
+        }
+        Ok(other) => panic!("PIXCLASS_TEST_DEVICE={other:?}: cpu or cuda"),
+    }
+}
+
 /// The folder of the golden fixtures.
 pub fn golden(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
