@@ -15,7 +15,8 @@
 # 3. `xtask bench --device cuda` against PyTorch on the same GPU, when
 #    python3 has torch (OUT/PERFORMANCE-CUDA.md, OUT/bench.json);
 # 4. Part A on the GPU when DATA holds CIFAR-10's horses: the three nets,
-#    25 epochs each, with the study's settings (OUT/partA-MODEL-metrics.csv).
+#    25 epochs each, with the study's settings (OUT/partA-MODEL-metrics.csv;
+#    TRAIN=0 skips it).
 set -uo pipefail
 bundle="$(cd "$1" && pwd)"; out="$2"; data="${3:-}"
 work="$(mktemp -d)"
@@ -41,7 +42,7 @@ if python3 -c 'import torch; assert torch.cuda.is_available()' 2>/dev/null; then
     --rounds "${BENCH_ROUNDS:-3}" ${data:+--data-dir "$data"} --out "$work/bench"
   cp "$work/bench/PERFORMANCE-CUDA.md" "$work/bench/bench.json" "$out/" 2>/dev/null
 fi
-if [ -n "$data" ] && [ -f "$data/cifar10/horse_train.bin" ]; then
+if [ "${TRAIN:-1}" = 1 ] && [ -n "$data" ] && [ -f "$data/cifar10/horse_train.bin" ]; then
   for m in pool-upsample conv-transpose unet; do
     step timeout "${TRAIN_TIMEOUT:-3600}" "$bundle/pixclass" -q colourize train --model "$m" --device cuda \
       --data-dir "$data" --out "$work/colourize/$m"

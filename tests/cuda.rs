@@ -105,24 +105,26 @@ fn colour_nets_train_steps_match_the_cpu() {
             let loss_g = pixclass_metrics::cross_entropy(&lg, &yg).unwrap();
             let e = rel(&loss_g, &loss_c, 1.0);
             assert!(e < 1e-5, "{kind} step {step}: loss differs by {e}");
-            let (gc, gg) = (loss_c.backward().unwrap(), loss_g.backward().unwrap());
+            let (gc, mut gg) = (loss_c.backward().unwrap(), loss_g.backward().unwrap());
             for ((name, vc), (_, vg)) in trainable_vars(&vc).iter().zip(trainable_vars(&vg).iter())
             {
-                let (a, b) = (
-                    gg.get(vg.as_tensor()).unwrap(),
-                    gc.get(vc.as_tensor()).unwrap(),
-                );
-                let e = rel(a, b, 1e-3);
+                let b = gc.get(vc.as_tensor()).unwrap();
+                let e = rel(gg.get(vg.as_tensor()).unwrap(), b, 1e-3);
                 assert!(
                     e < 1e-3,
                     "{kind} step {step}: gradient of {name} differs by {e}"
                 );
+                // Adam divides by the root of the squared gradients: where a
+                // gradient is ~0, rounding noise becomes a full-size step.
+                // The GPU's Adam gets the CPU's gradients, so both runs stay
+                // on one trajectory and the update itself is compared.
+                gg.insert(vg.as_tensor(), b.to_device(&dev).unwrap());
             }
             adam_c.step(&gc).unwrap();
             adam_g.step(&gg).unwrap();
         }
         // Weights after three Adam steps, and the BN running statistics.
-        assert_same_vars(&vc, &vg, 1e-3, &format!("{kind} after 3 steps"));
+        assert_same_vars(&vc, &vg, 1e-4, &format!("{kind} after 3 steps"));
         let (ec, eg) = (
             cpu.forward_t(&x, false).unwrap(),
             gpu.forward_t(&xg, false).unwrap(),
@@ -150,14 +152,17 @@ fn deeplab_forwards_match_the_cpu() {
     let rc = DeepLabV3::new(cfg, seeded_var_builder(&vc, 0, DType::F32, &Device::Cpu)).unwrap();
     let rg = DeepLabV3::new(cfg, VarBuilder::from_varmap(&vg, DType::F32, &dev)).unwrap();
     copy_vars(&vc, &vg);
-    for train in [false, true] {
-        let e = rel(
-            &rg.forward_t(&xg, train).unwrap(),
-            &rc.forward_t(&x, train).unwrap(),
-            1e-3,
-        );
-        assert!(e < 1e-3, "ResNet-101 logits (train {train}) differ by {e}");
-    }
+    // Eval mode only: with seeded random weights and batch statistics, the
+    // train-mode forward of this deep net is chaotic (on the CPU alone, a
+    // 1e-6 relative change of the input moves its logits by ~80 %), so
+    // CPU and GPU rounding cannot be compared there; train-mode BatchNorm
+    // on the GPU is checked by the colourization nets above.
+    let e = rel(
+        &rg.forward_t(&xg, false).unwrap(),
+        &rc.forward_t(&x, false).unwrap(),
+        1e-3,
+    );
+    assert!(e < 1e-3, "ResNet-101 logits differ by {e}");
 }
 
 #[test]

@@ -364,37 +364,45 @@ pub const VOC_LABELS: [&str; 21] = [
 /// returns its tensors in PyTorch layouts, ready for
 /// `VarBuilder::from_tensors`.
 pub fn load_tflite_weights(path: &Path, device: &Device) -> Result<HashMap<String, Tensor>> {
-    let raw = candle_core::safetensors::load(path, device).map_err(|e| ModelError::Weights {
-        path: path.to_path_buf(),
-        reason: e.to_string(),
-    })?;
-    tflite_to_torch_layouts(raw)
+    let raw =
+        candle_core::safetensors::load(path, &Device::Cpu).map_err(|e| ModelError::Weights {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+    tflite_to_torch_layouts(raw, device)
 }
 
 /// [`load_tflite_weights`] of the embedded weights.
 pub fn embedded_weights(device: &Device) -> Result<HashMap<String, Tensor>> {
-    let raw = candle_core::safetensors::load_buffer(EMBEDDED_WEIGHTS, device)?;
-    tflite_to_torch_layouts(raw)
+    let raw = candle_core::safetensors::load_buffer(EMBEDDED_WEIGHTS, &Device::Cpu)?;
+    tflite_to_torch_layouts(raw, device)
 }
 
-/// Converts TFLite layouts to PyTorch's; drops the graph's non-weight
-/// constants (resize sizes).
-fn tflite_to_torch_layouts(raw: HashMap<String, Tensor>) -> Result<HashMap<String, Tensor>> {
+/// Converts TFLite layouts to PyTorch's and moves the weights to `device`;
+/// drops the graph's non-weight constants (resize sizes). `raw` is on the
+/// CPU: those constants are i32, which CUDA cannot cast (candle has no
+/// i32 cast kernel), and they are never needed on the device.
+fn tflite_to_torch_layouts(
+    raw: HashMap<String, Tensor>,
+    device: &Device,
+) -> Result<HashMap<String, Tensor>> {
     let mut out = HashMap::with_capacity(raw.len());
     for (name, t) in raw {
-        let t = t.to_dtype(DType::F32)?;
-        let t = if name.ends_with("/depthwise_weights") {
-            // [1, KH, KW, C] -> [C, 1, KH, KW]
-            t.permute((3, 0, 1, 2))?.contiguous()?
+        let permutation = if name.ends_with("/depthwise_weights") {
+            Some((3, 0, 1, 2)) // [1, KH, KW, C] -> [C, 1, KH, KW]
         } else if name.ends_with("/weights") {
-            // [O, KH, KW, I] -> [O, I, KH, KW]
-            t.permute((0, 3, 1, 2))?.contiguous()?
+            Some((0, 3, 1, 2)) // [O, KH, KW, I] -> [O, I, KH, KW]
         } else if name.ends_with("_bias") {
-            t
+            None
         } else {
             continue;
         };
-        out.insert(name, t);
+        let t = t.to_dtype(DType::F32)?;
+        let t = match permutation {
+            Some(p) => t.permute(p)?.contiguous()?,
+            None => t,
+        };
+        out.insert(name, t.to_device(device)?);
     }
     Ok(out)
 }

@@ -100,7 +100,7 @@ fn resnet50_has_torchvisions_parameter_count_and_shapes() {
     };
     let (vm, model) = build(cfg);
     assert_eq!(trainable_scalars(&vm), 42_004_074);
-    let x = Tensor::zeros((1, 3, 33, 41), DType::F32, &Device::Cpu).unwrap();
+    let x = Tensor::zeros((1, 3, 33, 41), DType::F32, &device()).unwrap();
     assert_eq!(model.forward_t(&x, false).unwrap().dims(), &[1, 21, 33, 41]);
     // A 2-class head: only classifier.4 changes.
     let (vm2, _) = build(DeepLabConfig {

@@ -4,7 +4,7 @@
 //! the training step (forward + loss + backward + Adam) and of inference
 //! (eval forward + argmax).
 //!
-//!     cargo run --release -p pixclass-train --example step_timing [-- --device cuda]
+//!     cargo run --release -p pixclass-train --example step_timing [-- --device cuda] [--model unet] [--steps 10]
 //!
 //! On a GPU (`--device cuda`, a `--features cuda` build) every timed step ends
 //! with a device synchronisation, so the times are the kernels' and not the
@@ -45,7 +45,24 @@ fn device_arg() -> anyhow::Result<Device> {
 fn main() -> anyhow::Result<()> {
     allocator::keep_freed_memory();
     let dev = device_arg()?;
+    // `--model NAME` times one net only (for profiling).
+    let args: Vec<String> = std::env::args().collect();
+    let only = args
+        .iter()
+        .position(|a| a == "--model")
+        .and_then(|i| args.get(i + 1));
+    // `--steps N` timed steps (default 10) after 3 warm-ups.
+    let steps: usize = match args.iter().position(|a| a == "--steps") {
+        Some(i) => args
+            .get(i + 1)
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| anyhow::anyhow!("--steps needs a number"))?,
+        None => 10,
+    };
     for kind in ColourModelKind::ALL {
+        if only.is_some_and(|m| *m != kind.to_string()) {
+            continue;
+        }
         let vm = VarMap::new();
         let net = ColourNet::new(
             ColourNetConfig {
@@ -58,7 +75,7 @@ fn main() -> anyhow::Result<()> {
         let x = Tensor::rand(0f32, 1.0, (100, 1, 32, 32), &dev)?;
         let y = Tensor::rand(0f32, 24.0, (100, 32, 32), &dev)?.to_dtype(DType::U32)?;
         let (mut train, mut infer) = (Vec::new(), Vec::new());
-        for i in 0..13 {
+        for i in 0..3 + steps {
             let t0 = Instant::now();
             let loss = pixclass_metrics::cross_entropy(&net.forward_t(&x, true)?, &y)?;
             adam.step(&loss.backward()?)?;
