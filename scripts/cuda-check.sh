@@ -6,7 +6,8 @@
 #
 # Runs go to a scratch folder; OUT receives a flat set of results (the GPU
 # performance page, bench.json, each Part A run's metrics.csv and the UNet's
-# last samples strip).
+# last samples strip); the exit status is non-zero when any step failed.
+#
 # 1. tests/cuda.rs (GPU against CPU: logits, losses, gradients, Adam steps,
 #    DeepLab forwards, segmentation metrics, whole training runs);
 # 2. the golden tests of the models on the GPU (PIXCLASS_TEST_DEVICE=cuda):
