@@ -15,7 +15,7 @@ use std::time::Instant;
 #[path = "../../pixclass-cli/src/allocator.rs"]
 mod allocator;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Tensor};
 use candle_nn::VarMap;
 use pixclass_models::init::seeded_var_builder;
 use pixclass_models::layers::trainable_vars;
@@ -28,39 +28,31 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-/// The `--device` argument (default cpu).
-fn device_arg() -> anyhow::Result<Device> {
+/// The value after `name` on the command line.
+fn arg(name: &str) -> Option<String> {
     let args: Vec<String> = std::env::args().collect();
-    let kind = match args.iter().position(|a| a == "--device") {
-        Some(i) => args
-            .get(i + 1)
-            .ok_or_else(|| anyhow::anyhow!("--device needs a value"))?
-            .parse::<DeviceKind>()
-            .map_err(anyhow::Error::msg)?,
-        None => DeviceKind::Cpu,
-    };
-    Ok(select_device(kind, 0)?)
+    let i = args.iter().position(|a| a == name)?;
+    args.get(i + 1).cloned()
 }
 
 fn main() -> anyhow::Result<()> {
     allocator::keep_freed_memory();
-    let dev = device_arg()?;
+    let device = arg("--device")
+        .map(|d| d.parse::<DeviceKind>())
+        .transpose()
+        .map_err(anyhow::Error::msg)?
+        .unwrap_or(DeviceKind::Cpu);
+    let dev = select_device(device, 0)?;
     // `--model NAME` times one net only (for profiling).
-    let args: Vec<String> = std::env::args().collect();
-    let only = args
-        .iter()
-        .position(|a| a == "--model")
-        .and_then(|i| args.get(i + 1));
+    let only = arg("--model");
     // `--steps N` timed steps (default 10) after 3 warm-ups.
-    let steps: usize = match args.iter().position(|a| a == "--steps") {
-        Some(i) => args
-            .get(i + 1)
-            .and_then(|v| v.parse().ok())
-            .ok_or_else(|| anyhow::anyhow!("--steps needs a number"))?,
-        None => 10,
-    };
+    let steps: usize = arg("--steps")
+        .map(|s| s.parse())
+        .transpose()?
+        .unwrap_or(10)
+        .max(1);
     for kind in ColourModelKind::ALL {
-        if only.is_some_and(|m| *m != kind.to_string()) {
+        if only.as_ref().is_some_and(|m| *m != kind.to_string()) {
             continue;
         }
         let vm = VarMap::new();
