@@ -66,6 +66,18 @@ fn copy_vars(src: &VarMap, dst: &VarMap) {
     }
 }
 
+/// Uniform `[0, 1)` inputs of shape `x` and labels `0..classes` of shape `y`,
+/// on the CPU and copied to `dev`: `(x, y, x on dev, y on dev)`.
+fn batch(x: &[usize], y: &[usize], classes: usize, dev: &Device) -> [Tensor; 4] {
+    let xc = Tensor::rand(0f32, 1.0, x, &Device::Cpu).unwrap();
+    let yc = Tensor::rand(0f32, classes as f32, y, &Device::Cpu)
+        .unwrap()
+        .to_dtype(DType::U32)
+        .unwrap();
+    let (xg, yg) = (xc.to_device(dev).unwrap(), yc.to_device(dev).unwrap());
+    [xc, yc, xg, yg]
+}
+
 fn assert_same_vars(cpu: &VarMap, gpu: &VarMap, tol: f64, what: &str) {
     let c = cpu.data().lock().unwrap();
     let g = gpu.data().lock().unwrap();
@@ -79,12 +91,7 @@ fn assert_same_vars(cpu: &VarMap, gpu: &VarMap, tol: f64, what: &str) {
 fn colour_nets_train_steps_match_the_cpu() {
     let dev = gpu();
     // One fixed batch (odd size), on both devices.
-    let x = Tensor::rand(0f32, 1.0, (7, 1, 32, 32), &Device::Cpu).unwrap();
-    let y = Tensor::rand(0f32, 24.0, (7, 32, 32), &Device::Cpu)
-        .unwrap()
-        .to_dtype(DType::U32)
-        .unwrap();
-    let (xg, yg) = (x.to_device(&dev).unwrap(), y.to_device(&dev).unwrap());
+    let [x, y, xg, yg] = batch(&[7, 1, 32, 32], &[7, 32, 32], 24, &dev);
     for kind in ColourModelKind::ALL {
         let cfg = ColourNetConfig {
             kind,
@@ -168,12 +175,7 @@ fn deeplab_forwards_match_the_cpu() {
 #[test]
 fn segmentation_losses_metrics_and_head_gradients_match_the_cpu() {
     let dev = gpu();
-    let f = Tensor::rand(0f32, 1.0, (3, 16, 9, 11), &Device::Cpu).unwrap();
-    let y = Tensor::rand(0f32, 2.0, (3, 65, 81), &Device::Cpu)
-        .unwrap()
-        .to_dtype(DType::U32)
-        .unwrap();
-    let (fg, yg) = (f.to_device(&dev).unwrap(), y.to_device(&dev).unwrap());
+    let [f, y, fg, yg] = batch(&[3, 16, 9, 11], &[3, 65, 81], 2, &dev);
     let (vc, vg) = (VarMap::new(), VarMap::new());
     let hc = SegHead::new(
         16,
