@@ -15,15 +15,16 @@ use rayon::prelude::*;
 
 use crate::cpu_kernels::{contiguous_slice, dispatch, Geometry};
 
-/// `c[m×n]` (row-major) `= (accumulate ? c : 0) + a·b` with `a` `m×k` and `b`
-/// `k×n` given by (row stride, column stride). Bounds are checked before the
-/// call, which makes the unsafe GEMM call sound.
+/// `c[m×n] = (accumulate ? c : 0) + a·b` with `c` given by (slice, row
+/// stride; columns contiguous) and `a` `m×k`, `b` `k×n` by (slice, row
+/// stride, column stride). Bounds are checked before the call, which makes
+/// the unsafe GEMM call sound.
 #[allow(unsafe_code, clippy::too_many_arguments)]
 fn gemm_into<T: WithDType>(
     m: usize,
     n: usize,
     k: usize,
-    c: &mut [T],
+    c: (&mut [T], usize),
     a: (&[T], usize, usize),
     b: (&[T], usize, usize),
     accumulate: bool,
@@ -34,10 +35,16 @@ fn gemm_into<T: WithDType>(
     }
     let (a, a_rs, a_cs) = a;
     let (b, b_rs, b_cs) = b;
-    assert!(c.len() >= m * n, "gemm: output too small");
+    let (c, c_rs) = c;
+    assert!(
+        c_rs >= n && c.len() >= (m - 1) * c_rs + n,
+        "gemm: output too small"
+    );
     if k == 0 {
         if !accumulate {
-            c[..m * n].fill(T::zero());
+            c.chunks_mut(c_rs)
+                .take(m)
+                .for_each(|row| row[..n].fill(T::zero()));
         }
         return;
     }
@@ -63,7 +70,7 @@ fn gemm_into<T: WithDType>(
             k,
             c.as_mut_ptr(),
             1,
-            n as isize,
+            c_rs as isize,
             accumulate,
             a.as_ptr(),
             a_cs as isize,
@@ -92,6 +99,16 @@ fn inner_threads(images: usize) -> usize {
     }
 }
 
+/// Row stride of a column matrix with `ohw` columns: rounded up to a cache
+/// line, plus one line. With rows exactly `ohw` long, a 32x32 image's rows
+/// are 4 KiB apart and every element of a column (what the GEMM kernels and
+/// their packing read together) falls into the same few cache sets; the
+/// padding (never read) spreads them. Only the layout changes: the results
+/// are bit for bit those of unpadded rows.
+fn col_ld(ohw: usize) -> usize {
+    ohw.next_multiple_of(16) + 16
+}
+
 /// Every kernel tap `(ky, kx)` in row order.
 fn all_taps(g: &Geometry) -> Vec<(usize, usize)> {
     (0..g.kh)
@@ -100,23 +117,28 @@ fn all_taps(g: &Geometry) -> Vec<(usize, usize)> {
 }
 
 /// The column matrix of one image restricted to the kernel taps `taps`
-/// (rows `(c, tap)` in that order): `[C·taps, ho·wo]`; with `parallel`, the
-/// channels are split across threads (for a batch of one image).
+/// (rows `(c, tap)` in that order): `[C·taps, ho·wo]`, rows `ld` apart; with
+/// `parallel`, the channels are split across threads (for a batch of one
+/// image).
 fn im2col_taps<T: WithDType>(
     x: &[T],
     g: &Geometry,
     taps: &[(usize, usize)],
     out: &mut [T],
+    ld: usize,
     parallel: bool,
 ) {
-    let ohw = g.ho * g.wo;
     let channel = |c: usize, rows: &mut [T]| {
         let plane = &x[c * g.h * g.w..(c + 1) * g.h * g.w];
-        for (&(ky, kx), dst) in taps.iter().zip(rows.chunks_mut(ohw)) {
-            im2col_row(plane, g, ky, kx, dst);
-        }
+        pulp::Arch::new().dispatch(Im2colChannel {
+            plane,
+            g,
+            taps,
+            rows,
+            ld,
+        })
     };
-    let per_channel = taps.len() * ohw;
+    let per_channel = taps.len() * ld;
     if per_channel == 0 {
         return; // no live tap: an empty column matrix
     }
@@ -131,7 +153,31 @@ fn im2col_taps<T: WithDType>(
     }
 }
 
+/// The column-matrix rows of one channel, compiled for the SIMD instruction
+/// set the CPU has (`with_simd` is always inlined into pulp's dispatch; a
+/// closure there is not, and would be left at the baseline SSE2).
+struct Im2colChannel<'a, T> {
+    plane: &'a [T],
+    g: &'a Geometry,
+    taps: &'a [(usize, usize)],
+    rows: &'a mut [T],
+    ld: usize,
+}
+
+impl<T: WithDType> pulp::WithSimd for Im2colChannel<'_, T> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: pulp::Simd>(self, _: S) {
+        let ohw = self.g.ho * self.g.wo;
+        for (&(ky, kx), dst) in self.taps.iter().zip(self.rows.chunks_mut(self.ld)) {
+            im2col_row(self.plane, self.g, ky, kx, &mut dst[..ohw]);
+        }
+    }
+}
+
 /// One row of a column matrix: kernel tap `(ky, kx)` of one channel's plane.
+#[inline(always)]
 fn im2col_row<T: WithDType>(plane: &[T], g: &Geometry, ky: usize, kx: usize, dst: &mut [T]) {
     let (ylo, yhi) = g.valid_range(ky, g.pad_top, g.ho, g.h);
     let (xlo, xhi) = g.valid_range(kx, g.pad_left, g.wo, g.w);
@@ -150,12 +196,52 @@ fn im2col_row<T: WithDType>(plane: &[T], g: &Geometry, ky: usize, kx: usize, dst
         // ...and so are the columns left and right of the valid ones.
         drow[..xlo].fill(T::zero());
         drow[xhi..].fill(T::zero());
-        let valid = &mut drow[xlo..xhi];
-        if g.stride == 1 {
-            valid.copy_from_slice(&src[..xhi - xlo]);
-        } else {
-            for (d, s) in valid.iter_mut().zip(src.iter().step_by(g.stride)) {
+        strided_copy(&mut drow[xlo..xhi], src, g.stride);
+    }
+}
+
+/// `dst[i] = src[i·stride]`. Stride 2 (every strided layer of the
+/// colourization nets) is written so that it vectorises (two loads and a
+/// shuffle per 8 values with AVX2).
+#[inline(always)]
+fn strided_copy<T: Copy>(dst: &mut [T], src: &[T], stride: usize) {
+    match (stride, dst.split_last_mut()) {
+        (_, None) => {}
+        (1, _) => dst.copy_from_slice(&src[..dst.len()]),
+        (2, Some((last, head))) => {
+            // Pairs for all but the last value (which may end the row).
+            for (d, pair) in head.iter_mut().zip(src.chunks_exact(2)) {
+                *d = pair[0];
+            }
+            *last = src[2 * head.len()];
+        }
+        _ => {
+            for (d, s) in dst.iter_mut().zip(src.iter().step_by(stride)) {
                 *d = *s;
+            }
+        }
+    }
+}
+
+/// `dst[i·stride] += src[i]`, the adjoint of [`strided_copy`].
+#[inline(always)]
+fn strided_add<T: WithDType>(dst: &mut [T], src: &[T], stride: usize) {
+    match (stride, src.split_last()) {
+        (_, None) => {}
+        (1, _) => {
+            for (d, s) in dst.iter_mut().zip(src) {
+                *d += *s;
+            }
+        }
+        (2, Some((last, head))) => {
+            for (pair, s) in dst.chunks_exact_mut(2).zip(head) {
+                pair[0] += *s;
+            }
+            dst[2 * head.len()] += *last;
+        }
+        _ => {
+            for (d, s) in dst.iter_mut().step_by(stride).zip(src) {
+                *d += *s;
             }
         }
     }
@@ -180,11 +266,34 @@ fn live_taps(g: &Geometry) -> Vec<(usize, usize)> {
         .collect()
 }
 
-/// Adds one image's column matrix back into the image (overlaps summed).
-fn col2im_image<T: WithDType>(cols: &[T], g: &Geometry, out: &mut [T]) {
-    let ohw = g.ho * g.wo;
+/// Adds one image's column matrix (rows `ld` apart) back into the image
+/// (overlaps summed).
+fn col2im_image<T: WithDType>(cols: &[T], g: &Geometry, ld: usize, out: &mut [T]) {
+    pulp::Arch::new().dispatch(Col2im { cols, g, ld, out })
+}
+
+/// [`col2im_image`] compiled for the CPU's SIMD instruction set (see
+/// [`Im2colChannel`]).
+struct Col2im<'a, T> {
+    cols: &'a [T],
+    g: &'a Geometry,
+    ld: usize,
+    out: &'a mut [T],
+}
+
+impl<T: WithDType> pulp::WithSimd for Col2im<'_, T> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: pulp::Simd>(self, _: S) {
+        col2im_image_impl(self.cols, self.g, self.ld, self.out)
+    }
+}
+
+#[inline(always)]
+fn col2im_image_impl<T: WithDType>(cols: &[T], g: &Geometry, ld: usize, out: &mut [T]) {
     out.fill(T::zero());
-    for (row, src) in cols.chunks(ohw).enumerate() {
+    for (row, src) in cols.chunks(ld).take(g.rows()).enumerate() {
         let c = row / (g.kh * g.kw);
         let ky = (row / g.kw) % g.kh;
         let kx = row % g.kw;
@@ -198,16 +307,8 @@ fn col2im_image<T: WithDType>(cols: &[T], g: &Geometry, out: &mut [T]) {
             let iy = oy * g.stride + ky * g.dilation - g.pad_top;
             let prow = &mut plane[iy * g.w..(iy + 1) * g.w];
             let srow = &src[oy * g.wo..(oy + 1) * g.wo];
-            if g.stride == 1 {
-                let ix0 = xlo + kx * g.dilation - g.pad_left;
-                for (p, v) in prow[ix0..ix0 + (xhi - xlo)].iter_mut().zip(&srow[xlo..xhi]) {
-                    *p += *v;
-                }
-            } else {
-                for ox in xlo..xhi {
-                    prow[ox * g.stride + kx * g.dilation - g.pad_left] += srow[ox];
-                }
-            }
+            let ix0 = xlo * g.stride + kx * g.dilation - g.pad_left;
+            strided_add(&mut prow[ix0..], &srow[xlo..xhi], g.stride);
         }
     }
 }
@@ -230,7 +331,16 @@ fn fwd<T: WithDType>(x: &[T], w: &[T], bias: Option<&[T]>, g: &Geometry, o: usiz
     if g.is_pointwise() {
         y.par_chunks_mut(o * ohw).enumerate().for_each(|(n, yn)| {
             let xn = &x[n * chw..(n + 1) * chw];
-            gemm_into(o, ohw, ckk, yn, (w, ckk, 1), (xn, ohw, 1), false, threads);
+            gemm_into(
+                o,
+                ohw,
+                ckk,
+                (yn, ohw),
+                (w, ckk, 1),
+                (xn, ohw, 1),
+                false,
+                threads,
+            );
             add_bias(yn, bias, ohw);
         });
         return y;
@@ -251,11 +361,28 @@ fn fwd<T: WithDType>(x: &[T], w: &[T], bias: Option<&[T]>, g: &Geometry, o: usiz
     };
     // One image: the column matrix is built by all threads.
     let parallel_cols = threads > 1;
+    let ld = col_ld(ohw);
     y.par_chunks_mut(o * ohw).enumerate().for_each_init(
-        || vec![T::zero(); k * ohw],
+        || vec![T::zero(); k * ld],
         |cols, (n, yn)| {
-            im2col_taps(&x[n * chw..(n + 1) * chw], g, &taps, cols, parallel_cols);
-            gemm_into(o, ohw, k, yn, (w, k, 1), (cols, ohw, 1), false, threads);
+            im2col_taps(
+                &x[n * chw..(n + 1) * chw],
+                g,
+                &taps,
+                cols,
+                ld,
+                parallel_cols,
+            );
+            gemm_into(
+                o,
+                ohw,
+                k,
+                (yn, ohw),
+                (w, k, 1),
+                (cols, ld, 1),
+                false,
+                threads,
+            );
             add_bias(yn, bias, ohw);
         },
     );
@@ -276,7 +403,7 @@ fn bwd_data<T: WithDType>(dy: &[T], w: &[T], bias: Option<&[T]>, g: &Geometry, o
                 ckk,
                 ohw,
                 o,
-                dxn,
+                (dxn, ohw),
                 (w, 1, ckk),
                 (dyn_, ohw, 1),
                 false,
@@ -286,21 +413,22 @@ fn bwd_data<T: WithDType>(dy: &[T], w: &[T], bias: Option<&[T]>, g: &Geometry, o
         });
         return dx;
     }
+    let ld = col_ld(ohw);
     dx.par_chunks_mut(chw).enumerate().for_each_init(
-        || vec![T::zero(); ckk * ohw],
+        || vec![T::zero(); ckk * ld],
         |cols, (n, dxn)| {
             // Wᵀ is W read with swapped strides: (row stride 1, column stride ckk).
             gemm_into(
                 ckk,
                 ohw,
                 o,
-                cols,
+                (cols, ld),
                 (w, 1, ckk),
                 (&dy[n * o * ohw..(n + 1) * o * ohw], ohw, 1),
                 false,
                 threads,
             );
-            col2im_image(cols, g, dxn);
+            col2im_image(cols, g, ld, dxn);
             add_bias(dxn, bias, g.h * g.w);
         },
     );
@@ -324,23 +452,24 @@ fn bwd_filter<T: WithDType>(x: &[T], dy: &[T], g: &Geometry, o: usize) -> Vec<T>
         .map(|chunk| {
             let mut dw = vec![T::zero(); o * ckk];
             let pointwise = g.is_pointwise();
-            let mut cols = vec![T::zero(); if pointwise { 0 } else { ckk * ohw }];
+            let ld = if pointwise { ohw } else { col_ld(ohw) };
+            let mut cols = vec![T::zero(); if pointwise { 0 } else { ckk * ld }];
             for n in chunk * FILTER_CHUNK..((chunk + 1) * FILTER_CHUNK).min(g.n) {
                 let xn = &x[n * chw..(n + 1) * chw];
                 let cols: &[T] = if pointwise {
                     xn
                 } else {
-                    im2col_taps(xn, g, &taps, &mut cols, false);
+                    im2col_taps(xn, g, &taps, &mut cols, ld, false);
                     &cols
                 };
-                // colsᵀ: (row stride 1, column stride ohw).
+                // colsᵀ: (row stride 1, column stride ld).
                 gemm_into(
                     o,
                     ckk,
                     ohw,
-                    &mut dw,
+                    (&mut dw, ckk),
                     (&dy[n * o * ohw..(n + 1) * o * ohw], ohw, 1),
-                    (cols, 1, ohw),
+                    (cols, 1, ld),
                     true,
                     threads,
                 );

@@ -9,7 +9,7 @@
 use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Result, Shape, Tensor, WithDType};
 use rayon::prelude::*;
 
-use crate::simd::Real;
+use crate::simd::{lane_sum, lane_sums2, vectorized, Real};
 
 /// Geometry of a convolution seen from its input image: an `n x c x h x w`
 /// image, a `kh x kw` kernel, stride, dilation, top/left padding, and the
@@ -133,12 +133,7 @@ pub(crate) use dispatch;
 /// Sum of channel `ch` of `[N, C, H, W]` (f64, images in order).
 fn channel_total<T: WithDType>(x: &[T], n: usize, c: usize, hw: usize, ch: usize) -> f64 {
     (0..n)
-        .map(|i| {
-            x[(i * c + ch) * hw..(i * c + ch + 1) * hw]
-                .iter()
-                .map(|v| v.to_f64())
-                .sum::<f64>()
-        })
+        .map(|i| lane_sum(&x[(i * c + ch) * hw..(i * c + ch + 1) * hw], |v| v.to_f64()))
         .sum()
 }
 
@@ -152,13 +147,14 @@ fn channel_stats<T: WithDType>(x: &[T], n: usize, c: usize, hw: usize) -> Vec<f6
         .map(|ch| {
             let m = (n * hw) as f64;
             let mean = channel_total(x, n, c, hw, ch) / m;
-            let mut sq = 0.0;
-            for i in 0..n {
-                sq += x[(i * c + ch) * hw..(i * c + ch + 1) * hw]
-                    .iter()
-                    .map(|v| (v.to_f64() - mean).powi(2))
-                    .sum::<f64>();
-            }
+            let sq: f64 = (0..n)
+                .map(|i| {
+                    lane_sum(&x[(i * c + ch) * hw..(i * c + ch + 1) * hw], |v| {
+                        let d = v.to_f64() - mean;
+                        d * d
+                    })
+                })
+                .sum();
             (mean, sq / m)
         })
         .collect();
@@ -241,18 +237,16 @@ fn bn_bwd<T: WithDType>(
             // The forward's ReLU mask, computed the same way (element type).
             let (a, sh) = op.scale_shift(ch, gb[ch].to_f64(), gb[c + ch].to_f64());
             let (a, sh) = (T::from_f64(a), T::from_f64(sh));
-            let (mut s, mut sdx) = (0.0, 0.0);
-            for i in 0..n {
+            let relu = op.relu;
+            let (s, sdx) = (0..n).fold((0.0, 0.0), |(s, sdx), i| {
                 let r = (i * c + ch) * hw..(i * c + ch + 1) * hw;
-                for (&xv, &dv) in x[r.clone()].iter().zip(&dy[r]) {
-                    if op.relu && xv * a + sh <= T::zero() {
-                        continue;
-                    }
-                    let d = dv.to_f64();
-                    s += d;
-                    sdx += d * xv.to_f64();
-                }
-            }
+                let (ds, dsx) = lane_sums2(&x[r.clone()], &dy[r], |xv, dv| {
+                    let dead = relu && xv * a + sh <= T::zero();
+                    let d = if dead { 0.0 } else { dv.to_f64() };
+                    (d, d * xv.to_f64())
+                });
+                (s + ds, sdx + dsx)
+            });
             // Σ dy'·x̂ = σ⁻¹ (Σ dy'·x - μ Σ dy').
             (s, op.invstd[ch] * (sdx - op.mean[ch] * s))
         })
@@ -274,14 +268,14 @@ fn bn_bwd<T: WithDType>(
         let (a, sh) = (T::from_f64(a), T::from_f64(sh));
         let xs = &x[p * hw..(p + 1) * hw];
         let ds = &dy[p * hw..(p + 1) * hw];
-        for ((o, &xv), &dv) in o.iter_mut().zip(xs).zip(ds) {
-            let d = if op.relu && xv * a + sh <= T::zero() {
-                T::zero()
-            } else {
-                dv
-            };
-            *o = d * pp + xv * q + r;
-        }
+        let relu = op.relu;
+        vectorized(move || {
+            for ((o, &xv), &dv) in o.iter_mut().zip(xs).zip(ds) {
+                let dead = relu && xv * a + sh <= T::zero();
+                let d = if dead { T::zero() } else { dv };
+                *o = d * pp + xv * q + r;
+            }
+        });
     });
     for ch in 0..c {
         rest[ch] = T::from_f64(sums[ch].1);
@@ -601,16 +595,18 @@ fn affine_fwd<T: WithDType>(
         .enumerate()
         .for_each(|(p, (o, xs))| {
             let (a, b) = (scale[p % c], shift[p % c]);
-            if op.relu {
-                for (o, &v) in o.iter_mut().zip(xs) {
-                    let y = v * a + b;
-                    *o = if y > T::zero() { y } else { T::zero() };
+            vectorized(move || {
+                if op.relu {
+                    for (o, &v) in o.iter_mut().zip(xs) {
+                        let y = v * a + b;
+                        *o = if y > T::zero() { y } else { T::zero() };
+                    }
+                } else {
+                    for (o, &v) in o.iter_mut().zip(xs) {
+                        *o = v * a + b;
+                    }
                 }
-            } else {
-                for (o, &v) in o.iter_mut().zip(xs) {
-                    *o = v * a + b;
-                }
-            }
+            })
         });
     out
 }
@@ -632,27 +628,27 @@ fn affine_bwd<T: WithDType>(
         let (a, b) = (ss[ch], ss[c + ch]);
         let xs = &x[p * hw..(p + 1) * hw];
         let ds = &dy[p * hw..(p + 1) * hw];
-        for ((o, &xv), &d) in o.iter_mut().zip(xs).zip(ds) {
-            let live = !op.relu || xv * a + b > T::zero();
-            *o = if live { d * a } else { T::zero() };
-        }
+        vectorized(move || {
+            for ((o, &xv), &d) in o.iter_mut().zip(xs).zip(ds) {
+                let live = !op.relu || xv * a + b > T::zero();
+                *o = if live { d * a } else { T::zero() };
+            }
+        });
     });
     // dscale = Σ dy'·x, dshift = Σ dy' per channel (f64 sums, fixed order).
     let sums: Vec<(f64, f64)> = (0..c)
         .into_par_iter()
         .map(|ch| {
             let (a, b) = (ss[ch], ss[c + ch]);
-            let (mut sx, mut s) = (0.0, 0.0);
-            for i in 0..n {
+            (0..n).fold((0.0, 0.0), |(sx, s), i| {
                 let r = (i * c + ch) * hw..(i * c + ch + 1) * hw;
-                for (&xv, &d) in x[r.clone()].iter().zip(&dy[r]) {
-                    if !op.relu || xv * a + b > T::zero() {
-                        sx += d.to_f64() * xv.to_f64();
-                        s += d.to_f64();
-                    }
-                }
-            }
-            (sx, s)
+                let (dsx, ds) = lane_sums2(&x[r.clone()], &dy[r], |xv, dv| {
+                    let live = !op.relu || xv * a + b > T::zero();
+                    let d = if live { dv.to_f64() } else { 0.0 };
+                    (d * xv.to_f64(), d)
+                });
+                (sx + dsx, s + ds)
+            })
         })
         .collect();
     for (ch, (sx, s)) in sums.into_iter().enumerate() {

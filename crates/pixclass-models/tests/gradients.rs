@@ -256,6 +256,17 @@ fn strided_conv_on_mixed_parity_input_matches_finite_differences() {
         let fw = |w: &Tensor| weighted_sum(&conv(&x, w, (2, 2), (2, 2), 2, 2, 1)?, &r);
         assert!(gradient_ok(&fw, &w3, 1e-5));
     }
+    // Stride 3 (the kernels' general strided copy; stride 2 has its own).
+    let x = rand_tensor(&[2, 2, 11, 10], 20);
+    let y = ops::conv2d(&x, &w3, (1, 1), (1, 1), 3, 1, 1).unwrap();
+    let portable = ops::conv2d_portable(&x, &w3, (1, 1), (1, 1), 3, 1, 1).unwrap();
+    assert_eq!(y.dims(), &[2, 3, 4, 4]);
+    assert!(max_rel(&y, &portable) < 1e-12);
+    let r = rand_tensor(y.dims(), 21);
+    let fx = |x: &Tensor| weighted_sum(&ops::conv2d(x, &w3, (1, 1), (1, 1), 3, 1, 1)?, &r);
+    assert!(gradient_ok(&fx, &x, 1e-5), "stride 3 input gradient");
+    let fw = |w: &Tensor| weighted_sum(&ops::conv2d(&x, w, (1, 1), (1, 1), 3, 1, 1)?, &r);
+    assert!(gradient_ok(&fw, &w3, 1e-5), "stride 3 weight gradient");
 }
 
 #[test]
