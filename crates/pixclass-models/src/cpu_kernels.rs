@@ -9,7 +9,7 @@
 use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Result, Shape, Tensor, WithDType};
 use rayon::prelude::*;
 
-use crate::simd::{lane_sum, lane_sums2, vectorized, Real};
+use crate::simd::{lane_sum, vectorized, Real};
 
 /// Geometry of a convolution seen from its input image: an `n x c x h x w`
 /// image, a `kh x kw` kernel, stride, dilation, top/left padding, and the
@@ -220,7 +220,7 @@ fn bn_fwd<T: WithDType>(
     affine_fwd(ChannelAffine { relu: op.relu }, x, &scale, &shift, c, hw)
 }
 
-fn bn_bwd<T: WithDType>(
+fn bn_bwd<T: Real>(
     op: &BnTrain,
     x: &[T],
     dy: &[T],
@@ -237,18 +237,14 @@ fn bn_bwd<T: WithDType>(
             // The forward's ReLU mask, computed the same way (element type).
             let (a, sh) = op.scale_shift(ch, gb[ch].to_f64(), gb[c + ch].to_f64());
             let (a, sh) = (T::from_f64(a), T::from_f64(sh));
-            let relu = op.relu;
-            let (s, sdx) = (0..n).fold((0.0, 0.0), |(s, sdx), i| {
+            let (s, sdxc) = (0..n).fold((0.0, 0.0), |(s, sdxc), i| {
                 let r = (i * c + ch) * hw..(i * c + ch + 1) * hw;
-                let (ds, dsx) = lane_sums2(&x[r.clone()], &dy[r], |xv, dv| {
-                    let dead = relu && xv * a + sh <= T::zero();
-                    let d = if dead { 0.0 } else { dv.to_f64() };
-                    (d, d * xv.to_f64())
-                });
-                (s + ds, sdx + dsx)
+                let (ds, dsxc) =
+                    T::relu_masked_sums(&x[r.clone()], &dy[r], a, sh, op.relu, op.mean[ch]);
+                (s + ds, sdxc + dsxc)
             });
-            // Σ dy'·x̂ = σ⁻¹ (Σ dy'·x - μ Σ dy').
-            (s, op.invstd[ch] * (sdx - op.mean[ch] * s))
+            // Σ dy'·x̂ = σ⁻¹ Σ dy'·(x - μ).
+            (s, op.invstd[ch] * sdxc)
         })
         .collect();
     // Pass 2: dx = γσ⁻¹/M · (M·dy' - Σdy' - x̂·Σdy'x̂).
@@ -611,7 +607,7 @@ fn affine_fwd<T: WithDType>(
     out
 }
 
-fn affine_bwd<T: WithDType>(
+fn affine_bwd<T: Real>(
     op: ChannelAffine,
     x: &[T],
     dy: &[T],
@@ -642,11 +638,7 @@ fn affine_bwd<T: WithDType>(
             let (a, b) = (ss[ch], ss[c + ch]);
             (0..n).fold((0.0, 0.0), |(sx, s), i| {
                 let r = (i * c + ch) * hw..(i * c + ch + 1) * hw;
-                let (dsx, ds) = lane_sums2(&x[r.clone()], &dy[r], |xv, dv| {
-                    let live = !op.relu || xv * a + b > T::zero();
-                    let d = if live { dv.to_f64() } else { 0.0 };
-                    (d * xv.to_f64(), d)
-                });
+                let (ds, dsx) = T::relu_masked_sums(&x[r.clone()], &dy[r], a, b, op.relu, 0.0);
                 (sx + dsx, s + ds)
             })
         })
