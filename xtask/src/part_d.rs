@@ -487,6 +487,11 @@ fn resnet_timing(bin: &Path, out: &Path, plan: &Plan) -> Result<(String, Value)>
     ];
     let mut a: Vec<&str> = common.to_vec();
     a.extend(["--cache-dir", &cache]);
+    // Epoch 1 of this run must extract the features (a cold cache), unless
+    // the run already finished and is reused as it is.
+    if finished(&root.join("eval-cached"), &sub, &a).is_none() {
+        let _ = std::fs::remove_dir_all(root.join("feature-cache"));
+    }
     let eval = finetune(bin, &sub, &root.join("eval-cached"), &a)?;
     let mut b: Vec<&str> = common.to_vec();
     b.extend(["--frozen-mode", "train"]);

@@ -747,12 +747,44 @@ fn argmax_window<T: WithDType>(plane: &[T], w: usize, k: usize, oy: usize, ox: u
     best
 }
 
+/// Position (0..4, row-major) and value of the first maximum of a 2x2
+/// window `[a, b; c, d]`: the same comparisons, in the same order, as
+/// [`argmax_window`].
+#[inline(always)]
+fn argmax2x2<T: WithDType>(a: T, b: T, c: T, d: T) -> (usize, T) {
+    let (mut best, mut m) = (0, a);
+    if b > m {
+        (best, m) = (1, b);
+    }
+    if c > m {
+        (best, m) = (2, c);
+    }
+    if d > m {
+        (best, m) = (3, d);
+    }
+    (best, m)
+}
+
 fn maxpool_fwd<T: WithDType>(x: &[T], h: usize, w: usize, k: usize) -> Vec<T> {
     let (ho, wo) = (h / k, w / k);
     let planes = x.len() / (h * w);
     let mut out = vec![T::zero(); planes * ho * wo];
     out.par_chunks_mut(ho * wo).enumerate().for_each(|(p, o)| {
         let plane = &x[p * h * w..(p + 1) * h * w];
+        if k == 2 {
+            // The colourization nets' pooling: two input rows per output row.
+            for (orow, rows) in o.chunks_exact_mut(wo).zip(plane.chunks_exact(2 * w)) {
+                let (r0, r1) = rows.split_at(w);
+                for ((v, p0), p1) in orow
+                    .iter_mut()
+                    .zip(r0.chunks_exact(2))
+                    .zip(r1.chunks_exact(2))
+                {
+                    *v = argmax2x2(p0[0], p0[1], p1[0], p1[1]).1;
+                }
+            }
+            return;
+        }
         for oy in 0..ho {
             for ox in 0..wo {
                 o[oy * wo + ox] = plane[argmax_window(plane, w, k, oy, ox)];
@@ -768,6 +800,27 @@ fn maxpool_bwd<T: WithDType>(x: &[T], g: &[T], h: usize, w: usize, k: usize) -> 
     out.par_chunks_mut(h * w).enumerate().for_each(|(p, o)| {
         let plane = &x[p * h * w..(p + 1) * h * w];
         let gp = &g[p * ho * wo..(p + 1) * ho * wo];
+        if k == 2 {
+            // Windows do not overlap: each input gets `0 + g` or stays 0,
+            // exactly what the general loop's `+=` gives.
+            let rows = plane.chunks_exact(2 * w).zip(o.chunks_exact_mut(2 * w));
+            for ((xrows, orows), grow) in rows.zip(gp.chunks_exact(wo)) {
+                let (x0, x1) = xrows.split_at(w);
+                let (o0, o1) = orows.split_at_mut(w);
+                for (ox, &gv) in grow.iter().enumerate() {
+                    let i = 2 * ox;
+                    let (best, _) = argmax2x2(x0[i], x0[i + 1], x1[i], x1[i + 1]);
+                    let target = match best {
+                        0 => &mut o0[i],
+                        1 => &mut o0[i + 1],
+                        2 => &mut o1[i],
+                        _ => &mut o1[i + 1],
+                    };
+                    *target += gv;
+                }
+            }
+            return;
+        }
         for oy in 0..ho {
             for ox in 0..wo {
                 o[argmax_window(plane, w, k, oy, ox)] += gp[oy * wo + ox];
@@ -847,6 +900,18 @@ fn upsample_fwd<T: WithDType>(x: &[T], h: usize, w: usize, f: usize) -> Vec<T> {
     let mut out = vec![T::zero(); x.len() * f * f];
     out.par_chunks_mut(oh * ow).enumerate().for_each(|(p, o)| {
         let plane = &x[p * h * w..(p + 1) * h * w];
+        if f == 2 {
+            // The colourization nets' upsampling: each value twice, each row twice.
+            for (orows, src) in o.chunks_exact_mut(2 * ow).zip(plane.chunks_exact(w)) {
+                let (o0, o1) = orows.split_at_mut(ow);
+                for (pair, &v) in o0.chunks_exact_mut(2).zip(src) {
+                    pair[0] = v;
+                    pair[1] = v;
+                }
+                o1.copy_from_slice(o0);
+            }
+            return;
+        }
         for y in 0..oh {
             let src = &plane[(y / f) * w..(y / f + 1) * w];
             for (xo, v) in o[y * ow..(y + 1) * ow].iter_mut().enumerate() {
@@ -863,6 +928,20 @@ fn block_sum<T: WithDType>(g: &[T], h: usize, w: usize, f: usize) -> Vec<T> {
     let mut out = vec![T::zero(); g.len() / (f * f)];
     out.par_chunks_mut(h * w).enumerate().for_each(|(p, o)| {
         let plane = &g[p * gh * gw..(p + 1) * gh * gw];
+        if f == 2 {
+            // The general loop's additions in its order: 0 + g00 + g01 + g10 + g11.
+            for (orow, rows) in o.chunks_exact_mut(w).zip(plane.chunks_exact(2 * gw)) {
+                let (r0, r1) = rows.split_at(gw);
+                for ((v, p0), p1) in orow
+                    .iter_mut()
+                    .zip(r0.chunks_exact(2))
+                    .zip(r1.chunks_exact(2))
+                {
+                    *v = T::zero() + p0[0] + p0[1] + p1[0] + p1[1];
+                }
+            }
+            return;
+        }
         for y in 0..gh {
             let row = &plane[y * gw..(y + 1) * gw];
             let orow = &mut o[(y / f) * w..(y / f + 1) * w];

@@ -28,6 +28,27 @@ fn max_pool_matches_finite_differences() {
 }
 
 #[test]
+fn max_pool_gradient_goes_to_the_first_maximum_on_ties() {
+    // Finite differences cannot see ties; PyTorch sends the gradient to the
+    // first maximum of a window in row-major order.
+    let x = Tensor::new(
+        &[[[[5f32, 5., 1., 3.], [5., 5., 3., 2.]]]],
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    let v = candle_core::Var::from_tensor(&x).unwrap();
+    let y = ops::max_pool2d(v.as_tensor(), 2).unwrap();
+    assert_eq!(y.flatten_all().unwrap().to_vec1::<f32>().unwrap(), [5., 3.]);
+    let r = Tensor::new(&[[[[2f32, 7.]]]], &candle_core::Device::Cpu).unwrap();
+    let g = (y * r).unwrap().sum_all().unwrap().backward().unwrap();
+    let gx = g.get(v.as_tensor()).unwrap().flatten_all().unwrap();
+    assert_eq!(
+        gx.to_vec1::<f32>().unwrap(),
+        [2., 0., 0., 7., 0., 0., 0., 0.]
+    );
+}
+
+#[test]
 fn batch_norm_train_matches_finite_differences() {
     use candle_nn::{VarBuilder, VarMap};
     use pixclass_models::layers::{BatchNorm2d, BatchNormConfig};
