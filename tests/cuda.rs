@@ -16,13 +16,14 @@ use candle_nn::{VarBuilder, VarMap};
 use pixclass_data::cifar::CifarSource;
 use pixclass_data::segment::{Preprocess, SegSource};
 use pixclass_metrics::{ConfusionMatrix, Loss};
-use pixclass_models::cpu_kernels::BinaryLossKind;
 use pixclass_models::deeplab::{DeepLabConfig, DeepLabV3};
 use pixclass_models::init::{seeded_var_builder, torch_var_builder};
 use pixclass_models::layers::trainable_vars;
 use pixclass_models::mobilenet::MobileNetV2DeepLab;
 use pixclass_models::segment::SegHead;
-use pixclass_models::{ops, ColourModelKind, ColourNet, ColourNetConfig};
+use pixclass_models::{ColourModelKind, ColourNet, ColourNetConfig};
+use pixclass_ops as ops;
+use pixclass_ops::Loss as BinaryLossKind;
 use pixclass_train::adam::{Adam, AdamConfig};
 use pixclass_train::colourize::{train_colouriser, ColourTrainConfig};
 use pixclass_train::segment::{finetune, FeatureCache, SegTrainConfig};
@@ -204,8 +205,8 @@ fn segmentation_losses_metrics_and_head_gradients_match_the_cpu() {
             hg.forward_margin(&fg, 65, 81).unwrap(),
         );
         assert!(rel(&mg, &mc, 1.0) < 1e-5, "{kind:?}: margins differ");
-        let lc = ops::binary_loss(&mc, &y, kind).unwrap();
-        let lg = ops::binary_loss(&mg, &yg, kind).unwrap();
+        let lc = ops::margin_loss(&mc, &y, kind).unwrap();
+        let lg = ops::margin_loss(&mg, &yg, kind).unwrap();
         let e = rel(&lg, &lc, 1.0);
         assert!(e < 1e-5, "{kind:?}: loss differs by {e}");
         let (gc, gg) = (lc.backward().unwrap(), lg.backward().unwrap());
@@ -276,26 +277,24 @@ fn training_runs_on_the_gpu_end_where_the_cpu_runs_end() {
             false,
         )
         .unwrap();
-        ends.push(run.rows[1].clone());
+        ends.push(run.record.epochs[1].clone());
     }
     let (c, g) = (&ends[0], &ends[1]);
+    let (ct, gt) = (c.train_loss.unwrap(), g.train_loss.unwrap());
+    let v = |e: &pixclass_runs::EpochRecord, m: &str| e.get(m).unwrap();
     assert!(
-        (c.train_loss - g.train_loss).abs() < 1e-3 * c.train_loss,
-        "colourization train loss: CPU {} vs GPU {}",
-        c.train_loss,
-        g.train_loss
+        (ct - gt).abs() < 1e-3 * ct,
+        "colourization train loss: CPU {ct} vs GPU {gt}"
     );
+    let (cl, gl) = (v(c, "val_loss"), v(g, "val_loss"));
     assert!(
-        (c.values[0] - g.values[0]).abs() < 1e-3 * c.values[0],
-        "colourization val loss: CPU {} vs GPU {}",
-        c.values[0],
-        g.values[0]
+        (cl - gl).abs() < 1e-3 * cl,
+        "colourization val loss: CPU {cl} vs GPU {gl}"
     );
+    let (ca, ga) = (v(c, "val_acc"), v(g, "val_acc"));
     assert!(
-        (c.values[1] - g.values[1]).abs() < 0.5,
-        "colourization val accuracy: CPU {} vs GPU {}",
-        c.values[1],
-        g.values[1]
+        (ca - ga).abs() < 0.5,
+        "colourization val accuracy: CPU {ca} vs GPU {ga}"
     );
 
     // Segmentation: the head fine-tuned on MobileNetV2 features of the
@@ -326,16 +325,15 @@ fn training_runs_on_the_gpu_end_where_the_cpu_runs_end() {
                 false,
             )
             .unwrap();
-            ends.push(run.rows[1].clone());
+            ends.push(run.record.epochs[1].clone());
         }
         let (c, g) = (&ends[0], &ends[1]);
+        let (ct, gt) = (c.train_loss.unwrap(), g.train_loss.unwrap());
         assert!(
-            (c.train_loss - g.train_loss).abs() < 1e-3 * c.train_loss.abs().max(1e-3),
-            "{loss:?} train loss: CPU {} vs GPU {}",
-            c.train_loss,
-            g.train_loss
+            (ct - gt).abs() < 1e-3 * ct.abs().max(1e-3),
+            "{loss:?} train loss: CPU {ct} vs GPU {gt}"
         );
-        for (k, (a, b)) in c.values.iter().zip(&g.values).enumerate() {
+        for ((k, a), (_, b)) in c.metrics.iter().zip(g.metrics.iter()) {
             assert!(
                 (a - b).abs() < 5e-3,
                 "{loss:?} val metric {k}: CPU {a} vs GPU {b}"

@@ -6,8 +6,10 @@
 use candle_core::Device;
 use pixclass_data::cifar::CifarSource;
 use pixclass_models::ColourModelKind;
+use pixclass_runs::{RunRecord, RunStatus};
 use pixclass_train::colourize::{
-    evaluate_split, load_colouriser, palette_for, prepare_data, train_colouriser, ColourTrainConfig,
+    evaluate_split, load_colouriser, palette_for, prepare_data, train_colouriser,
+    ColourTrainConfig, VAL_ACC, VAL_LOSS,
 };
 use pixclass_train::DeviceKind;
 
@@ -24,8 +26,15 @@ fn train_reload_evaluate_round_trip_with_a_partial_last_batch() {
     cfg.model.num_filters = 8;
     // 150 images in batches of 64: 64, 64, 22 (a partial last batch).
     let run = train_colouriser(&cfg, &CifarSource::Embedded, dir.path(), false, false).unwrap();
-    assert_eq!(run.rows.len(), 2);
-    assert!(run.rows[1].train_loss < run.rows[0].train_loss);
+    let rows = &run.record.epochs;
+    assert_eq!(rows.len(), 2);
+    assert!(rows[1].train_loss < rows[0].train_loss);
+    // The run record on disk is the one returned, and names its data.
+    let on_disk = RunRecord::read(dir.path()).unwrap();
+    assert_eq!(on_disk.epochs, *rows);
+    assert_eq!(on_disk.status, RunStatus::Finished);
+    assert_eq!((on_disk.data.train, on_disk.data.val), (150, 100));
+    assert!(on_disk.data.embedded);
 
     let loaded = load_colouriser(dir.path(), DeviceKind::Cpu).unwrap();
     let palette = palette_for(&loaded.config.model).unwrap();
@@ -41,18 +50,12 @@ fn train_reload_evaluate_round_trip_with_a_partial_last_batch() {
     assert_eq!(train.len(), 150);
     assert_eq!(train.num_batches(64), 3);
     assert_eq!(val.len(), 100);
-    let (loss, acc) = evaluate_split(&loaded.net, &val, cfg.batch_size, &Device::Cpu).unwrap();
-    let last = &run.rows[1];
-    assert!(
-        (loss - last.values[0]).abs() < 1e-6,
-        "{loss} vs {}",
-        last.values[0]
-    );
-    assert!(
-        (acc - last.values[1]).abs() < 1e-9,
-        "{acc} vs {}",
-        last.values[1]
-    );
+    let m = evaluate_split(&loaded.net, &val, cfg.batch_size, &Device::Cpu).unwrap();
+    let (loss, acc) = (m.get(VAL_LOSS).unwrap(), m.get(VAL_ACC).unwrap());
+    let last = &rows[1];
+    let (want_loss, want_acc) = (last.get(VAL_LOSS).unwrap(), last.get(VAL_ACC).unwrap());
+    assert!((loss - want_loss).abs() < 1e-6, "{loss} vs {want_loss}");
+    assert!((acc - want_acc).abs() < 1e-9, "{acc} vs {want_acc}");
     // The data source is recorded in the saved configuration.
     assert!(loaded.config.data.contains("embedded sample"));
 }

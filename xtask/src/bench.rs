@@ -18,7 +18,33 @@ use std::process::Command;
 use anyhow::{bail, Context, Result};
 use serde_json::json;
 
-use crate::{flag, opt, root};
+use crate::root;
+
+/// `cargo xtask bench`.
+#[derive(clap::Args)]
+pub struct BenchArgs {
+    /// Output folder (bench.json, PERFORMANCE.md).
+    #[arg(long, default_value = "runs/bench")]
+    out: PathBuf,
+    /// A Python with torch for the PyTorch side (default: $PIXCLASS_TORCH_PYTHON).
+    #[arg(long)]
+    python: Option<String>,
+    /// Rounds, alternating the two sides.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// Device.
+    #[arg(long, value_parser = ["cpu", "cuda"], default_value = "cpu")]
+    device: String,
+    /// Take the example binaries from this folder instead of building them.
+    #[arg(long)]
+    prebuilt: Option<PathBuf>,
+    /// Data directory (default: $PIXCLASS_DATA, else ../shared/data).
+    #[arg(long)]
+    data_dir: Option<String>,
+    /// Copy the report to docs/PERFORMANCE.md (CPU) or docs/PERFORMANCE-CUDA.md (GPU).
+    #[arg(long)]
+    publish: bool,
+}
 
 /// Lines `PREFIX name<TAB>value` of a benchmark's output.
 fn tagged(stdout: &str, prefix: &str) -> BTreeMap<String, f64> {
@@ -73,18 +99,14 @@ fn bench_rows(mut cmd: Command, what: &str) -> Result<Report> {
     Ok(Report { rows, flops, peak })
 }
 
-pub fn run(args: &[String]) -> Result<()> {
-    let out = PathBuf::from(opt(args, "--out").unwrap_or_else(|| "runs/bench".into()));
+pub fn run(args: &BenchArgs) -> Result<()> {
+    let out = args.out.clone();
     std::fs::create_dir_all(&out)?;
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let device = opt(args, "--device").unwrap_or_else(|| "cpu".into());
-    let gpu = match device.as_str() {
-        "cpu" => false,
-        "cuda" => true,
-        other => bail!("--device {other:?}: cpu or cuda"),
-    };
-    let examples = match opt(args, "--prebuilt") {
-        Some(dir) => PathBuf::from(dir),
+    let device = args.device.clone();
+    let gpu = device == "cuda";
+    let examples = match &args.prebuilt {
+        Some(dir) => dir.clone(),
         None => {
             let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
             // Build first, so compile time never lands in a measurement.
@@ -113,8 +135,13 @@ pub fn run(args: &[String]) -> Result<()> {
         }
     };
     let ex = |name: &str| examples.join(name);
-    let python = opt(args, "--python").or_else(|| std::env::var("PIXCLASS_TORCH_PYTHON").ok());
-    let data = opt(args, "--data-dir")
+    let python = args
+        .python
+        .clone()
+        .or_else(|| std::env::var("PIXCLASS_TORCH_PYTHON").ok());
+    let data = args
+        .data_dir
+        .clone()
         .or_else(|| std::env::var("PIXCLASS_DATA").ok())
         .unwrap_or_else(|| "../shared/data".into());
     let scripts = [
@@ -126,11 +153,7 @@ pub fn run(args: &[String]) -> Result<()> {
     ];
     // Rounds alternate pixclass and PyTorch, so a slow spell of a shared
     // machine hits both sides; each row keeps every round's median.
-    let rounds: usize = opt(args, "--rounds")
-        .map(|r| r.parse().context("--rounds takes a number"))
-        .transpose()?
-        .unwrap_or(3)
-        .max(1);
+    let rounds = args.rounds.max(1);
     let mut ours: BTreeMap<String, Vec<f64>> = BTreeMap::new();
     let mut torch: BTreeMap<String, Vec<f64>> = BTreeMap::new();
     let mut peaks = BTreeMap::new();
@@ -272,7 +295,7 @@ pub fn run(args: &[String]) -> Result<()> {
              `benches/torch_seg_forward.py`).\n"
         );
         std::fs::write(out.join(page), &text)?;
-        if flag(args, "--publish") {
+        if args.publish {
             std::fs::write(root().join("docs").join(page), text)?;
             println!("published to docs/{page}");
         }

@@ -12,23 +12,50 @@ use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 
-use crate::{build_pixclass, flag, opt, root};
+use pixclass_runs::RunRecord;
+
+use crate::{build_pixclass, root};
+
+/// `cargo xtask crosscheck`.
+#[derive(clap::Args)]
+pub struct CrosscheckArgs {
+    /// A Python with torch (default: $PIXCLASS_TORCH_PYTHON).
+    #[arg(long)]
+    python: Option<String>,
+    /// The pixclass run to compare (trained first when it holds no finished run).
+    #[arg(long)]
+    run: PathBuf,
+    /// The net.
+    #[arg(long, default_value = "pool-upsample")]
+    model: String,
+    /// Data directory (default: $PIXCLASS_DATA, else ../shared/data).
+    #[arg(long)]
+    data_dir: Option<String>,
+    /// Write docs/CROSSCHECK.md.
+    #[arg(long)]
+    publish: bool,
+}
 
 /// One epoch: train loss, val loss, val accuracy (%), seconds.
 type Row = [f64; 4];
 
-/// Rows of a pixclass `metrics.csv`.
+/// Rows of a pixclass run, from its record.
 fn pixclass_rows(dir: &std::path::Path) -> Result<Vec<Row>> {
-    let text = std::fs::read_to_string(dir.join("metrics.csv"))
-        .with_context(|| format!("reading {}/metrics.csv", dir.display()))?;
-    text.lines()
-        .skip(1)
-        .map(|l| {
-            let v: Vec<f64> = l.split(',').filter_map(|x| x.parse().ok()).collect();
-            match v.as_slice() {
-                [_, t, vl, a, s] => Ok([*t, *vl, *a, *s]),
-                _ => bail!("bad metrics.csv line {l:?}"),
-            }
+    let r = RunRecord::read(dir)?;
+    r.epochs
+        .iter()
+        .map(|e| {
+            let v = |name: &str| {
+                e.get(name).with_context(|| {
+                    format!("epoch {} of {} has no {name}", e.epoch, dir.display())
+                })
+            };
+            Ok([
+                e.train_loss.context("no train loss")?,
+                v("val_loss")?,
+                v("val_acc")?,
+                e.seconds,
+            ])
         })
         .collect()
 }
@@ -52,16 +79,19 @@ fn torch_rows(stdout: &str) -> Vec<Row> {
     rows
 }
 
-pub fn run(args: &[String]) -> Result<()> {
-    let Some(python) =
-        opt(args, "--python").or_else(|| std::env::var("PIXCLASS_TORCH_PYTHON").ok())
+pub fn run(args: &CrosscheckArgs) -> Result<()> {
+    let Some(python) = args
+        .python
+        .clone()
+        .or_else(|| std::env::var("PIXCLASS_TORCH_PYTHON").ok())
     else {
         bail!("crosscheck needs a Python with torch: --python PY or PIXCLASS_TORCH_PYTHON");
     };
-    let run_dir =
-        PathBuf::from(opt(args, "--run").context("--run DIR: the pixclass run to compare")?);
-    let model = opt(args, "--model").unwrap_or_else(|| "pool-upsample".into());
-    let data = opt(args, "--data-dir")
+    let run_dir = args.run.clone();
+    let model = args.model.clone();
+    let data = args
+        .data_dir
+        .clone()
         .or_else(|| std::env::var("PIXCLASS_DATA").ok())
         .unwrap_or_else(|| "../shared/data".into());
     let finished = pixclass_rows(&run_dir).is_ok_and(|r| r.len() == 25);
@@ -177,7 +207,7 @@ pub fn run(args: &[String]) -> Result<()> {
     )?;
     std::fs::write(run_dir.join("crosscheck.md"), &md)?;
     println!("{md}");
-    if flag(args, "--publish") {
+    if args.publish {
         std::fs::write(root().join("docs/CROSSCHECK.md"), &md)?;
         println!("published to docs/CROSSCHECK.md");
     }

@@ -1,16 +1,20 @@
 //! `cargo xtask <task>`: project automation, an ordinary crate with few
-//! dependencies. It drives the `pixclass` binary (built in release mode) and
+//! dependencies (clap, serde_json and pixclass-runs, no tensor library). It drives the `pixclass` binary (built in release mode) and
 //! writes reports; it never re-implements what the library crates do.
 //!
-//! Tasks:
-//! - `reproduce [--quick|--full] [--device cpu|cuda|metal] [--out DIR] [--publish]`:
-//!   the whole study (Parts A–D) with a report next to the reference numbers.
-//! - `fetch [--all|cifar10|flowers17|weights] [--data-dir D]`: official downloads, verified.
-//! - `bench [--python PY] [--out DIR] [--rounds R] [--device cpu|cuda] [--prebuilt DIR] [--publish]`:
-//!   pixclass vs PyTorch timings.
-//! - `golden [--python PY]`: regenerate the PyTorch golden fixtures.
-//! - `crosscheck --python PY --run DIR [--model M] [--publish]`: a colourization
-//!   run epoch by epoch next to the reference program in PyTorch (same seed).
+//! Tasks (`cargo xtask help` and `cargo xtask TASK --help`; unknown options
+//! are errors):
+//! - `reproduce`: the whole study (Parts A–D) with a report next to the
+//!   reference numbers (Parts A–C in `reproduce.rs`, Part D in `part_d.rs`);
+//! - `fetch`: official downloads, verified;
+//! - `bench`: pixclass vs PyTorch timings;
+//! - `golden`: regenerate the PyTorch golden fixtures;
+//! - `crosscheck`: a colourization run epoch by epoch next to the reference
+//!   program in PyTorch (same seed).
+//!
+//! Results are read from the runs' records (`run.json`, through
+//! `pixclass-runs`), never from the binary's printed text; finished runs of an
+//! interrupted reproduction are reused by one rule (`reuse.rs`).
 //!
 //! `PIXCLASS_BIN=path` makes the tasks use that `pixclass` binary instead of
 //! building one (a GPU machine without a Rust toolchain, say).
@@ -19,45 +23,77 @@ mod bench;
 mod crosscheck;
 mod part_d;
 mod reproduce;
+mod reuse;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
 
-fn main() -> Result<()> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let Some((task, rest)) = args.split_first() else {
-        print_help();
-        return Ok(());
-    };
-    match task.as_str() {
-        "reproduce" => reproduce::run(rest),
-        "bench" => bench::run(rest),
-        "crosscheck" => crosscheck::run(rest),
-        "fetch" => fetch(rest),
-        "golden" => golden(rest),
-        "help" | "--help" | "-h" => {
-            print_help();
-            Ok(())
-        }
-        other => bail!("unknown task {other:?}; run `cargo xtask help`"),
-    }
+/// Project automation for pixclass.
+#[derive(Parser)]
+#[command(name = "cargo xtask", about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
 }
 
-fn print_help() {
-    println!(
-        "cargo xtask <task>\n\n\
-         reproduce [--quick|--full] [--device cpu|cuda|metal] [--out DIR] [--data-dir D] [--publish]\n\
-         \x20   run the whole study (Parts A-D) and write DIR/report.md + DIR/results.json\n\
-         fetch [--all|cifar10|flowers17|weights] [--data-dir D]\n\
-         \x20   download and verify the official data and pretrained weights\n\
-         bench [--python PY] [--out DIR] [--rounds R] [--device cpu|cuda] [--prebuilt DIR] [--publish]\n\
-         \x20   time pixclass and PyTorch side by side; --publish writes docs/PERFORMANCE.md\n\
-         golden [--python PY]           regenerate the PyTorch golden fixtures (needs torch)\n\
-         crosscheck --python PY --run DIR [--model M] [--data-dir D] [--publish]\n\
-         \x20   a colourization run next to the reference program in PyTorch, same seed"
-    );
+#[derive(Subcommand)]
+enum Task {
+    /// Run the whole study (Parts A-D) and write DIR/report.md + DIR/results.json.
+    Reproduce(reproduce::ReproduceArgs),
+    /// Download and verify the official data and pretrained weights.
+    Fetch(FetchArgs),
+    /// Time pixclass and PyTorch side by side; --publish writes docs/PERFORMANCE.md.
+    Bench(bench::BenchArgs),
+    /// Regenerate the PyTorch golden fixtures (needs torch).
+    Golden(GoldenArgs),
+    /// A colourization run next to the reference program in PyTorch, same seed.
+    Crosscheck(crosscheck::CrosscheckArgs),
+}
+
+/// `cargo xtask fetch`.
+#[derive(Args)]
+struct FetchArgs {
+    /// What to fetch (default: all of it).
+    #[arg(value_parser = ["all", "cifar10", "flowers17", "weights"], default_value = "all")]
+    what: String,
+    /// Everything (the default).
+    #[arg(long)]
+    all: bool,
+    /// Data directory.
+    #[arg(long)]
+    data_dir: Option<String>,
+}
+
+/// `cargo xtask golden`.
+#[derive(Args)]
+struct GoldenArgs {
+    /// A Python with torch and safetensors (default: $PIXCLASS_TORCH_PYTHON, else python3).
+    #[arg(long)]
+    python: Option<String>,
+}
+
+/// The golden-fixture scripts `cargo xtask golden` runs (each from the
+/// repository root; the tidy test checks this list against the scripts on
+/// disk and DEVELOPERS.md).
+pub const GOLDEN_SCRIPTS: [&str; 5] = [
+    "crates/pixclass-ops/tests/golden/make_ops_golden.py",
+    "crates/pixclass-models/tests/golden/make_colour_golden.py",
+    "crates/pixclass-train/tests/golden/make_adam_golden.py",
+    "crates/pixclass-models/tests/golden/make_torch_init.py",
+    "crates/pixclass-data/tests/fixtures/make_numpy_shuffle.py",
+];
+
+fn main() -> Result<()> {
+    match Cli::parse().task {
+        Task::Reproduce(a) => reproduce::run(&a),
+        Task::Bench(a) => bench::run(&a),
+        Task::Crosscheck(a) => crosscheck::run(&a),
+        Task::Fetch(a) => fetch(&a),
+        Task::Golden(a) => golden(&a),
+    }
 }
 
 /// The workspace root (xtask's parent directory).
@@ -66,19 +102,6 @@ pub fn root() -> PathBuf {
         .parent()
         .map(Path::to_path_buf)
         .unwrap_or_else(|| PathBuf::from("."))
-}
-
-/// Value of `--name VALUE` in `args`.
-pub fn opt(args: &[String], name: &str) -> Option<String> {
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .cloned()
-}
-
-/// True when `--name` is in `args`.
-pub fn flag(args: &[String], name: &str) -> bool {
-    args.iter().any(|a| a == name)
 }
 
 /// Builds the `pixclass` binary in release mode (with a GPU feature when
@@ -115,10 +138,10 @@ pub fn target_dir() -> PathBuf {
 /// `cargo xtask fetch [--all|cifar10|flowers17|weights]`: everything the
 /// full reproduction needs, through the `pixclass` binary (verified,
 /// resumable); offline, each failure says what is missing and where to put it.
-fn fetch(args: &[String]) -> Result<()> {
-    let what: Vec<&str> = match args.first().map(String::as_str) {
-        None | Some("--all") => vec!["cifar10", "flowers17", "weights"],
-        Some(w) => vec![w],
+fn fetch(args: &FetchArgs) -> Result<()> {
+    let what: Vec<&str> = match args.what.as_str() {
+        "all" => vec!["cifar10", "flowers17", "weights"],
+        w => vec![w],
     };
     let bin = build_pixclass(None)?;
     let mut missing = Vec::new();
@@ -127,14 +150,13 @@ fn fetch(args: &[String]) -> Result<()> {
         match w {
             "cifar10" | "flowers17" => {
                 cmd.args(["data", "fetch", w]);
-                if let Some(d) = opt(args, "--data-dir") {
-                    cmd.args(["--data-dir", &d]);
+                if let Some(d) = &args.data_dir {
+                    cmd.args(["--data-dir", d]);
                 }
             }
-            "weights" => {
+            _ => {
                 cmd.args(["weights", "fetch", "deeplabv3-resnet101-coco"]);
             }
-            other => bail!("unknown fetch target {other:?}: --all, cifar10, flowers17 or weights"),
         }
         if !cmd.status()?.success() {
             missing.push(w);
@@ -149,16 +171,13 @@ fn fetch(args: &[String]) -> Result<()> {
     Ok(())
 }
 
-fn golden(args: &[String]) -> Result<()> {
-    let py = opt(args, "--python")
+fn golden(args: &GoldenArgs) -> Result<()> {
+    let py = args
+        .python
+        .clone()
         .or_else(|| std::env::var("PIXCLASS_TORCH_PYTHON").ok())
         .unwrap_or_else(|| "python3".into());
-    for script in [
-        "crates/pixclass-models/tests/golden/make_colour_golden.py",
-        "crates/pixclass-train/tests/golden/make_adam_golden.py",
-        "crates/pixclass-models/tests/golden/make_torch_init.py",
-        "crates/pixclass-data/tests/fixtures/make_numpy_shuffle.py",
-    ] {
+    for script in GOLDEN_SCRIPTS {
         println!("{py} {script}");
         if !Command::new(&py)
             .current_dir(root())

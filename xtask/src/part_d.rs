@@ -8,7 +8,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context, Result};
+use pixclass_runs::{EpochRecord, RunRecord, RunStatus};
 use serde_json::{json, Value};
+
+use crate::reuse;
 
 /// Reference bands of the best val thresholded "mIOU" (SPEC §B.4).
 const BAND_CE: (f64, f64) = (0.335, 0.365);
@@ -34,49 +37,38 @@ pub struct Plan {
     pub device: String,
 }
 
-/// One fine-tuning run's outcome.
-struct Run {
-    /// Rows of metrics.csv: epoch, train_loss, val_loss, miou_thr, iou_fg, miou, acc, seconds.
-    rows: Vec<Vec<f64>>,
+/// One fine-tuning run's outcome: its record.
+struct Run(RunRecord);
+
+/// Metric names of a segmentation run (pixclass-train's `segment::task`).
+const THR: &str = "val_miou_thr";
+const IOU_FG: &str = "val_iou_fg";
+const MIOU: &str = "val_miou";
+const ACC: &str = "val_pixel_acc";
+
+/// The value of `name` in `e` (NaN when absent: the report shows it).
+fn val(e: &EpochRecord, name: &str) -> f64 {
+    e.get(name).unwrap_or(f64::NAN)
 }
 
 impl Run {
-    fn best(&self) -> &[f64] {
-        self.rows
-            .iter()
-            .max_by(|a, b| a[3].total_cmp(&b[3]))
-            .map(|r| r.as_slice())
-            .unwrap_or(&[])
+    fn best(&self) -> Result<&EpochRecord> {
+        self.0
+            .best_by(THR)
+            .with_context(|| format!("run {:?} has no epochs", self.0.label))
     }
     fn best_thr(&self) -> f64 {
-        self.best().get(3).copied().unwrap_or(f64::NAN)
+        self.best().map_or(f64::NAN, |b| val(b, THR))
     }
     fn seconds(&self, epoch: usize) -> f64 {
-        self.rows
-            .iter()
-            .find(|r| r[0] as usize == epoch)
-            .map_or(f64::NAN, |r| r[7])
+        self.0.epoch(epoch).map_or(f64::NAN, |e| e.seconds)
     }
     fn mean_later_seconds(&self) -> f64 {
-        let later: Vec<f64> = self.rows.iter().skip(1).map(|r| r[7]).collect();
+        let later: Vec<f64> = self.0.epochs.iter().skip(1).map(|e| e.seconds).collect();
         later.iter().sum::<f64>() / later.len().max(1) as f64
     }
 }
 
-fn read_rows(dir: &Path) -> Result<Vec<Vec<f64>>> {
-    let text = std::fs::read_to_string(dir.join("metrics.csv"))
-        .with_context(|| format!("reading {}", dir.join("metrics.csv").display()))?;
-    text.lines()
-        .skip(1)
-        .map(|l| {
-            l.split(',')
-                .map(|v| v.parse::<f64>().context("bad number in metrics.csv"))
-                .collect()
-        })
-        .collect()
-}
-
-/// Runs (or reuses, when finished) one fine-tuning into `dir`.
 /// The options `finetune` passes to `pixclass segment finetune`.
 fn finetune_args(plan: &Plan, extra: &[&str]) -> Vec<String> {
     let mut args: Vec<String> = ["--epochs", &plan.epochs.to_string()]
@@ -90,41 +82,30 @@ fn finetune_args(plan: &Plan, extra: &[&str]) -> Vec<String> {
     args
 }
 
-/// The stamp of a run's options, written next to it when it finishes.
-pub(crate) const STAMP: &str = "xtask-args.txt";
-
-/// A finished run in `dir` started with the same options (a stamp next to
-/// it); delete the folder to rerun it anyway.
-fn finished(dir: &Path, plan: &Plan, extra: &[&str]) -> Option<Run> {
-    let wanted = finetune_args(plan, extra).join("\n");
-    let same = std::fs::read_to_string(dir.join(STAMP)).is_ok_and(|s| s == wanted);
-    let rows = read_rows(dir).ok()?;
-    (same && rows.len() == plan.epochs && dir.join("config.json").is_file()).then_some(Run { rows })
+/// The full command line of one fine-tuning into `dir`.
+fn command(plan: &Plan, dir: &Path, extra: &[&str]) -> Vec<String> {
+    let mut a: Vec<String> = ["--quiet", "segment", "finetune", "--out"]
+        .into_iter()
+        .map(String::from)
+        .collect();
+    a.push(dir.to_string_lossy().into_owned());
+    a.extend(finetune_args(plan, extra));
+    a
 }
 
+/// True when `dir` holds a finished run of these options (to be reused).
+fn finished(dir: &Path, plan: &Plan, extra: &[&str]) -> bool {
+    reuse::same_options(dir, &command(plan, dir, extra))
+        && RunRecord::read(dir).is_ok_and(|r| r.status == RunStatus::Finished)
+}
+
+/// Runs (or reuses, or resumes) one fine-tuning into `dir`.
 fn finetune(bin: &Path, plan: &Plan, dir: &Path, extra: &[&str]) -> Result<Run> {
-    if let Some(run) = finished(dir, plan, extra) {
-        return Ok(run);
-    }
-    let args = finetune_args(plan, extra);
-    let stamp = dir.join(STAMP);
-    let wanted = args.join("\n");
-    let _ = std::fs::remove_dir_all(dir);
-    let mut cmd = Command::new(bin);
-    cmd.args(["--quiet", "segment", "finetune", "--out"])
-        .arg(dir)
-        .args(&args);
-    let out = cmd
-        .stderr(std::process::Stdio::inherit())
-        .output()
-        .context("running pixclass segment finetune")?;
-    if !out.status.success() {
-        anyhow::bail!("pixclass segment finetune {} failed", extra.join(" "));
-    }
-    std::fs::write(&stamp, wanted)?;
-    Ok(Run {
-        rows: read_rows(dir)?,
-    })
+    Ok(Run(crate::reproduce::run_or_reuse(
+        bin,
+        dir,
+        &command(plan, dir, extra),
+    )?))
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -178,7 +159,7 @@ pub fn run(
     // 1. Default recipe, both losses, seed 0. The first run starts from an
     // empty cache unless it already finished.
     let first = ["--loss", "ce", "--seed", "0", "--cache-dir", &cache_s];
-    if finished(&root.join("default-ce-s0"), plan, &first).is_none() {
+    if !finished(&root.join("default-ce-s0"), plan, &first) {
         let _ = std::fs::remove_dir_all(&cache);
     }
     let mut main = Vec::new();
@@ -203,7 +184,8 @@ pub fn run(
     writeln!(md, "| loss | recipe | reference \"mIOU\" (ResNet-101) | ours: thresholded mIOU (best epoch) | vs band | foreground IoU | mIoU | pixel acc |\n|---|---|---|---:|---|---:|---:|---:|")?;
     let mut main_json = Vec::new();
     for (recipe, _, loss, _, run) in &main {
-        let b = run.best();
+        let b = run.best()?;
+        let (thr, fg, miou, acc) = (val(b, THR), val(b, IOU_FG), val(b, MIOU), val(b, ACC));
         let band = if *loss == "ce" { BAND_CE } else { BAND_IOU };
         writeln!(
             md,
@@ -215,14 +197,14 @@ pub fn run(
             },
             band.0,
             band.1,
-            b[3],
-            b[0],
-            band_note(b[3], band),
-            b[4],
-            b[5],
-            b[6]
+            thr,
+            b.epoch,
+            band_note(thr, band),
+            fg,
+            miou,
+            acc
         )?;
-        main_json.push(json!({"loss": loss, "recipe": recipe, "best_epoch": b[0], "miou_thr": b[3], "iou_fg": b[4], "miou": b[5], "pixel_acc": b[6], "reference_band": [band.0, band.1]}));
+        main_json.push(json!({"loss": loss, "recipe": recipe, "best_epoch": b.epoch, "miou_thr": thr, "iou_fg": fg, "miou": miou, "pixel_acc": acc, "reference_band": [band.0, band.1]}));
     }
     writeln!(
         md,
@@ -404,7 +386,7 @@ pub fn run(
                 &cache_s,
             ],
         )?;
-        writeln!(md, "\n`--frozen-mode train` (the reference's quirk) on this model: BatchNorm is folded into its convs and it has no dropout, so train mode is the same function and the cache stays valid (epoch 2 val thresholded mIOU {:.3}, as in eval mode).", tr.rows.last().map_or(f64::NAN, |r| r[3]))?;
+        writeln!(md, "\n`--frozen-mode train` (the reference's quirk) on this model: BatchNorm is folded into its convs and it has no dropout, so train mode is the same function and the cache stays valid (epoch 2 val thresholded mIOU {:.3}, as in eval mode).", tr.0.last().map_or(f64::NAN, |r| val(r, THR)))?;
     }
     writeln!(md)?;
     if plan.time_no_cache {
@@ -489,7 +471,7 @@ fn resnet_timing(bin: &Path, out: &Path, plan: &Plan) -> Result<(String, Value)>
     a.extend(["--cache-dir", &cache]);
     // Epoch 1 of this run must extract the features (a cold cache), unless
     // the run already finished and is reused as it is.
-    if finished(&root.join("eval-cached"), &sub, &a).is_none() {
+    if !finished(&root.join("eval-cached"), &sub, &a) {
         let _ = std::fs::remove_dir_all(root.join("feature-cache"));
     }
     let eval = finetune(bin, &sub, &root.join("eval-cached"), &a)?;

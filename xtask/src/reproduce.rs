@@ -9,9 +9,34 @@ use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
+use pixclass_runs::RunRecord;
 use serde_json::json;
 
-use crate::{build_pixclass, flag, opt, root};
+use crate::reuse::{self, Prior};
+use crate::{build_pixclass, root};
+
+/// `cargo xtask reproduce`.
+#[derive(clap::Args)]
+pub struct ReproduceArgs {
+    /// The quick version (few epochs, a subset) even when the full data is there.
+    #[arg(long, conflicts_with = "full")]
+    quick: bool,
+    /// Insist on the full data (an error without it) and on the reference bands.
+    #[arg(long)]
+    full: bool,
+    /// Device of every run.
+    #[arg(long, value_parser = ["cpu", "cuda", "metal"], default_value = "cpu")]
+    device: String,
+    /// Output folder (runs, report.md, results.json).
+    #[arg(long, default_value = "runs/reproduce")]
+    out: PathBuf,
+    /// Data directory (default: $PIXCLASS_DATA, else ./data).
+    #[arg(long)]
+    data_dir: Option<String>,
+    /// Copy the report to docs/RESULTS.md and its pictures to docs/results/.
+    #[arg(long)]
+    publish: bool,
+}
 
 /// One reference row: CLI name, display name, (loss band), (accuracy band),
 /// the accuracy a full reproduction must reach.
@@ -53,22 +78,36 @@ struct Mode {
     data_note: String,
 }
 
-fn last_row(metrics: &Path) -> Result<Vec<f64>> {
-    let text = std::fs::read_to_string(metrics)
-        .with_context(|| format!("reading {}", metrics.display()))?;
-    let line = text.lines().last().context("empty metrics.csv")?;
-    line.split(',')
-        .map(|v| v.parse::<f64>().context("bad number in metrics.csv"))
-        .collect()
+/// Runs (or reuses, by [`reuse::prepare`]'s rule) `pixclass` with `args`
+/// into `dir`, and returns the run's record.
+pub fn run_or_reuse(bin: &Path, dir: &Path, args: &[String]) -> Result<RunRecord> {
+    let mut a = args.to_vec();
+    match reuse::prepare(dir, args)? {
+        Prior::Finished(r) => return Ok(r),
+        Prior::Interrupted => {
+            a.push("--resume".into());
+            a.push(dir.to_string_lossy().into_owned());
+        }
+        Prior::Fresh => {}
+    }
+    pixclass(bin, &a)?;
+    RunRecord::read(dir).with_context(|| format!("reading the run record of {}", dir.display()))
 }
 
-fn total_seconds(metrics: &Path) -> Result<f64> {
-    let text = std::fs::read_to_string(metrics)?;
-    Ok(text
-        .lines()
-        .skip(1)
-        .filter_map(|l| l.rsplit(',').next()?.parse::<f64>().ok())
-        .sum())
+/// The number of training horses `pixclass data info` finds in `data_dir`
+/// (0 when it finds no CIFAR-10 there).
+fn train_horses(bin: &Path, data_dir: &str) -> Result<u64> {
+    let out = Command::new(bin)
+        .args(["data", "info", "--json", "--data-dir", data_dir])
+        .stderr(std::process::Stdio::null())
+        .output()?;
+    let doc: serde_json::Value = match serde_json::from_slice(&out.stdout) {
+        Ok(d) => d,
+        Err(_) => return Ok(0),
+    };
+    Ok(doc["cifar10"]["splits"]["train"]["horses"]
+        .as_u64()
+        .unwrap_or(0))
 }
 
 pub fn machine() -> String {
@@ -105,15 +144,14 @@ fn s(v: &[&str]) -> Vec<String> {
     v.iter().map(|x| x.to_string()).collect()
 }
 
-pub fn run(args: &[String]) -> Result<()> {
-    let device = opt(args, "--device").unwrap_or_else(|| "cpu".into());
+pub fn run(args: &ReproduceArgs) -> Result<()> {
+    let device = args.device.clone();
     let features = match device.as_str() {
-        "cpu" => None,
         "cuda" => Some("cuda"),
         "metal" => Some("metal"),
-        other => bail!("unknown device {other:?}: cpu, cuda or metal"),
+        _ => None,
     };
-    let out = PathBuf::from(opt(args, "--out").unwrap_or_else(|| "runs/reproduce".into()));
+    let out = args.out.clone();
     let out = if out.is_absolute() {
         out
     } else {
@@ -125,20 +163,18 @@ pub fn run(args: &[String]) -> Result<()> {
 
     // Data: --data-dir, $PIXCLASS_DATA or ./data when they hold CIFAR-10,
     // else the embedded sample (and the report says so).
-    let data_dir = opt(args, "--data-dir")
+    let data_dir = args
+        .data_dir
+        .clone()
         .or_else(|| std::env::var("PIXCLASS_DATA").ok())
         .unwrap_or_else(|| "data".into());
-    let info = Command::new(&bin)
-        .args(["data", "info", "--data-dir", &data_dir])
-        .output()?;
-    let has_data = info.status.success()
-        && String::from_utf8_lossy(&info.stdout).contains("train horses: 5000");
-    let quick = flag(args, "--quick") || !has_data;
-    let full = flag(args, "--full");
+    let has_data = train_horses(&bin, &data_dir)? == 5000;
+    let quick = args.quick || !has_data;
+    let full = args.full;
     if full && !has_data {
         bail!("--full needs the full CIFAR-10 data: `cargo xtask fetch cifar10` or --data-dir");
     }
-    let (data_args, data_note) = if has_data && !flag(args, "--quick") {
+    let (data_args, data_note) = if has_data && !args.quick {
         (
             s(&["--data-dir", &data_dir]),
             format!("full CIFAR-10 data from `{data_dir}`"),
@@ -170,7 +206,12 @@ pub fn run(args: &[String]) -> Result<()> {
     let mut md = String::new();
     writeln!(md, "# pixclass reproduction report\n")?;
     writeln!(md, "> **Data:** {}\n", mode.data_note)?;
-    writeln!(md, "- Command: `cargo xtask reproduce {}`", args.join(" "))?;
+    let command: Vec<String> = std::env::args().skip(2).collect();
+    writeln!(
+        md,
+        "- Command: `cargo xtask reproduce {}`",
+        command.join(" ")
+    )?;
     writeln!(md, "- Machine: {}; device: {device}", machine())?;
     writeln!(
         md,
@@ -224,14 +265,12 @@ pub fn run(args: &[String]) -> Result<()> {
         a.extend(mode.data_args.clone());
         // A run left by an earlier (possibly interrupted) reproduction with
         // the same options is resumed; a finished one is reused as it is.
-        if keep_if_same(&dir, &a)? && dir.join("checkpoint.safetensors").is_file() {
-            a.push("--resume".into());
-            a.push(dir.to_string_lossy().into_owned());
-        }
-        pixclass(&bin, &a)?;
-        let last = last_row(&dir.join("metrics.csv"))?;
-        let (loss, acc) = (last[2], last[3]);
-        let secs = total_seconds(&dir.join("metrics.csv"))?;
+        let record = run_or_reuse(&bin, &dir, &a)?;
+        let (loss, acc) = (
+            record.final_value("val_loss")?,
+            record.final_value("val_acc")?,
+        );
+        let secs = record.train_seconds();
         // Distance to the band (0 inside it); meaningless for quick runs.
         let diff = if mode.quick {
             "n/a (quick)".to_string()
@@ -296,10 +335,13 @@ pub fn run(args: &[String]) -> Result<()> {
             .join(","),
     );
     a.extend(mode.data_args.clone());
-    keep_if_same(&sweep_dir, &a)?;
+    if !reuse::same_options(&sweep_dir, &a) {
+        reuse::prepare(&sweep_dir, &a)?;
+    }
     if mode.batch_sizes.contains(&100) && !same_run.exists() {
         copy_dir(&out.join("colourize").join("conv-transpose"), &same_run)?;
     }
+    // The sweep resumes (or reuses) each batch size's run itself.
     pixclass(&bin, &a)?;
     writeln!(
         md,
@@ -307,21 +349,23 @@ pub fn run(args: &[String]) -> Result<()> {
         mode.epochs
     )?;
     writeln!(md, "| batch | reference val acc (%) | ours | reference val loss | ours | wall time (s) |\n|---:|---:|---:|---:|---:|---:|")?;
-    let sweep_csv = std::fs::read_to_string(sweep_dir.join("sweep.csv"))?;
     let mut sweep = Vec::new();
-    for line in sweep_csv.lines().skip(1) {
-        let v: Vec<f64> = line.split(',').filter_map(|x| x.parse().ok()).collect();
-        let bs = v[0] as usize;
+    for &bs in &mode.batch_sizes {
+        let r = RunRecord::read(&sweep_dir.join(format!("batch_{bs:03}")))?;
+        let (loss, acc, secs) = (
+            r.final_value("val_loss")?,
+            r.final_value("val_acc")?,
+            r.train_seconds(),
+        );
         let reference = PART_B.iter().find(|r| r.0 == bs);
         let (ra, rl) = reference
             .map(|r| (format!("{:.1}", r.1), format!("{:.3}", r.2)))
             .unwrap_or(("-".into(), "-".into()));
         writeln!(
             md,
-            "| {bs} | {ra} | {:.1} | {rl} | {:.3} | {:.0} |",
-            v[2], v[1], v[4]
+            "| {bs} | {ra} | {acc:.1} | {rl} | {loss:.3} | {secs:.0} |"
         )?;
-        sweep.push(json!({"batch_size": bs, "val_loss": v[1], "val_acc": v[2], "seconds": v[4]}));
+        sweep.push(json!({"batch_size": bs, "val_loss": loss, "val_acc": acc, "seconds": secs}));
     }
     if !mode.quick {
         let acc = |bs: usize| {
@@ -365,7 +409,7 @@ pub fn run(args: &[String]) -> Result<()> {
         serde_json::to_string_pretty(&results_json)?,
     )?;
     println!("report: {}", out.join("report.md").display());
-    if flag(args, "--publish") {
+    if args.publish {
         publish(&out, &md)?;
     }
     if full && !failures.is_empty() {
@@ -460,19 +504,4 @@ fn publish(out: &Path, md: &str) -> Result<()> {
     std::fs::write(docs.join("RESULTS.md"), format!("{header}{text}"))?;
     println!("published to {}", docs.join("RESULTS.md").display());
     Ok(())
-}
-
-/// Keeps the run folder `dir` (to resume or reuse it) only when a stamp in it
-/// says it was started with the same `args`; otherwise (other options, or a
-/// folder from before stamps) clears it. Then stamps it with `args`.
-fn keep_if_same(dir: &Path, args: &[String]) -> Result<bool> {
-    let stamp = dir.join(crate::part_d::STAMP);
-    let wanted = args.join("\n");
-    let same = std::fs::read_to_string(&stamp).is_ok_and(|s| s == wanted);
-    if !same && dir.exists() {
-        std::fs::remove_dir_all(dir).with_context(|| format!("clearing {}", dir.display()))?;
-    }
-    std::fs::create_dir_all(dir)?;
-    std::fs::write(&stamp, wanted)?;
-    Ok(same)
 }

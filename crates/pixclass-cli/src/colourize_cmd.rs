@@ -7,28 +7,10 @@ use clap::{Args, Subcommand, ValueEnum};
 use pixclass_data::RngScheme;
 use pixclass_models::{ColourModelKind, ColourNet, ColourNetConfig};
 use pixclass_train::adam::AdamConfig;
-use pixclass_train::colourize::{self, ColourTrainConfig};
+use pixclass_train::colourize::{self, ColourTrainConfig, VAL_ACC, VAL_LOSS};
 use pixclass_train::DeviceKind;
 
-use crate::data_cmd::cifar_source;
 use crate::DataArgs;
-
-#[derive(Clone, Copy, ValueEnum)]
-pub enum Model {
-    PoolUpsample,
-    ConvTranspose,
-    Unet,
-}
-
-impl From<Model> for ColourModelKind {
-    fn from(m: Model) -> Self {
-        match m {
-            Model::PoolUpsample => ColourModelKind::PoolUpsample,
-            Model::ConvTranspose => ColourModelKind::ConvTranspose,
-            Model::Unet => ColourModelKind::UNet,
-        }
-    }
-}
 
 #[derive(Clone, Copy, ValueEnum)]
 pub enum Format {
@@ -37,29 +19,12 @@ pub enum Format {
     Markdown,
 }
 
-#[derive(Clone, Copy, ValueEnum)]
-pub enum Dev {
-    Cpu,
-    Cuda,
-    Metal,
-}
-
-impl From<Dev> for DeviceKind {
-    fn from(d: Dev) -> Self {
-        match d {
-            Dev::Cpu => DeviceKind::Cpu,
-            Dev::Cuda => DeviceKind::Cuda,
-            Dev::Metal => DeviceKind::Metal,
-        }
-    }
-}
-
 /// The network's hyperparameters.
 #[derive(Args, Clone)]
 pub struct NetArgs {
     /// Network.
     #[arg(long, value_enum, default_value = "pool-upsample")]
-    model: Model,
+    model: ColourModelKind,
     /// Kernel size k (>= 2).
     #[arg(long, default_value_t = 3)]
     kernel: usize,
@@ -77,18 +42,13 @@ pub struct NetArgs {
 impl NetArgs {
     fn config(&self) -> ColourNetConfig {
         ColourNetConfig {
-            kind: self.model.into(),
+            kind: self.model,
             kernel: self.kernel,
             num_filters: self.filters,
             num_colours: self.colours,
             in_channels: self.in_channels,
         }
     }
-}
-
-fn parse_rng(s: &str) -> Result<RngScheme, String> {
-    s.parse()
-        .map_err(|e: pixclass_data::DataError| e.to_string())
 }
 
 /// Training settings (defaults: the study's).
@@ -112,11 +72,11 @@ pub struct TrainArgs {
     /// reference program's streams (NumPy's shuffles, PyTorch's initial
     /// weights: the same seed starts from the same point as the PyTorch
     /// code), `chacha` = per-split and per-parameter ChaCha8 streams.
-    #[arg(long, default_value = "torch", value_parser = parse_rng)]
+    #[arg(long, value_enum, default_value = "torch")]
     rng: RngScheme,
     /// Device.
     #[arg(long, value_enum, default_value = "cpu")]
-    device: Dev,
+    device: DeviceKind,
     /// Use only the first N images of each split.
     #[arg(long)]
     limit: Option<usize>,
@@ -139,7 +99,7 @@ impl TrainArgs {
             epochs: self.epochs,
             seed: self.seed,
             rng: self.rng,
-            device: self.device.into(),
+            device: self.device,
             limit: self.limit,
             class: self.class,
             data: String::new(),
@@ -189,7 +149,7 @@ pub enum ColourizeCmd {
         checkpoint: PathBuf,
         /// Device.
         #[arg(long, value_enum, default_value = "cpu")]
-        device: Dev,
+        device: DeviceKind,
         #[command(flatten)]
         data: DataArgs,
     },
@@ -209,7 +169,7 @@ pub enum ColourizeCmd {
         max_side: u32,
         /// Device.
         #[arg(long, value_enum, default_value = "cpu")]
-        device: Dev,
+        device: DeviceKind,
     },
 }
 
@@ -235,19 +195,19 @@ pub fn run(cmd: ColourizeCmd, progress: bool) -> Result<()> {
             Ok(())
         }
         ColourizeCmd::Train { train, out, resume } => {
-            let source = cifar_source(&train.data)?;
+            let source = train.data.cifar()?;
             let (dir, resuming) = match resume {
                 Some(d) => (d, true),
                 None => (out, false),
             };
             let run =
                 colourize::train_colouriser(&train.config(), &source, &dir, resuming, progress)?;
-            let last = run.rows.last().context("no epochs ran")?;
+            let last = run.record.last().context("no epochs ran")?;
             println!(
                 "{}: final val loss {:.4}, val accuracy {:.2} % after {} epochs ({:.0} s); outputs in {}",
                 train.config().model.kind.display_name(),
-                last.values[0],
-                last.values[1],
+                run.record.final_value(VAL_LOSS)?,
+                run.record.final_value(VAL_ACC)?,
                 last.epoch,
                 run.seconds,
                 run.out_dir.display()
@@ -262,7 +222,7 @@ pub fn run(cmd: ColourizeCmd, progress: bool) -> Result<()> {
             if batch_sizes.is_empty() {
                 bail!("--batch-sizes is empty");
             }
-            let source = cifar_source(&train.data)?;
+            let source = train.data.cifar()?;
             let rows = colourize::sweep(&train.config(), &batch_sizes, &source, &out, progress)?;
             print!("{}", std::fs::read_to_string(out.join("sweep.md"))?);
             println!(
@@ -277,8 +237,8 @@ pub fn run(cmd: ColourizeCmd, progress: bool) -> Result<()> {
             device,
             data,
         } => {
-            let model = colourize::load_colouriser(&checkpoint, device.into())?;
-            let source = cifar_source(&data)?;
+            let model = colourize::load_colouriser(&checkpoint, device)?;
+            let source = data.cifar()?;
             let palette = colourize::palette_for(&model.config.model)?;
             let (_, val) = colourize::prepare_data(
                 &source,
@@ -288,12 +248,16 @@ pub fn run(cmd: ColourizeCmd, progress: bool) -> Result<()> {
                 model.config.seed,
                 model.config.rng,
             )?;
-            let (loss, acc) = colourize::evaluate_split(
+            let m = colourize::evaluate_split(
                 &model.net,
                 &val,
                 model.config.batch_size,
                 &model.device,
             )?;
+            let (loss, acc) = (
+                m.get(VAL_LOSS).context("no val_loss")?,
+                m.get(VAL_ACC).context("no val_acc")?,
+            );
             println!(
                 "val loss {loss:.4}, val accuracy {acc:.2} % on {} images ({})",
                 val.len(),
@@ -308,7 +272,7 @@ pub fn run(cmd: ColourizeCmd, progress: bool) -> Result<()> {
             max_side,
             device,
         } => {
-            let model = colourize::load_colouriser(&checkpoint, device.into())?;
+            let model = colourize::load_colouriser(&checkpoint, device)?;
             let (w, h) = colourize::colourize_image(&model, &input, &output, max_side)?;
             println!(
                 "colourized {} at {w}x{h} -> {}",

@@ -17,6 +17,9 @@ pub enum DataCmd {
     Info {
         #[command(flatten)]
         data: DataArgs,
+        /// Print one JSON document instead of text (for tools).
+        #[arg(long)]
+        json: bool,
     },
     /// Download and verify a data set into the data directory.
     Fetch {
@@ -55,32 +58,9 @@ pub enum ColoursCmd {
     },
 }
 
-/// Resolves the CIFAR source: explicit `--data-dir`/`$PIXCLASS_DATA` must hold
-/// data; the default `./data` falls back to the embedded sample, loudly.
-pub fn cifar_source(args: &DataArgs) -> Result<CifarSource> {
-    if args.embedded {
-        return Ok(CifarSource::Embedded);
-    }
-    let explicit = args.data_dir.is_some()
-        || std::env::var_os(pixclass_data::paths::DATA_ENV).is_some_and(|v| !v.is_empty());
-    let dir = resolve_data_dir(args.data_dir.as_deref());
-    match CifarLayout::discover(&dir) {
-        Ok(layout) => Ok(CifarSource::Files(layout)),
-        Err(e) if explicit => Err(e).context("no CIFAR-10 data in the data directory you named"),
-        Err(_) => {
-            tracing::warn!(
-                "no CIFAR-10 data under {}: using the EMBEDDED SAMPLE (500 train / 100 test horses). \
-                 Full results need the full data: `pixclass data fetch cifar10`",
-                dir.display()
-            );
-            Ok(CifarSource::Embedded)
-        }
-    }
-}
-
 pub fn run_data(cmd: DataCmd, progress: bool) -> Result<()> {
     match cmd {
-        DataCmd::Info { data } => info(&data),
+        DataCmd::Info { data, json } => info(&data, json),
         DataCmd::Fetch { dataset, data, url } => {
             let dir = resolve_data_dir(data.data_dir.as_deref());
             match dataset.as_str() {
@@ -101,23 +81,57 @@ pub fn run_data(cmd: DataCmd, progress: bool) -> Result<()> {
     }
 }
 
-fn info(args: &DataArgs) -> Result<()> {
+/// Lines of text, or one JSON document (`--json`).
+struct Report {
+    json: bool,
+    doc: serde_json::Value,
+}
+
+impl Report {
+    fn line(&self, text: String) {
+        if !self.json {
+            println!("{text}");
+        }
+    }
+}
+
+fn info(args: &DataArgs, json: bool) -> Result<()> {
+    let dir = resolve_data_dir(args.data_dir.as_deref());
+    let mut r = Report {
+        json,
+        doc: serde_json::json!({
+            "data_dir": dir,
+            "flowers17": pixclass_data::SegSource::discover(&dir).map(|s| s.describe()),
+        }),
+    };
     let source = if args.embedded {
         CifarSource::Embedded
     } else {
-        let dir = resolve_data_dir(args.data_dir.as_deref());
-        println!("data directory: {}", dir.display());
+        r.line(format!("data directory: {}", dir.display()));
         match CifarLayout::discover(&dir) {
             Ok(l) => CifarSource::Files(l),
             Err(e) => {
-                println!("CIFAR-10: not found ({e})");
-                println!("embedded sample: 500 train / 100 test horses (always available)");
+                r.doc["cifar10"] = serde_json::Value::Null;
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&r.doc)?);
+                } else {
+                    println!("CIFAR-10: not found ({e})");
+                    println!("embedded sample: 500 train / 100 test horses (always available)");
+                }
+                if pixclass_data::paths::data_dir_is_explicit(args.data_dir.as_deref()) {
+                    bail!(
+                        "no CIFAR-10 data in the data directory you named ({})",
+                        dir.display()
+                    );
+                }
                 return Ok(());
             }
         }
     };
-    println!("CIFAR-10 source: {}", source.describe());
+    r.line(format!("CIFAR-10 source: {}", source.describe()));
+    let mut splits = serde_json::Map::new();
     for split in [Split::Train, Split::Test] {
+        let mut files = Vec::new();
         let set = match &source {
             CifarSource::Files(layout) => {
                 let mut all = CifarSet::default();
@@ -128,12 +142,13 @@ fn info(args: &DataArgs) -> Result<()> {
                         Err(e) => format!("FAILED: {e}"),
                     };
                     let size = std::fs::metadata(f).map(|m| m.len()).unwrap_or(0);
-                    println!(
+                    r.line(format!(
                         "  {} file {} ({} bytes): {status}",
                         split.name(),
                         f.display(),
                         size
-                    );
+                    ));
+                    files.push(serde_json::json!({"path": f, "bytes": size, "checksum": status}));
                     all.extend(CifarSet::read_file(f)?);
                 }
                 all
@@ -147,17 +162,26 @@ fn info(args: &DataArgs) -> Result<()> {
             .filter(|(_, c)| **c > 0)
             .map(|(i, c)| format!("{}={c}", CLASS_NAMES[i]))
             .collect();
-        println!(
+        let horses = counts[pixclass_data::HORSE as usize];
+        r.line(format!(
             "  {} records: {} ({})",
             split.name(),
             set.len(),
             per.join(", ")
+        ));
+        r.line(format!("  {} horses: {horses}", split.name()));
+        splits.insert(
+            split.name().to_string(),
+            serde_json::json!({"records": set.len(), "horses": horses, "files": files}),
         );
-        println!(
-            "  {} horses: {}",
-            split.name(),
-            counts[pixclass_data::HORSE as usize]
-        );
+    }
+    r.doc["cifar10"] = serde_json::json!({
+        "source": source.describe(),
+        "embedded": matches!(source, CifarSource::Embedded),
+        "splits": splits,
+    });
+    if json {
+        println!("{}", serde_json::to_string_pretty(&r.doc)?);
     }
     Ok(())
 }
@@ -172,7 +196,7 @@ pub fn run_colours(cmd: ColoursCmd) -> Result<()> {
             out,
             data,
         } => {
-            let source = cifar_source(&data)?;
+            let source = data.cifar()?;
             let set = source.load(Split::Train)?.filter_class(class)?;
             let pixels = pixels_of(set.pixels(), 1024);
             println!(

@@ -66,6 +66,25 @@ pub struct DataArgs {
     pub embedded: bool,
 }
 
+impl DataArgs {
+    /// The CIFAR-10 data these options name (the embedded sample when the
+    /// default `./data` holds none).
+    pub fn cifar(&self) -> Result<pixclass_data::CifarSource> {
+        Ok(pixclass_data::CifarSource::resolve(
+            self.data_dir.as_deref(),
+            self.embedded,
+        )?)
+    }
+
+    /// The segmentation data these options name.
+    pub fn segmentation(&self) -> Result<pixclass_data::SegSource> {
+        Ok(pixclass_data::SegSource::resolve(
+            self.data_dir.as_deref(),
+            self.embedded,
+        )?)
+    }
+}
+
 fn main() {
     allocator::keep_freed_memory();
     let cli = Cli::parse();

@@ -3,68 +3,16 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use clap::{Args, Subcommand, ValueEnum};
-use image::{Rgb, RgbImage};
-use pixclass_data::resolve_data_dir;
-use pixclass_data::segment::{MaskResize, MaskRule, Preprocess, SegSet, SegSource, SegSplits};
+use clap::{Args, Subcommand};
+use pixclass_data::segment::{MaskResize, MaskRule, Preprocess, SegSet, SegSplits};
 use pixclass_metrics::Loss;
-use pixclass_models::mobilenet::VOC_LABELS;
 use pixclass_models::segment::{SegBackbone, SegModelKind};
 use pixclass_train::adam::AdamConfig;
+use pixclass_train::segment::task::{VAL_IOU_FG, VAL_MIOU, VAL_MIOU_THR};
 use pixclass_train::segment::{self, FeatureCache, FrozenMode, HeadInit, SegTrainConfig};
-use pixclass_train::select_device;
+use pixclass_train::{select_device, DeviceKind};
 
-use crate::colourize_cmd::Dev;
 use crate::DataArgs;
-
-#[derive(Clone, Copy, ValueEnum)]
-pub enum ModelArg {
-    Deeplabv3Resnet101,
-    Deeplabv3Resnet50,
-    Deeplabv3Mobilenetv2Voc,
-}
-
-impl From<ModelArg> for SegModelKind {
-    fn from(m: ModelArg) -> Self {
-        match m {
-            ModelArg::Deeplabv3Resnet101 => SegModelKind::Deeplabv3Resnet101,
-            ModelArg::Deeplabv3Resnet50 => SegModelKind::Deeplabv3Resnet50,
-            ModelArg::Deeplabv3Mobilenetv2Voc => SegModelKind::Deeplabv3Mobilenetv2Voc,
-        }
-    }
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-pub enum LossArg {
-    Ce,
-    Iou,
-    Dice,
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-pub enum FrozenArg {
-    Eval,
-    Train,
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-pub enum CacheArg {
-    Off,
-    Memory,
-    Disk,
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-pub enum HeadInitArg {
-    Torch,
-    Prior,
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-pub enum MaskResizeArg {
-    Bilinear,
-    Nearest,
-}
 
 /// Segmentation data and preprocessing.
 #[derive(Args, Clone)]
@@ -76,7 +24,7 @@ pub struct SegDataArgs {
     size: u32,
     /// Mask resizing: bilinear then threshold (the reference) or nearest.
     #[arg(long, value_enum, default_value = "bilinear")]
-    mask_resize: MaskResizeArg,
+    mask_resize: MaskResize,
     /// Foreground colour of RGB/palette masks, "R,G,B".
     #[arg(long, default_value = "128,0,0")]
     fg_colour: String,
@@ -112,42 +60,12 @@ impl SegDataArgs {
         };
         Ok(Preprocess {
             size: self.size,
-            mask_resize: match self.mask_resize {
-                MaskResizeArg::Bilinear => MaskResize::Bilinear,
-                MaskResizeArg::Nearest => MaskResize::Nearest,
-            },
+            mask_resize: self.mask_resize,
             rule: MaskRule {
                 colour: [r, g, b],
                 value: self.fg_value,
             },
         })
-    }
-}
-
-/// The segmentation data named by the options; with nothing explicit and no
-/// data on disk, the embedded sample (loudly).
-pub fn seg_source(args: &DataArgs) -> Result<SegSource> {
-    if args.embedded {
-        return Ok(SegSource::Embedded);
-    }
-    let explicit = args.data_dir.is_some()
-        || std::env::var_os(pixclass_data::paths::DATA_ENV).is_some_and(|v| !v.is_empty());
-    let dir = resolve_data_dir(args.data_dir.as_deref());
-    match SegSource::discover(&dir) {
-        Some(s) => Ok(s),
-        None if explicit => bail!(
-            "no segmentation data under {}: expected flowers17/ (jpg/ + trimaps/ + splits.json or datasplits.mat) \
-             or images/ + masks/ (`pixclass data fetch flowers17`)",
-            dir.display()
-        ),
-        None => {
-            tracing::warn!(
-                "no segmentation data under {}: using the EMBEDDED SAMPLE (36 train / 12 val Oxford-17 images). \
-                 Full results need Oxford-17: `pixclass data fetch flowers17`",
-                dir.display()
-            );
-            Ok(SegSource::Embedded)
-        }
     }
 }
 
@@ -162,7 +80,7 @@ pub fn resolve_weights(kind: SegModelKind, weights: Option<&str>) -> Result<Opti
             None => return Ok(None),
         },
     };
-    crate::weights_cmd::cached_weights(&name)
+    Ok(Some(pixclass_data::weights::cached_weights(&name)?))
 }
 
 #[derive(Subcommand)]
@@ -176,7 +94,7 @@ pub enum SegmentCmd {
         checkpoint: PathBuf,
         /// Device.
         #[arg(long, value_enum, default_value = "cpu")]
-        device: Dev,
+        device: DeviceKind,
         #[command(flatten)]
         data: DataArgs,
     },
@@ -188,7 +106,7 @@ pub enum SegmentCmd {
         checkpoint: Option<PathBuf>,
         /// A pretrained model (21 VOC classes).
         #[arg(long, value_enum)]
-        model: Option<ModelArg>,
+        model: Option<SegModelKind>,
         /// Weights of --model: a file or a registered name (default: embedded / registered).
         #[arg(long)]
         weights: Option<String>,
@@ -204,7 +122,7 @@ pub enum SegmentCmd {
         size: Option<u32>,
         /// Device.
         #[arg(long, value_enum, default_value = "cpu")]
-        device: Dev,
+        device: DeviceKind,
     },
 }
 
@@ -214,13 +132,13 @@ pub enum SegmentCmd {
 pub struct FinetuneArgs {
     /// Pretrained model.
     #[arg(long, value_enum, default_value = "deeplabv3-mobilenetv2-voc")]
-    model: ModelArg,
+    model: SegModelKind,
     /// Weights: a file, or a registered name (default: embedded / the model's registered weights).
     #[arg(long)]
     weights: Option<String>,
     /// Loss.
     #[arg(long, value_enum, default_value = "ce")]
-    loss: LossArg,
+    loss: Loss,
     /// Learning rate of Adam.
     #[arg(long, default_value_t = 0.05)]
     lr: f64,
@@ -238,16 +156,16 @@ pub struct FinetuneArgs {
     seed: u64,
     /// Frozen layers in eval mode (cached features) or train mode (the reference's quirk).
     #[arg(long, value_enum, default_value = "eval")]
-    frozen_mode: FrozenArg,
+    frozen_mode: FrozenMode,
     /// Feature cache.
     #[arg(long, value_enum, default_value = "disk")]
-    cache: CacheArg,
+    cache: FeatureCache,
     /// Folder of the feature cache (default: $PIXCLASS_CACHE, else ~/.cache/pixclass).
     #[arg(long)]
     cache_dir: Option<PathBuf>,
     /// Initialisation of the new head (default: prior; --reference: torch).
     #[arg(long, value_enum)]
-    head_init: Option<HeadInitArg>,
+    head_init: Option<HeadInit>,
     /// Standardise the frozen features per channel (training-set mean and
     /// std) before the new head (default: on; --reference: off).
     #[arg(long)]
@@ -270,7 +188,7 @@ pub struct FinetuneArgs {
     reference: bool,
     /// Device.
     #[arg(long, value_enum, default_value = "cpu")]
-    device: Dev,
+    device: DeviceKind,
     #[command(flatten)]
     data: SegDataArgs,
     /// Run directory.
@@ -283,25 +201,17 @@ pub struct FinetuneArgs {
 
 impl FinetuneArgs {
     fn config(&self) -> Result<SegTrainConfig> {
-        let kind: SegModelKind = self.model.into();
+        let kind = self.model;
         let base = if self.reference {
             SegTrainConfig::reference()
         } else {
             SegTrainConfig::default()
         };
-        let head_init = match self.head_init {
-            Some(HeadInitArg::Torch) => HeadInit::Torch,
-            Some(HeadInitArg::Prior) => HeadInit::Prior,
-            None => base.head_init,
-        };
+        let head_init = self.head_init.unwrap_or(base.head_init);
         Ok(SegTrainConfig {
             model: kind,
             weights: resolve_weights(kind, self.weights.as_deref())?,
-            loss: match self.loss {
-                LossArg::Ce => Loss::Ce,
-                LossArg::Iou => Loss::Iou,
-                LossArg::Dice => Loss::Dice,
-            },
+            loss: self.loss,
             adam: AdamConfig {
                 lr: self.lr,
                 ..AdamConfig::default()
@@ -315,27 +225,20 @@ impl FinetuneArgs {
             val_batch_size: self.val_batch_size,
             epochs: self.epochs,
             seed: self.seed,
-            frozen_mode: match self.frozen_mode {
-                FrozenArg::Eval => FrozenMode::Eval,
-                FrozenArg::Train => FrozenMode::Train,
-            },
-            cache: match self.cache {
-                CacheArg::Off => FeatureCache::Off,
-                CacheArg::Memory => FeatureCache::Memory,
-                CacheArg::Disk => FeatureCache::Disk,
-            },
+            frozen_mode: self.frozen_mode,
+            cache: self.cache,
             cache_dir: self.cache_dir.clone(),
             preprocess: self.data.preprocess()?,
             limit: self.data.limit,
             skip_bad: self.data.skip_bad,
-            device: self.device.into(),
+            device: self.device,
             data: String::new(),
         })
     }
 }
 
 fn splits_for(data: &DataArgs) -> Result<SegSplits> {
-    Ok(seg_source(data)?.splits()?)
+    Ok(data.segmentation()?.splits()?)
 }
 
 pub fn run(cmd: SegmentCmd, progress: bool) -> Result<()> {
@@ -348,19 +251,17 @@ pub fn run(cmd: SegmentCmd, progress: bool) -> Result<()> {
                 None => (args.out.clone(), false),
             };
             let run = segment::finetune(&cfg, splits, &dir, resuming, progress)?;
-            let best = run
-                .rows
-                .iter()
-                .max_by(|a, b| a.values[1].total_cmp(&b.values[1]))
-                .context("no epochs ran")?;
+            let r = &run.record;
+            let best = r.best_by(VAL_MIOU_THR).context("no epochs ran")?;
+            let v = |m: &str| best.get(m).context("missing metric");
             println!(
                 "{} ({} loss): best val thresholded mIOU {:.4} (epoch {}), foreground IoU {:.4}, mIoU {:.4}; {:.0} s; outputs in {}",
                 cfg.model.name(),
                 cfg.loss.name(),
-                best.values[1],
+                v(VAL_MIOU_THR)?,
                 best.epoch,
-                best.values[2],
-                best.values[3],
+                v(VAL_IOU_FG)?,
+                v(VAL_MIOU)?,
                 run.seconds,
                 run.out_dir.display()
             );
@@ -371,7 +272,7 @@ pub fn run(cmd: SegmentCmd, progress: bool) -> Result<()> {
             device,
             data,
         } => {
-            let model = segment::load_segmenter(&checkpoint, device.into())?;
+            let model = segment::load_segmenter(&checkpoint, device)?;
             let splits = splits_for(&data)?.limit(model.config.limit);
             let val = SegSet::load(&splits.val, &model.config.preprocess, model.config.skip_bad)?;
             let m = segment::evaluate_masks(&model, &val)?;
@@ -396,7 +297,7 @@ pub fn run(cmd: SegmentCmd, progress: bool) -> Result<()> {
             device,
         } => match (checkpoint, model) {
             (Some(dir), _) => {
-                let m = segment::load_segmenter(&dir, device.into())?;
+                let m = segment::load_segmenter(&dir, device)?;
                 let size = size.unwrap_or(m.config.preprocess.size);
                 let (w, h, fg) = segment::predict_photo(&m, &input, &output, size)?;
                 println!(
@@ -408,103 +309,15 @@ pub fn run(cmd: SegmentCmd, progress: bool) -> Result<()> {
                 Ok(())
             }
             (None, Some(kind)) => {
-                let kind: SegModelKind = kind.into();
-                let dev = select_device(device.into(), 0)?;
+                let dev = select_device(device, 0)?;
                 let path = resolve_weights(kind, weights.as_deref())?;
                 let net = SegBackbone::load(kind, path.as_deref(), &dev)?;
-                // The sizes the pretrained models were made for.
-                let native = match kind {
-                    SegModelKind::Deeplabv3Mobilenetv2Voc => 257,
-                    _ => 520,
-                };
-                let found = predict_voc(&net, &input, &output, size.unwrap_or(native), &dev)?;
+                let size = size.unwrap_or(kind.native_size());
+                let found = segment::predict_voc(&net, &input, &output, size, &dev)?;
                 println!("{}: {found} -> {}", input.display(), output.display());
                 Ok(())
             }
             (None, None) => bail!("segment predict needs --checkpoint DIR or --model NAME"),
         },
     }
-}
-
-/// The VOC colour map (PASCAL's bit-interleaved palette).
-fn voc_colour(class: usize) -> [u8; 3] {
-    let mut c = [0u8; 3];
-    let mut id = class;
-    for shift in (0..8).rev() {
-        for (ch, v) in c.iter_mut().enumerate() {
-            *v |= (((id >> ch) & 1) as u8) << shift;
-        }
-        id >>= 3;
-        if id == 0 {
-            break;
-        }
-    }
-    c
-}
-
-/// Runs a 21-class model on a photo and writes photo | overlay | legend.
-fn predict_voc(
-    net: &SegBackbone,
-    input: &Path,
-    output: &Path,
-    size: u32,
-    dev: &candle_core::Device,
-) -> Result<String> {
-    let photo = image::open(input)
-        .with_context(|| format!("cannot read {}", input.display()))?
-        .to_rgb8();
-    let (w, h) = photo.dimensions();
-    let (mean, std) = net.normalisation();
-    let set = SegSet::from_photo(&photo, size);
-    let x = set.images_tensor(&[0], mean, std, dev)?;
-    let logits = net.forward(&x)?;
-    let classes: Vec<u8> = logits
-        .argmax(1)?
-        .to_dtype(candle_core::DType::U8)?
-        .flatten_all()?
-        .to_vec1()?;
-    // Upsample the class map (nearest) to the photo and blend.
-    let overlay = RgbImage::from_fn(w, h, |x, y| {
-        let c = classes[set.nearest_index(x, y, w, h)] as usize;
-        let p = photo.get_pixel(x, y).0;
-        if c == 0 {
-            Rgb(p.map(|v| v / 2))
-        } else {
-            let k = voc_colour(c);
-            Rgb([0, 1, 2].map(|i| ((p[i] as u16 + 2 * k[i] as u16) / 3) as u8))
-        }
-    });
-    let mut counts = [0usize; 21];
-    for &c in &classes {
-        if let Some(n) = counts.get_mut(c as usize) {
-            *n += 1;
-        }
-    }
-    // "<class> <share> %" for every class found (background left out).
-    let found: Vec<(String, [u8; 3])> = (1..21)
-        .filter(|&c| counts[c] > 0)
-        .map(|c| {
-            let share = 100.0 * counts[c] as f64 / classes.len() as f64;
-            (format!("{} {share:.1} %", VOC_LABELS[c]), voc_colour(c))
-        })
-        .collect();
-    let legend = pixclass_train::plot::legend(&found, h)?;
-    let mut out = RgbImage::from_pixel(2 * w + legend.width() + 8, h, Rgb([255, 255, 255]));
-    image::imageops::replace(&mut out, &photo, 0, 0);
-    image::imageops::replace(&mut out, &overlay, (w + 4) as i64, 0);
-    image::imageops::replace(&mut out, &legend, (2 * w + 8) as i64, 0);
-    if let Some(d) = output.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(d)?;
-    }
-    out.save(output)
-        .with_context(|| format!("cannot write {}", output.display()))?;
-    Ok(if found.is_empty() {
-        "background only".to_string()
-    } else {
-        found
-            .into_iter()
-            .map(|(label, _)| label)
-            .collect::<Vec<_>>()
-            .join(", ")
-    })
 }

@@ -1,19 +1,11 @@
-//! `pixclass weights ...`: list, fetch (Hugging Face hub through `hf-hub`,
-//! then the official URL; checksummed, resumable, cached), convert.
-//!
-//! Cache: registered files live in `<cache>/weights/` (`<cache>` =
-//! `$PIXCLASS_CACHE`, else `~/.cache/pixclass`); hub downloads stay in the
-//! hub's own cache (`$HF_HOME`, default `~/.cache/huggingface`).
-//! `HF_HUB_OFFLINE=1` never touches the network.
+//! `pixclass weights ...`: list, fetch, random, convert. The registry, the
+//! cache and fetching live in `pixclass_data::weights`.
 
 use std::path::PathBuf;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use clap::Subcommand;
-use hf_hub::{Repo, RepoType};
-use pixclass_data::checksum::Checksum;
-use pixclass_data::fetch::{download, DownloadSpec};
-use pixclass_models::registry::{lookup, WeightsSource, REGISTRY};
+use pixclass_data::weights::{self, FetchOptions, REGISTRY};
 use pixclass_models::weights::{read_tensors, save_safetensors};
 
 #[derive(Subcommand)]
@@ -65,66 +57,6 @@ pub enum WeightsCmd {
     },
 }
 
-/// The folder of registered weights files.
-pub fn weights_dir() -> PathBuf {
-    pixclass_train::segment::default_cache_dir().join("weights")
-}
-
-fn offline() -> bool {
-    std::env::var("HF_HUB_OFFLINE").is_ok_and(|v| !v.is_empty() && v != "0")
-}
-
-fn checksum(w: &WeightsSource, over: Option<&str>) -> Result<Checksum> {
-    let (hex, prefix): (&'static str, bool) = match over {
-        // A process-lifetime string: the CLI makes one download.
-        Some(h) => (Box::leak(h.to_lowercase().into_boxed_str()), h.len() < 64),
-        None => (w.sha256, w.sha256_is_prefix),
-    };
-    if hex.len() < 8 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
-        bail!("--sha256 {hex:?}: expected at least 8 hex digits");
-    }
-    Ok(if prefix {
-        Checksum::Sha256Prefix(hex)
-    } else {
-        Checksum::Sha256(hex)
-    })
-}
-
-fn hub_repo(repo: &str, revision: &str) -> Repo {
-    Repo::with_revision(repo.to_string(), RepoType::Model, revision.to_string())
-}
-
-/// The path of registered weights `name` when cached (our folder or the
-/// hub cache); else an error saying what to download and where to put it.
-pub fn cached_weights(name: &str) -> Result<Option<PathBuf>> {
-    let Some(w) = lookup(name) else {
-        bail!(
-            "--weights {name:?} is neither a file nor a registered name ({})",
-            REGISTRY
-                .iter()
-                .map(|w| w.name)
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
-    };
-    let local = weights_dir().join(w.file);
-    if local.is_file() {
-        return Ok(Some(local));
-    }
-    if let Some(repo) = w.hf_repo {
-        let cache = hf_hub::Cache::from_env();
-        if let Some(p) = cache.repo(hub_repo(repo, w.revision)).get(w.hf_file) {
-            return Ok(Some(p));
-        }
-    }
-    bail!(
-        "weights {name} are not cached: run `pixclass weights fetch {name}`, or download {} and put it at {} \
-         (or pass --weights PATH)",
-        w.url.unwrap_or(w.hf_file),
-        local.display()
-    )
-}
-
 pub fn run(cmd: WeightsCmd, progress: bool) -> Result<()> {
     match cmd {
         WeightsCmd::List => {
@@ -132,9 +64,9 @@ pub fn run(cmd: WeightsCmd, progress: bool) -> Result<()> {
                 "deeplabv3-mobilenetv2-voc: embedded in the binary (assets/pretrained, Apache-2.0)"
             );
             for w in &REGISTRY {
-                let status = match cached_weights(w.name) {
-                    Ok(Some(p)) => format!("cached at {}", p.display()),
-                    _ => "not cached".into(),
+                let status = match weights::find_cached(w) {
+                    Some(p) => format!("cached at {}", p.display()),
+                    None => "not cached".into(),
                 };
                 println!(
                     "{}: {} ({:.0} MB; hub {}; url {}; sha256 {}{}) - {status}",
@@ -158,28 +90,27 @@ pub fn run(cmd: WeightsCmd, progress: bool) -> Result<()> {
             sha256,
             no_hub,
         } => {
-            let w = lookup(&name).with_context(|| {
-                format!(
-                    "unknown weights {name:?}; registered: {}",
-                    REGISTRY
-                        .iter()
-                        .map(|w| w.name)
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                )
-            })?;
-            let sum = checksum(w, sha256.as_deref())?;
-            let path = fetch(
-                w,
-                FetchOptions {
-                    hf_repo: hf_repo.as_deref().or(w.hf_repo).filter(|_| !no_hub),
-                    hf_file: hf_file.as_deref().unwrap_or(w.hf_file),
-                    revision: revision.as_deref().unwrap_or(w.revision),
-                    url: url.as_deref().or(w.url),
-                    checksum: sum,
-                    progress,
-                },
-            )?;
+            let w = weights::lookup_or_err(&name)?;
+            let mut o = FetchOptions::registered(w, progress);
+            if let Some(r) = hf_repo {
+                o.hf_repo = Some(r);
+            }
+            if no_hub {
+                o.hf_repo = None;
+            }
+            if let Some(f) = hf_file {
+                o.hf_file = f;
+            }
+            if let Some(r) = revision {
+                o.revision = r;
+            }
+            if let Some(u) = url {
+                o.url = Some(u);
+            }
+            if let Some(h) = sha256 {
+                o.checksum = weights::parse_sha256(&h)?;
+            }
+            let path = weights::fetch(w, &o)?;
             println!("{name}: {}", path.display());
             Ok(())
         }
@@ -229,68 +160,4 @@ pub fn run(cmd: WeightsCmd, progress: bool) -> Result<()> {
             Ok(())
         }
     }
-}
-
-struct FetchOptions<'a> {
-    hf_repo: Option<&'a str>,
-    hf_file: &'a str,
-    revision: &'a str,
-    url: Option<&'a str>,
-    checksum: Checksum,
-    progress: bool,
-}
-
-fn fetch(w: &WeightsSource, o: FetchOptions<'_>) -> Result<PathBuf> {
-    let dest = weights_dir().join(w.file);
-    let mut errors = Vec::new();
-    // 1. The hub (its cache first; offline: the cache only).
-    if let Some(repo) = o.hf_repo {
-        let r = hub_repo(repo, o.revision);
-        let cached = hf_hub::Cache::from_env().repo(r.clone()).get(o.hf_file);
-        let got = match cached {
-            Some(p) => Ok(p),
-            None if offline() => {
-                Err("HF_HUB_OFFLINE is set and the hub cache does not have it".to_string())
-            }
-            None => hf_hub::api::sync::ApiBuilder::from_env()
-                .with_progress(o.progress)
-                .build()
-                .and_then(|api| api.repo(r).get(o.hf_file))
-                .map_err(|e| e.to_string()),
-        };
-        match got {
-            Ok(p) => match o.checksum.verify(&p) {
-                Ok(()) => return Ok(p),
-                Err(e) => errors.push(format!("hub {repo}/{}: {e}", o.hf_file)),
-            },
-            Err(e) => errors.push(format!("hub {repo}/{}: {e}", o.hf_file)),
-        }
-    }
-    // 2. The official URL (resumable, verified, atomic).
-    if let Some(url) = o.url {
-        if offline() && !dest.is_file() {
-            errors.push(format!("{url}: HF_HUB_OFFLINE is set"));
-        } else {
-            std::fs::create_dir_all(weights_dir())?;
-            match download(&DownloadSpec {
-                url,
-                dest: dest.clone(),
-                checksum: Some(o.checksum),
-                progress: o.progress,
-            }) {
-                Ok(_) => return Ok(dest),
-                Err(e) => errors.push(format!("{url}: {e}")),
-            }
-        }
-    }
-    bail!(
-        "could not fetch {}:\n  {}\nDownload it yourself and put it at {} (or pass --weights PATH)",
-        w.name,
-        if errors.is_empty() {
-            "no source declared".to_string()
-        } else {
-            errors.join("\n  ")
-        },
-        dest.display()
-    )
 }

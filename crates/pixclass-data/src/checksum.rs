@@ -3,6 +3,7 @@
 //! A file is "known" by its name. Reading a known file verifies it; a
 //! mismatch is [`DataError::ChecksumMismatch`] naming the file and both hashes.
 
+use std::borrow::Cow;
 use std::io::Read;
 use std::path::Path;
 
@@ -12,16 +13,16 @@ use sha2::{Digest, Sha256};
 use crate::error::{DataError, Result};
 
 /// A published checksum.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Checksum {
     /// Lower-case hex SHA-256.
-    Sha256(&'static str),
+    Sha256(Cow<'static, str>),
     /// Lower-case hex MD5 (what some data sets publish).
-    Md5(&'static str),
+    Md5(Cow<'static, str>),
     /// The leading hex digits of a SHA-256, as torchvision publishes them in
     /// its file names (`deeplabv3_resnet101_coco-586e9e4e.pth`) and checks
     /// them (`check_hash=True`).
-    Sha256Prefix(&'static str),
+    Sha256Prefix(Cow<'static, str>),
 }
 
 impl Checksum {
@@ -35,7 +36,7 @@ impl Checksum {
     }
 
     /// The expected hex digest.
-    pub fn hex(&self) -> &'static str {
+    pub fn hex(&self) -> &str {
         match self {
             Checksum::Sha256(h) | Checksum::Md5(h) | Checksum::Sha256Prefix(h) => h,
         }
@@ -48,7 +49,7 @@ impl Checksum {
             Checksum::Md5(_) => md5_file(path)?,
         };
         let ok = match self {
-            Checksum::Sha256Prefix(p) => !p.is_empty() && found.starts_with(p),
+            Checksum::Sha256Prefix(p) => !p.is_empty() && found.starts_with(p.as_ref()),
             _ => found == self.hex(),
         };
         if ok {
@@ -65,7 +66,7 @@ impl Checksum {
 }
 
 /// A file whose content is published and can be verified by name.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct KnownFile {
     /// File name (no directory).
     pub name: &'static str,
@@ -81,7 +82,7 @@ pub struct KnownFile {
 pub const CIFAR10_TARBALL: KnownFile = KnownFile {
     name: "cifar-10-binary.tar.gz",
     size: 170_052_171,
-    checksum: Checksum::Md5("c32a1d4ab5d03f1284b67883e8d87530"),
+    checksum: Checksum::Md5(Cow::Borrowed("c32a1d4ab5d03f1284b67883e8d87530")),
     origin: "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz",
 };
 
@@ -90,47 +91,47 @@ pub const KNOWN_FILES: &[KnownFile] = &[
     KnownFile {
         name: "test_batch.bin",
         size: 30_730_000,
-        checksum: Checksum::Sha256(
+        checksum: Checksum::Sha256(Cow::Borrowed(
             "8e2eb146ae340b09e24670f29cabc6326dba54da8789dab6768acf480273f65b",
-        ),
+        )),
         origin: "official CIFAR-10 binary test batch (md5 803d5f7f4d78ea53de84dbe85f74fb6d)",
     },
     KnownFile {
         name: "horse_train.bin",
         size: 15_365_000,
-        checksum: Checksum::Sha256(
+        checksum: Checksum::Sha256(Cow::Borrowed(
             "e5c3bc15f83790dc8eb193a0fb505983fbf378b7154d8600e5340d81c48fa53c",
-        ),
+        )),
         origin: "the 5000 official training records of class 7, in order",
     },
     KnownFile {
         name: "horse_test.bin",
         size: 3_073_000,
-        checksum: Checksum::Sha256(
+        checksum: Checksum::Sha256(Cow::Borrowed(
             "c9819761b52d933f094450c2a44464ad08b6b4a66d13f201ad2abf0bc82de87c",
-        ),
+        )),
         origin: "the 1000 official test records of class 7, in order",
     },
     KnownFile {
         name: "horse_train_500.bin",
         size: 1_536_500,
-        checksum: Checksum::Sha256(
+        checksum: Checksum::Sha256(Cow::Borrowed(
             "417404d39f7b34ff45b550de76dcb34dc306adba47885a3459ed7962515321a7",
-        ),
+        )),
         origin: "embedded sample: first 500 training horses",
     },
     KnownFile {
         name: "horse_test_100.bin",
         size: 307_300,
-        checksum: Checksum::Sha256(
+        checksum: Checksum::Sha256(Cow::Borrowed(
             "d3947b57c4ee131deac2060d256e5e8dfa0dd0c164db340720b9704d00d28e7e",
-        ),
+        )),
         origin: "embedded sample: first 100 test horses",
     },
     KnownFile {
         name: "cifar-10-binary.tar.gz",
         size: 170_052_171,
-        checksum: Checksum::Md5("c32a1d4ab5d03f1284b67883e8d87530"),
+        checksum: Checksum::Md5(Cow::Borrowed("c32a1d4ab5d03f1284b67883e8d87530")),
         origin: "official CIFAR-10 binary tarball",
     },
 ];

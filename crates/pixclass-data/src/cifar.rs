@@ -319,6 +319,20 @@ pub enum CifarSource {
 }
 
 impl CifarSource {
+    /// The CIFAR-10 data a command should use ([`crate::paths::locate`]):
+    /// `--embedded`, the files in the data directory, or the embedded
+    /// sample when the default `./data` holds none.
+    pub fn resolve(data_dir: Option<&Path>, embedded: bool) -> Result<Self> {
+        let found = crate::paths::locate(
+            data_dir,
+            embedded,
+            CifarLayout::discover,
+            "500 train / 100 test horses",
+            "pixclass data fetch cifar10",
+        )?;
+        Ok(found.map_or(CifarSource::Embedded, CifarSource::Files))
+    }
+
     /// Loads one split.
     pub fn load(&self, split: Split) -> Result<CifarSet> {
         match self {

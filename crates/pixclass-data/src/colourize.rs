@@ -40,6 +40,7 @@ pub fn shuffle_order(n: usize, seed: u64, split: Split) -> Vec<usize> {
 /// How a colourization run draws its random numbers: the split shuffles here,
 /// the initial weights in pixclass-train.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 #[serde(rename_all = "lowercase")]
 pub enum RngScheme {
     /// The reference program's streams: NumPy's legacy MT19937 seeded once

@@ -69,7 +69,7 @@ pub fn download(spec: &DownloadSpec<'_>) -> Result<Fetched> {
         dest.display()
     );
     if dest.is_file() {
-        match spec.checksum {
+        match &spec.checksum {
             Some(c) => {
                 if c.verify(dest).is_ok() {
                     return Ok(Fetched::AlreadyPresent);
@@ -167,7 +167,7 @@ pub fn download(spec: &DownloadSpec<'_>) -> Result<Fetched> {
     file.sync_all().map_err(|e| DataError::io(&part, e))?;
     drop(file);
     bar.finish_and_clear();
-    if let Some(c) = spec.checksum {
+    if let Some(c) = &spec.checksum {
         if let Err(e) = c.verify(&part) {
             let _ = std::fs::remove_file(&part);
             return Err(match e {
@@ -222,7 +222,7 @@ pub fn fetch_known(
     download(&DownloadSpec {
         url: url.unwrap_or(known.origin),
         dest: dest.to_path_buf(),
-        checksum: Some(known.checksum),
+        checksum: Some(known.checksum.clone()),
         progress,
     })
 }

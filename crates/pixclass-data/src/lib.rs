@@ -7,7 +7,9 @@
 //! - [`segment`]: Oxford-17 and image/mask folders for segmentation (SPEC §B.1);
 //! - [`matfile`]: a small MATLAB 5 reader (Oxford-17's `datasplits.mat`);
 //! - [`fetch`]: resumable, verified downloads;
-//! - [`embedded`]: a real sample compiled in, for a fresh machine.
+//! - [`embedded`]: a real sample compiled in, for a fresh machine;
+//! - [`weights`]: registered pretrained weights: sources, checksums, cache, fetch;
+//! - [`paths`]: the data directory and the cache folder.
 //!
 //! This crate never trains or defines models; it hands out tensors and bytes.
 
@@ -21,6 +23,7 @@ pub mod fetch;
 pub mod matfile;
 pub mod paths;
 pub mod segment;
+pub mod weights;
 
 pub use cifar::{CifarLayout, CifarSet, CifarSource, Split, HORSE};
 pub use colourize::{split_orders, ColourSplit, RngScheme};

@@ -1,7 +1,9 @@
-//! Data directory resolution, the same everywhere in pixclass:
-//! `--data-dir`, else `$PIXCLASS_DATA`, else `./data`.
+//! Where pixclass looks for files, the same everywhere: the data directory
+//! (`--data-dir`, else `$PIXCLASS_DATA`, else `./data`) and the cache folder.
 
 use std::path::{Path, PathBuf};
+
+use crate::error::{DataError, Result};
 
 /// The environment variable naming the data directory.
 pub const DATA_ENV: &str = "PIXCLASS_DATA";
@@ -43,4 +45,59 @@ pub fn real_data_dir(what: &str) -> Option<PathBuf> {
         v.display()
     );
     None
+}
+
+/// The cache folder of pixclass (feature caches, registered weights):
+/// `$PIXCLASS_CACHE`, else `$XDG_CACHE_HOME/pixclass`, else
+/// `~/.cache/pixclass`, else `.cache/pixclass`.
+pub fn default_cache_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("PIXCLASS_CACHE").filter(|v| !v.is_empty()) {
+        return PathBuf::from(d);
+    }
+    if let Some(d) = std::env::var_os("XDG_CACHE_HOME").filter(|v| !v.is_empty()) {
+        return PathBuf::from(d).join("pixclass");
+    }
+    match std::env::var_os("HOME").filter(|v| !v.is_empty()) {
+        Some(h) => PathBuf::from(h).join(".cache/pixclass"),
+        None => PathBuf::from(".cache/pixclass"),
+    }
+}
+
+/// True when the data directory was named (`--data-dir` or
+/// `$PIXCLASS_DATA`) rather than defaulted to `./data`.
+pub fn data_dir_is_explicit(explicit: Option<&Path>) -> bool {
+    explicit.is_some() || std::env::var_os(DATA_ENV).is_some_and(|v| !v.is_empty())
+}
+
+/// The rule every command follows to find its data: with `embedded`, the
+/// sample compiled into the binary (`Ok(None)`); else what `discover` finds
+/// in the data directory; a directory the user named must hold the data (an
+/// error saying what was expected); the default `./data` without data falls
+/// back to the embedded sample, with a loud warning naming `sample` and how
+/// to get the full data (`fetch`).
+pub fn locate<T>(
+    explicit: Option<&Path>,
+    embedded: bool,
+    discover: impl FnOnce(&Path) -> Result<T>,
+    sample: &str,
+    fetch: &str,
+) -> Result<Option<T>> {
+    if embedded {
+        return Ok(None);
+    }
+    let dir = resolve_data_dir(explicit);
+    match discover(&dir) {
+        Ok(found) => Ok(Some(found)),
+        Err(e) if data_dir_is_explicit(explicit) => Err(DataError::Invalid(format!(
+            "no usable data in the data directory you named ({}): {e}",
+            dir.display()
+        ))),
+        Err(_) => {
+            tracing::warn!(
+                "no data under {}: using the EMBEDDED SAMPLE ({sample}). Full results need the full data: `{fetch}`",
+                dir.display()
+            );
+            Ok(None)
+        }
+    }
 }

@@ -121,6 +121,7 @@ impl Default for MaskRule {
 
 /// How masks are resized.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 #[serde(rename_all = "lowercase")]
 pub enum MaskResize {
     /// Bilinear on the colours, then the rule (SPEC §B.1: blended edge
@@ -164,6 +165,14 @@ pub struct SegSplits {
 }
 
 impl SegSplits {
+    /// True for the sample compiled into the binary.
+    pub fn is_embedded(&self) -> bool {
+        self.train
+            .iter()
+            .chain(&self.val)
+            .any(|s| matches!(s.image, Blob::Embedded(_)))
+    }
+
     /// Keeps the first `n` samples of each split.
     pub fn limit(mut self, n: Option<usize>) -> Self {
         if let Some(n) = n {
@@ -194,6 +203,29 @@ pub enum SegSource {
 }
 
 impl SegSource {
+    /// The segmentation data a command should use
+    /// ([`crate::paths::locate`]): `--embedded`, what the data directory
+    /// holds, or the embedded Oxford-17 sample when the default `./data`
+    /// holds none.
+    pub fn resolve(data_dir: Option<&Path>, embedded: bool) -> Result<Self> {
+        let found = crate::paths::locate(
+            data_dir,
+            embedded,
+            |dir| {
+                Self::discover(dir).ok_or_else(|| {
+                    DataError::Invalid(format!(
+                        "no segmentation data under {}: expected flowers17/ (jpg/ + trimaps/ + splits.json or datasplits.mat) \
+                         or images/ + masks/ (`pixclass data fetch flowers17`)",
+                        dir.display()
+                    ))
+                })
+            },
+            "36 train / 12 val Oxford-17 images",
+            "pixclass data fetch flowers17",
+        )?;
+        Ok(found.unwrap_or(SegSource::Embedded))
+    }
+
     /// Finds a segmentation data set under `data_dir` (see the module
     /// documentation for the order).
     pub fn discover(data_dir: &Path) -> Option<Self> {

@@ -29,7 +29,7 @@ fn checksum_ok_then_no_op() {
     let spec = DownloadSpec {
         url: &url,
         dest: dir.path().join("f.bin"),
-        checksum: Some(Checksum::Sha256(sum)),
+        checksum: Some(Checksum::Sha256(sum.into())),
         progress: false,
     };
     let got = download(&spec).unwrap();
@@ -57,7 +57,7 @@ fn checksum_wrong_leaves_nothing_behind() {
     let spec = DownloadSpec {
         url: &url,
         dest: dir.path().join("f.bin"),
-        checksum: Some(Checksum::Sha256(wrong)),
+        checksum: Some(Checksum::Sha256(wrong.into())),
         progress: false,
     };
     let err = download(&spec).unwrap_err();
@@ -84,7 +84,7 @@ fn interrupted_download_resumes() {
     let spec = DownloadSpec {
         url: &url,
         dest: dir.path().join("f.bin"),
-        checksum: Some(Checksum::Sha256(sum)),
+        checksum: Some(Checksum::Sha256(sum.into())),
         progress: false,
     };
     let err = download(&spec).unwrap_err();

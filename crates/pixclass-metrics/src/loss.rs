@@ -1,68 +1,22 @@
 //! Differentiable losses on per-pixel logits.
 
 use candle_core::{Result, Tensor};
-use pixclass_models::ops;
+use pixclass_ops as ops;
 
-/// The losses pixclass trains with.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Loss {
-    /// Mean per-pixel cross-entropy.
-    Ce,
-    /// The study's soft IoU (SPEC §B.3).
-    Iou,
-    /// Soft Dice (an extra).
-    Dice,
-}
+/// The losses pixclass trains with (defined with the kernels that compute
+/// them, in `pixclass-ops`).
+pub use pixclass_ops::Loss;
 
-impl Loss {
-    /// The command-line name.
-    pub fn name(self) -> &'static str {
-        match self {
-            Loss::Ce => "ce",
-            Loss::Iou => "iou",
-            Loss::Dice => "dice",
-        }
-    }
-
-    /// This loss of a two-class problem given the margin
-    /// `d = logit_1 - logit_0` instead of both logits (equal values and
-    /// gradients; half the memory, one fused pass on the CPU).
-    ///
-    /// # Shapes
-    /// `margin` `[N, H, W]`, `target` `[N, H, W]` u32 (0/1) -> scalar.
-    pub fn compute_margin(self, margin: &Tensor, target: &Tensor) -> Result<Tensor> {
-        use pixclass_models::cpu_kernels::BinaryLossKind as K;
-        let kind = match self {
-            Loss::Ce => K::Ce,
-            Loss::Iou => K::Iou,
-            Loss::Dice => K::Dice,
-        };
-        ops::binary_loss(margin, target, kind)
-    }
-
-    /// Computes this loss.
-    ///
-    /// # Shapes
-    /// `logits` `[N, K, H, W]`, `target` `[N, H, W]` integer -> scalar.
-    pub fn compute(self, logits: &Tensor, target: &Tensor) -> Result<Tensor> {
-        match self {
-            Loss::Ce => cross_entropy(logits, target),
-            Loss::Iou => soft_iou_loss(logits, target),
-            Loss::Dice => soft_dice_loss(logits, target),
-        }
-    }
-}
-
-impl std::str::FromStr for Loss {
-    type Err = String;
-    fn from_str(s: &str) -> std::result::Result<Self, String> {
-        match s {
-            "ce" => Ok(Loss::Ce),
-            "iou" => Ok(Loss::Iou),
-            "dice" => Ok(Loss::Dice),
-            _ => Err(format!("unknown loss {s:?}: ce, iou or dice")),
-        }
+/// `loss` of per-pixel logits against integer targets (the margin form for
+/// two classes is [`Loss::compute_margin`]).
+///
+/// # Shapes
+/// `logits` `[N, K, H, W]`, `target` `[N, H, W]` integer -> scalar.
+pub fn compute(loss: Loss, logits: &Tensor, target: &Tensor) -> Result<Tensor> {
+    match loss {
+        Loss::Ce => cross_entropy(logits, target),
+        Loss::Iou => soft_iou_loss(logits, target),
+        Loss::Dice => soft_dice_loss(logits, target),
     }
 }
 
@@ -89,6 +43,24 @@ fn fg_prob(logits: &Tensor, target: &Tensor) -> Result<(Tensor, Tensor)> {
 /// The study's soft IoU loss: `p = softmax(logits)[:, 1]`,
 /// `I = Σ p·y`, `U = Σ (p + y - p·y)` over all pixels of the whole batch,
 /// loss `1 - I / (U + 1e-6)`.
+///
+/// ```
+/// use candle_core::{Device, Tensor};
+/// use pixclass_metrics::{soft_dice_loss, soft_iou_loss};
+/// // One image of two pixels; logits (0, 0) give p = 0.5 everywhere.
+/// let logits = Tensor::zeros((1, 2, 1, 2), candle_core::DType::F32, &Device::Cpu)?;
+/// let target = Tensor::new(&[[[1u32, 0]]], &Device::Cpu)?;
+/// // I = 0.5, U = (0.5 + 0.5) + 1 - 0.5 = 1.5.
+/// let iou = soft_iou_loss(&logits, &target)?.to_scalar::<f32>()?;
+/// assert!((iou - (1.0 - 0.5 / (1.5 + 1e-6))).abs() < 1e-6);
+/// // Dice: 1 - (2I + 1e-6) / (Σp + Σy + 1e-6) = 1 - 1/2.
+/// let dice = soft_dice_loss(&logits, &target)?.to_scalar::<f32>()?;
+/// assert!((dice - 0.5).abs() < 1e-6);
+/// // Three classes are refused: these losses are two-class.
+/// let three = Tensor::zeros((1, 3, 1, 2), candle_core::DType::F32, &Device::Cpu)?;
+/// assert!(soft_iou_loss(&three, &target).is_err());
+/// # Ok::<(), candle_core::Error>(())
+/// ```
 ///
 /// # Shapes
 /// `logits` `[N, 2, H, W]`, `target` `[N, H, W]` (0/1) -> scalar.

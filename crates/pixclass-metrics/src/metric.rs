@@ -14,6 +14,23 @@ pub fn correct_pixels(logits: &Tensor, target: &Tensor) -> Result<u64> {
 
 /// A `K x K` confusion matrix (rows: truth, columns: prediction),
 /// accumulated over a whole split (torchvision's segmentation reference).
+/// Every split-level segmentation metric is read off it; a class that is
+/// neither present nor predicted has no IoU (`None`), never NaN or 1.
+///
+/// ```
+/// use pixclass_metrics::ConfusionMatrix;
+/// let mut cm = ConfusionMatrix::new(3);
+/// //           truth         prediction
+/// cm.add(&[0, 0, 1, 1, 1], &[0, 1, 1, 1, 0]);
+/// assert_eq!(cm.get(1, 0), 1); // one pixel of class 1 predicted as 0
+/// assert_eq!(cm.total(), 5);
+/// assert_eq!(cm.pixel_accuracy(), Some(0.6));
+/// // Class 0: TP 1, FP 1, FN 1 -> 1/3; class 1: TP 2, FP 1, FN 1 -> 1/2;
+/// // class 2 never occurs: no IoU, and the mean leaves it out.
+/// assert_eq!(cm.iou(), vec![Some(1.0 / 3.0), Some(0.5), None]);
+/// assert_eq!(cm.mean_iou(), Some((1.0 / 3.0 + 0.5) / 2.0));
+/// assert_eq!(ConfusionMatrix::new(2).mean_iou(), None);
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfusionMatrix {
     k: usize,
@@ -61,34 +78,40 @@ impl ConfusionMatrix {
         self.counts.iter().sum()
     }
 
-    /// Fraction of pixels predicted right (NaN when empty).
-    pub fn pixel_accuracy(&self) -> f64 {
-        let diag: u64 = (0..self.k).map(|i| self.get(i, i)).sum();
-        diag as f64 / self.total() as f64
+    /// Number of classes.
+    pub fn classes(&self) -> usize {
+        self.k
     }
 
-    /// IoU of each class: `TP / (TP + FP + FN)`; NaN for a class that is
+    /// Pixels whose truth is class `t`.
+    pub fn support(&self, t: usize) -> u64 {
+        (0..self.k).map(|p| self.get(t, p)).sum()
+    }
+
+    /// Fraction of pixels predicted right (`None` when nothing was counted).
+    pub fn pixel_accuracy(&self) -> Option<f64> {
+        let diag: u64 = (0..self.k).map(|i| self.get(i, i)).sum();
+        (self.total() > 0).then(|| diag as f64 / self.total() as f64)
+    }
+
+    /// IoU of each class: `TP / (TP + FP + FN)`; `None` for a class that is
     /// neither present nor predicted.
-    pub fn iou(&self) -> Vec<f64> {
+    pub fn iou(&self) -> Vec<Option<f64>> {
         (0..self.k)
             .map(|c| {
                 let tp = self.get(c, c);
                 let fn_: u64 = (0..self.k).map(|p| self.get(c, p)).sum::<u64>() - tp;
                 let fp: u64 = (0..self.k).map(|t| self.get(t, c)).sum::<u64>() - tp;
                 let den = tp + fp + fn_;
-                if den == 0 {
-                    f64::NAN
-                } else {
-                    tp as f64 / den as f64
-                }
+                (den > 0).then(|| tp as f64 / den as f64)
             })
             .collect()
     }
 
-    /// Mean IoU over classes with a defined IoU.
-    pub fn mean_iou(&self) -> f64 {
-        let v: Vec<f64> = self.iou().into_iter().filter(|x| !x.is_nan()).collect();
-        v.iter().sum::<f64>() / v.len() as f64
+    /// Mean IoU over the classes that have one (`None` when none has).
+    pub fn mean_iou(&self) -> Option<f64> {
+        let v: Vec<f64> = self.iou().into_iter().flatten().collect();
+        (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
     }
 }
 
@@ -96,6 +119,19 @@ impl ConfusionMatrix {
 /// `iou = (|pred ∧ gt| + 1e-6) / (|pred ∨ gt| + 1e-6)`, the score is
 /// `ceil(clamp(20·(iou - 0.5), 0, 10)) / 10`: the fraction of the thresholds
 /// 0.50, 0.55, ..., 0.95 that iou exceeds. `pred` and `gt` are 0/1 masks.
+///
+/// ```
+/// use pixclass_metrics::thresholded_iou_score;
+/// // IoU 3/4 = 0.75 exceeds 0.50, 0.55, ..., 0.70 (5 of 10 thresholds) and
+/// // equals none above, so the score is 0.5.
+/// assert_eq!(thresholded_iou_score(&[1, 1, 1, 1, 0], &[1, 1, 1, 0, 0]), 0.5);
+/// // Perfect overlap scores 1, IoU at or below 0.5 scores 0.
+/// assert_eq!(thresholded_iou_score(&[0, 1, 1], &[0, 1, 1]), 1.0);
+/// assert_eq!(thresholded_iou_score(&[1, 1, 0, 0], &[0, 1, 1, 0]), 0.0);
+/// // The study's smoothing: an image with no foreground in either mask
+/// // scores 1 (so a split without foreground must be refused upstream).
+/// assert_eq!(thresholded_iou_score(&[0, 0], &[0, 0]), 1.0);
+/// ```
 pub fn thresholded_iou_score(pred: &[u32], gt: &[u32]) -> f64 {
     let mut inter = 0u64;
     let mut union = 0u64;

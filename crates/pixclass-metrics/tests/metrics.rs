@@ -80,21 +80,23 @@ fn confusion_matrix_by_hand() {
         (cm.get(0, 0), cm.get(0, 1), cm.get(1, 0), cm.get(1, 1)),
         (2, 1, 1, 1)
     );
-    assert!((cm.pixel_accuracy() - 0.6).abs() < 1e-12);
+    assert!((cm.pixel_accuracy().unwrap() - 0.6).abs() < 1e-12);
     let iou = cm.iou();
-    assert!((iou[0] - 0.5).abs() < 1e-12); // 2 / (2 + 1 + 1)
-    assert!((iou[1] - 1.0 / 3.0).abs() < 1e-12); // 1 / (1 + 1 + 1)
-    assert!((cm.mean_iou() - (0.5 + 1.0 / 3.0) / 2.0).abs() < 1e-12);
+    assert!((iou[0].unwrap() - 0.5).abs() < 1e-12); // 2 / (2 + 1 + 1)
+    assert!((iou[1].unwrap() - 1.0 / 3.0).abs() < 1e-12); // 1 / (1 + 1 + 1)
+    assert!((cm.mean_iou().unwrap() - (0.5 + 1.0 / 3.0) / 2.0).abs() < 1e-12);
     // Accumulating two batches equals one big batch.
     let mut a = ConfusionMatrix::new(2);
     a.add(&[1, 1], &[1, 0]);
     a.add(&[0, 0, 0], &[1, 0, 0]);
     assert_eq!(a, cm);
-    // Class 1 neither present nor predicted: undefined IoU, left out of mIoU.
+    // Class 1 neither present nor predicted: no IoU (absent, never NaN or
+    // 1), left out of mIoU; an empty matrix has no accuracy.
     let mut e = ConfusionMatrix::new(2);
     e.add(&[0, 0], &[0, 0]);
-    assert!(e.iou()[1].is_nan());
-    assert_eq!(e.mean_iou(), 1.0);
+    assert_eq!(e.iou()[1], None);
+    assert_eq!(e.mean_iou(), Some(1.0));
+    assert_eq!(ConfusionMatrix::new(2).pixel_accuracy(), None);
     // From logits.
     let l = Tensor::new(&[[[[1f32, 0.0]], [[0.0, 1.0]]]], &Device::Cpu).unwrap();
     let t = Tensor::new(&[[[0u32, 0]]], &Device::Cpu).unwrap();
@@ -119,7 +121,10 @@ fn margin_losses_equal_two_channel_losses() {
         .squeeze(1)
         .unwrap();
     for loss in [Loss::Ce, Loss::Iou, Loss::Dice] {
-        let a = loss.compute(&l, &t).unwrap().to_scalar::<f32>().unwrap();
+        let a = pixclass_metrics::loss::compute(loss, &l, &t)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
         let b = loss
             .compute_margin(&margin, &t)
             .unwrap()

@@ -93,11 +93,7 @@ fn head_step(dev: &Device) -> anyhow::Result<()> {
     let vars = pixclass_models::layers::trainable_vars(&vm);
     let t = median_ms(dev, &|| {
         let m = head.forward_margin(&f, 224, 224)?;
-        let loss = pixclass_models::ops::binary_loss(
-            &m,
-            &y,
-            pixclass_models::cpu_kernels::BinaryLossKind::Ce,
-        )?;
+        let loss = pixclass_ops::margin_loss(&m, &y, pixclass_ops::Loss::Ce)?;
         let g = loss.backward()?;
         for (_, v) in &vars {
             if let Some(gv) = g.get(v.as_tensor()) {

@@ -17,11 +17,12 @@ use crate::layers::{
     BatchNorm2d, BatchNormConfig, Conv2d, Conv2dConfig, ConvTranspose2d, ConvTranspose2dConfig,
     Padding,
 };
-use crate::ops;
 use crate::summary::{LayerKind, Summary, Trace};
+use pixclass_ops as ops;
 
 /// Which of the three networks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 #[serde(rename_all = "kebab-case")]
 pub enum ColourModelKind {
     /// Conv → MaxPool/Upsample → BN → ReLU blocks.
@@ -30,6 +31,7 @@ pub enum ColourModelKind {
     ConvTranspose,
     /// ConvTranspose with two concatenation skips.
     #[serde(rename = "unet")]
+    #[cfg_attr(feature = "clap", value(name = "unet"))]
     UNet,
 }
 
@@ -436,5 +438,12 @@ impl ColourNet {
             t.push("concat", LayerKind::Concat, 0, parts[0], &y);
         }
         Ok(y)
+    }
+}
+
+impl candle_nn::ModuleT for ColourNet {
+    /// [`ColourNet::forward_t`] behind candle-nn's trait.
+    fn forward_t(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
+        Ok(ColourNet::forward_t(self, x, train)?)
     }
 }

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{ModelError, Result};
 use crate::layers::{BatchNorm2d, BatchNormConfig, Conv2d, Conv2dConfig, Padding};
-use crate::ops;
+use pixclass_ops as ops;
 
 /// Which ResNet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -390,5 +390,12 @@ impl DeepLabV3 {
             y
         };
         Ok(Some(ops::resize_bilinear(&c2.forward(&y)?, h, w, false)?))
+    }
+}
+
+impl candle_nn::ModuleT for DeepLabV3 {
+    /// [`DeepLabV3::forward_t`] behind candle-nn's trait.
+    fn forward_t(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
+        Ok(DeepLabV3::forward_t(self, x, train)?)
     }
 }

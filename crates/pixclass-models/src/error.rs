@@ -31,3 +31,14 @@ pub enum ModelError {
 
 /// Result alias of this crate.
 pub type Result<T, E = ModelError> = std::result::Result<T, E>;
+
+impl From<ModelError> for candle_core::Error {
+    /// For candle's traits (`ModuleT`): a tensor error stays itself, the
+    /// others are wrapped with their message.
+    fn from(e: ModelError) -> Self {
+        match e {
+            ModelError::Candle(e) => e,
+            other => candle_core::Error::wrap(other),
+        }
+    }
+}

@@ -21,7 +21,7 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 
 use crate::error::{ModelError, Result};
-use crate::ops::{self, Pad};
+use pixclass_ops::{self as ops, Pad};
 
 /// Name prefix of the backbone's tensors.
 const BACKBONE: &str = "MobilenetV2";

@@ -15,11 +15,12 @@ use crate::error::{ModelError, Result};
 use crate::init::seeded_var_builder;
 use crate::layers::{Conv2d, Conv2dConfig};
 use crate::mobilenet::{self, MobileNetV2DeepLab};
-use crate::ops;
 use crate::weights::{expected_tensors, read_tensors, validate};
+use pixclass_ops as ops;
 
 /// The segmentation models pixclass knows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 #[serde(rename_all = "kebab-case")]
 pub enum SegModelKind {
     /// torchvision `deeplabv3_resnet101` (SPEC §B.2).
@@ -37,6 +38,16 @@ impl SegModelKind {
             SegModelKind::Deeplabv3Resnet101 => "deeplabv3-resnet101",
             SegModelKind::Deeplabv3Resnet50 => "deeplabv3-resnet50",
             SegModelKind::Deeplabv3Mobilenetv2Voc => "deeplabv3-mobilenetv2-voc",
+        }
+    }
+
+    /// The input side the pretrained model was made for: 257 for
+    /// TensorFlow's MobileNetV2 VOC model, 520 for torchvision's ResNets
+    /// (what `segment predict --model` feeds them).
+    pub fn native_size(self) -> u32 {
+        match self {
+            SegModelKind::Deeplabv3Mobilenetv2Voc => 257,
+            SegModelKind::Deeplabv3Resnet101 | SegModelKind::Deeplabv3Resnet50 => 520,
         }
     }
 

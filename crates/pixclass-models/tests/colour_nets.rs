@@ -8,8 +8,8 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use common::*;
 use pixclass_models::layers::{trainable_scalars, trainable_vars};
-use pixclass_models::ops;
 use pixclass_models::{ColourModelKind, ColourNet, ColourNetConfig};
+use pixclass_ops as ops;
 
 fn build(cfg: ColourNetConfig, dtype: DType) -> (VarMap, ColourNet) {
     build_on(cfg, dtype, &Device::Cpu)

@@ -116,7 +116,7 @@ fn resnet50_has_torchvisions_parameter_count_and_shapes() {
 
 #[test]
 fn bilinear_resize_matches_pytorch_conventions_and_gradients() {
-    use pixclass_models::ops::resize_bilinear;
+    use pixclass_ops::resize_bilinear;
     // align_corners=False, 2 -> 4: PyTorch gives [a, .75a+.25b, .25a+.75b, b].
     let x = Tensor::new(&[[[[1f64, 3.0]]]], &Device::Cpu).unwrap();
     let y = resize_bilinear(&x, 1, 4, false).unwrap();
@@ -140,7 +140,7 @@ fn bilinear_resize_matches_pytorch_conventions_and_gradients() {
 
 #[test]
 fn strided_max_pool_matches_finite_differences_and_portable_path() {
-    use pixclass_models::ops::max_pool2d_strided;
+    use pixclass_ops::max_pool2d_strided;
     let x = rand_tensor(&[2, 3, 9, 8], 60);
     let y = max_pool2d_strided(&x, 3, 2, 1).unwrap();
     assert_eq!(y.dims(), &[2, 3, 5, 4]);

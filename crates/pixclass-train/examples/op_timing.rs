@@ -8,7 +8,7 @@ mod allocator;
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::VarBuilder;
 use pixclass_models::layers::{BatchNorm2d, BatchNormConfig};
-use pixclass_models::ops;
+use pixclass_ops as ops;
 
 fn time(
     name: &str,

@@ -1,15 +1,17 @@
 //! Checkpoints: model variables (parameters and BatchNorm statistics),
 //! optimiser moments, and the run's state (epoch, Adam step, metrics so far,
-//! RNG state) in one safetensors file, written atomically (temp file, fsync,
-//! rename) so a crash mid-write never leaves a corrupt file as the latest.
+//! RNG state) in one safetensors file, written atomically (a temporary file
+//! unique to the process, fsync, rename) so a crash mid-write never leaves a
+//! corrupt file as the latest.
 
 use std::collections::HashMap;
-use std::io::Write;
 use std::path::Path;
 
 use candle_core::{Device, Tensor};
 use candle_nn::VarMap;
 use serde::{Deserialize, Serialize};
+
+use pixclass_runs::EpochRecord;
 
 use crate::error::{Result, TrainError};
 
@@ -19,19 +21,6 @@ pub const LATEST: &str = "checkpoint.safetensors";
 pub const BEST: &str = "best.safetensors";
 const STATE_KEY: &str = "pixclass_state";
 
-/// One row of `metrics.csv`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct EpochRow {
-    /// 1-based epoch.
-    pub epoch: usize,
-    /// Mean of the epoch's batch losses.
-    pub train_loss: f64,
-    /// Validation metrics, in the task's column order.
-    pub values: Vec<f64>,
-    /// Wall time of the epoch (training and validation).
-    pub seconds: f64,
-}
-
 /// The run state stored with the tensors.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunState {
@@ -39,25 +28,18 @@ pub struct RunState {
     pub epoch: usize,
     /// Adam steps taken.
     pub adam_step: u64,
-    /// Metric column names.
-    pub columns: Vec<String>,
-    /// Metrics of every completed epoch.
-    pub rows: Vec<EpochRow>,
+    /// The task's metric names, in column order.
+    pub metrics: Vec<String>,
+    /// Every completed epoch, metrics by name.
+    pub rows: Vec<EpochRecord>,
     /// State of the training RNG (shuffles, dropout), when the task has one.
     pub rng: u64,
 }
 
-/// Writes bytes atomically: `<path>.tmp`, fsync, rename over `path`.
+/// Writes bytes atomically (a temporary file unique to this process,
+/// fsync, rename over `path`).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = std::path::PathBuf::from(tmp);
-    {
-        let mut f = std::fs::File::create(&tmp).map_err(|e| TrainError::io(&tmp, e))?;
-        f.write_all(bytes).map_err(|e| TrainError::io(&tmp, e))?;
-        f.sync_all().map_err(|e| TrainError::io(&tmp, e))?;
-    }
-    std::fs::rename(&tmp, path).map_err(|e| TrainError::io(path, e))
+    Ok(pixclass_runs::write_atomic(path, bytes)?)
 }
 
 /// Saves every variable of `varmap` as `model.<name>`, the `extra` tensors
@@ -120,8 +102,11 @@ pub fn load(path: &Path) -> Result<Loaded> {
         .ok_or_else(|| {
             bad("no pixclass run state in the metadata (not a pixclass checkpoint?)".into())
         })?;
-    let state: RunState =
-        serde_json::from_str(state_json).map_err(|e| bad(format!("bad run state: {e}")))?;
+    let state: RunState = serde_json::from_str(state_json).map_err(|e| {
+        bad(format!(
+            "bad run state ({e}); a checkpoint of an older pixclass without named metrics cannot be resumed"
+        ))
+    })?;
     let all = candle_core::safetensors::load_buffer(&bytes, &Device::Cpu)
         .map_err(|e| bad(e.to_string()))?;
     let mut model = HashMap::new();

@@ -7,6 +7,7 @@ use crate::error::{Result, TrainError};
 
 /// A device kind as named on the command line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 #[serde(rename_all = "lowercase")]
 pub enum DeviceKind {
     /// The CPU (default).

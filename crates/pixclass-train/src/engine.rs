@@ -1,8 +1,10 @@
 //! The one training loop of pixclass, for every model and task.
 //!
-//! A task implements [`TrainTask`]: the loss of one training batch (forward
-//! in train mode) and a whole validation pass. [`fit`] owns everything else:
-//! Adam, the epoch loop, non-finite loss detection, progress bars and logs,
+//! A task implements [`TrainTask`]: it declares its validation metrics once
+//! (name, direction, format), computes the loss of one training batch
+//! (forward in train mode) and runs a validation pass returning named
+//! values. [`fit`] owns everything else: Adam, the epoch loop, non-finite
+//! loss detection, progress bars and logs, the run record (`run.json`),
 //! `metrics.csv`, `curves.png`, checkpoints (latest and best), and resume.
 
 use std::path::{Path, PathBuf};
@@ -11,23 +13,27 @@ use std::time::Instant;
 use candle_core::{Tensor, Var};
 use candle_nn::VarMap;
 use indicatif::{ProgressBar, ProgressStyle};
+use pixclass_runs::{
+    csv_file, BestEpoch, EpochRecord, MetricSpec, Metrics, RunRecord, RunStatus, METRICS_CSV,
+};
 
 use crate::adam::{Adam, AdamConfig};
-use crate::checkpoint::{self, EpochRow, RunState};
+use crate::checkpoint::{self, RunState};
 use crate::error::{Result, TrainError};
 use crate::plot::{draw_panels, Panel, Series};
 
 /// What the loop needs from a task.
 pub trait TrainTask {
-    /// Names of the validation metrics, in column order (e.g. `val_loss`).
-    fn metric_names(&self) -> Vec<String>;
+    /// The validation metrics, declared once, in column order (e.g.
+    /// `val_loss` minimised, `val_acc` maximised).
+    fn metrics(&self) -> Vec<MetricSpec>;
     /// Batches per training epoch.
     fn num_train_batches(&self) -> usize;
-    /// Scalar loss of training batch `batch` of `epoch` (1-based), with the
-    /// model in train mode.
+    /// Scalar loss of training batch `batch` (0-based) of `epoch`
+    /// (1-based), with the model in train mode.
     fn train_loss(&mut self, epoch: usize, batch: usize) -> Result<Tensor>;
-    /// A validation pass in eval mode: one value per metric name.
-    fn evaluate(&mut self) -> Result<Vec<f64>>;
+    /// A validation pass in eval mode: a value for every declared metric.
+    fn evaluate(&mut self) -> Result<Metrics>;
     /// Pictures or other outputs after an epoch (default: none).
     fn after_epoch(&mut self, _epoch: usize, _out_dir: &Path) -> Result<()> {
         Ok(())
@@ -38,15 +44,6 @@ pub trait TrainTask {
     }
     /// Restores the RNG state from a checkpoint.
     fn set_rng_state(&mut self, _state: u64) {}
-}
-
-/// Which metric selects the best checkpoint.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct BestMetric {
-    /// Metric name (one of the task's names).
-    pub name: String,
-    /// True when larger is better.
-    pub maximise: bool,
 }
 
 /// Settings of [`fit`].
@@ -60,47 +57,49 @@ pub struct FitConfig {
     pub out_dir: PathBuf,
     /// Continue from `out_dir/checkpoint.safetensors`.
     pub resume: bool,
-    /// Saves `best.safetensors` by this metric.
-    pub best: Option<BestMetric>,
+    /// Saves `best.safetensors` by this metric (one of the task's; its
+    /// declared direction says which way is better).
+    pub best: Option<String>,
     /// Show progress bars.
     pub progress: bool,
-    /// Label for logs.
-    pub label: String,
     /// Linear learning-rate warm-up over the first steps (0: none): step
     /// `t` (1-based) uses `lr · min(1, t / warmup_steps)`.
     pub warmup_steps: u64,
+    /// The run record to keep up to date in `out_dir/run.json` (task,
+    /// label, configuration, data); the loop fills in the metrics, epochs,
+    /// best epoch and status.
+    pub record: RunRecord,
 }
 
-/// Writes `metrics.csv` for the rows so far.
-pub fn write_metrics_csv(path: &Path, columns: &[String], rows: &[EpochRow]) -> Result<()> {
-    let mut s = format!("epoch,train_loss,{},seconds\n", columns.join(","));
-    for r in rows {
-        s.push_str(&format!("{},{}", r.epoch, r.train_loss));
-        for v in &r.values {
-            s.push_str(&format!(",{v}"));
-        }
-        s.push_str(&format!(",{:.3}\n", r.seconds));
-    }
-    checkpoint::write_atomic(path, s.as_bytes())
-}
-
-/// Draws `curves.png`: losses per epoch on the left, other metrics on the right.
-pub fn write_curves(path: &Path, title: &str, columns: &[String], rows: &[EpochRow]) -> Result<()> {
-    let x = |r: &EpochRow| r.epoch as f64;
+/// Draws `curves.png`: losses per epoch on the left, other metrics on the
+/// right.
+pub fn write_curves(
+    path: &Path,
+    title: &str,
+    specs: &[MetricSpec],
+    rows: &[EpochRecord],
+) -> Result<()> {
+    let x = |r: &EpochRecord| r.epoch as f64;
     let mut losses = vec![Series {
         label: "train_loss".into(),
-        points: rows.iter().map(|r| (x(r), r.train_loss)).collect(),
+        points: rows
+            .iter()
+            .filter_map(|r| r.train_loss.map(|v| (x(r), v)))
+            .collect(),
     }];
     let mut others = Vec::new();
-    for (i, c) in columns.iter().enumerate() {
-        let s = Series {
-            label: c.clone(),
-            points: rows.iter().map(|r| (x(r), r.values[i])).collect(),
+    for s in specs {
+        let series = Series {
+            label: s.name.clone(),
+            points: rows
+                .iter()
+                .filter_map(|r| r.get(&s.name).map(|v| (x(r), v)))
+                .collect(),
         };
-        if c.contains("loss") {
-            losses.push(s);
+        if s.name.contains("loss") {
+            losses.push(series);
         } else {
-            others.push(s);
+            others.push(series);
         }
     }
     let mut panels = vec![Panel {
@@ -138,65 +137,94 @@ fn bar(n: usize, epoch: usize, epochs: usize, show: bool) -> ProgressBar {
     pb
 }
 
-/// Trains `trainable` (variables of `varmap`) on `task`. Returns every
-/// epoch's metrics (including those of a resumed run's earlier epochs).
+/// The best epoch of `rows` by `spec` (the first on ties).
+fn best_of(spec: &MetricSpec, rows: &[EpochRecord]) -> Option<BestEpoch> {
+    rows.iter().fold(None, |best: Option<BestEpoch>, r| {
+        let v = r.get(&spec.name)?;
+        match best {
+            Some(b) if !spec.better(v, b.value) => Some(b),
+            _ => Some(BestEpoch {
+                metric: spec.name.clone(),
+                epoch: r.epoch,
+                value: v,
+            }),
+        }
+    })
+}
+
+/// Trains `trainable` (variables of `varmap`) on `task`. Returns the run
+/// record, with every epoch's metrics (including those of a resumed run's
+/// earlier epochs). A failure is recorded in `run.json` before it returns.
 pub fn fit(
     task: &mut dyn TrainTask,
     varmap: &VarMap,
     trainable: Vec<(String, Var)>,
     cfg: &FitConfig,
-) -> Result<Vec<EpochRow>> {
+) -> Result<RunRecord> {
     std::fs::create_dir_all(&cfg.out_dir).map_err(|e| TrainError::io(&cfg.out_dir, e))?;
-    let columns = task.metric_names();
-    if let Some(b) = &cfg.best {
-        if !columns.contains(&b.name) {
-            return Err(TrainError::Config(format!(
-                "best metric {:?} is not one of {columns:?}",
-                b.name
-            )));
-        }
+    let mut record = cfg.record.clone();
+    record.metrics = task.metrics();
+    let result = fit_epochs(task, varmap, trainable, cfg, &mut record);
+    if let Err(e) = &result {
+        record.status = RunStatus::Failed;
+        record.error = Some(e.to_string());
+        // Best effort: the error being returned matters more.
+        let _ = record.write(&cfg.out_dir);
     }
+    result.map(|()| record)
+}
+
+fn fit_epochs(
+    task: &mut dyn TrainTask,
+    varmap: &VarMap,
+    trainable: Vec<(String, Var)>,
+    cfg: &FitConfig,
+    record: &mut RunRecord,
+) -> Result<()> {
+    let specs = record.metrics.clone();
+    let names: Vec<String> = specs.iter().map(|s| s.name.clone()).collect();
+    let best_spec = match &cfg.best {
+        Some(b) => Some(
+            specs
+                .iter()
+                .find(|s| &s.name == b)
+                .cloned()
+                .ok_or_else(|| {
+                    TrainError::Config(format!("best metric {b:?} is not one of {names:?}"))
+                })?,
+        ),
+        None => None,
+    };
     let mut adam = Adam::new(trainable, cfg.adam)?;
     let latest = cfg.out_dir.join(checkpoint::LATEST);
-    let mut rows: Vec<EpochRow> = Vec::new();
     let mut start = 1;
+    record.epochs.clear();
     if cfg.resume {
         let loaded = checkpoint::load(&latest)?;
-        if loaded.state.columns != columns {
+        if loaded.state.metrics != names {
             return Err(TrainError::Checkpoint {
                 path: latest.clone(),
                 reason: format!(
-                    "metric columns {:?} differ from this task's {columns:?}",
-                    loaded.state.columns
+                    "metrics {:?} differ from this task's {names:?}",
+                    loaded.state.metrics
                 ),
             });
         }
         checkpoint::restore_vars(varmap, &loaded.model, &latest)?;
         adam.load_state(&loaded.extra, loaded.state.adam_step)?;
         task.set_rng_state(loaded.state.rng);
-        rows = loaded.state.rows;
+        record.epochs = loaded.state.rows;
         start = loaded.state.epoch + 1;
         tracing::info!(
             "{}: resuming after epoch {} from {}",
-            cfg.label,
+            record.label,
             loaded.state.epoch,
             latest.display()
         );
     }
-    let best_col = cfg
-        .best
-        .as_ref()
-        .and_then(|b| columns.iter().position(|c| *c == b.name));
-    let maximise = cfg.best.as_ref().is_some_and(|b| b.maximise);
-    let better = |new: f64, old: f64| if maximise { new > old } else { new < old };
-    let mut best_value: Option<f64> = best_col.and_then(|i| {
-        rows.iter()
-            .map(|r| r.values[i])
-            .fold(None, |acc, v| match acc {
-                Some(a) if !better(v, a) => Some(a),
-                _ => Some(v),
-            })
-    });
+    record.best = best_spec.as_ref().and_then(|s| best_of(s, &record.epochs));
+    record.status = RunStatus::Running;
+    record.write(&cfg.out_dir)?;
     let nb = task.num_train_batches();
     if nb == 0 {
         return Err(TrainError::Config(
@@ -212,7 +240,17 @@ pub fn fit(
             let value = loss.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
             if !value.is_finite() {
                 pb.abandon();
-                return Err(TrainError::NonFinite { epoch, step, value });
+                let kept = if latest.is_file() {
+                    format!("the checkpoint of epoch {} is kept", epoch - 1)
+                } else {
+                    "no epoch finished, so there is no checkpoint".to_string()
+                };
+                return Err(TrainError::NonFinite {
+                    epoch,
+                    step: step + 1,
+                    value,
+                    kept,
+                });
             }
             let grads = loss.backward()?;
             if cfg.warmup_steps > 0 {
@@ -225,37 +263,50 @@ pub fn fit(
         }
         pb.finish_and_clear();
         let train_loss = sum / nb as f64;
-        let values = task.evaluate()?;
-        let row = EpochRow {
+        let metrics = task.evaluate()?;
+        if let Some(missing) = names.iter().find(|n| metrics.get(n).is_none()) {
+            return Err(TrainError::Config(format!(
+                "the task's evaluation has no value for its declared metric {missing}"
+            )));
+        }
+        let row = EpochRecord {
             epoch,
-            train_loss,
-            values,
+            train_loss: Some(train_loss),
+            metrics,
             seconds: t0.elapsed().as_secs_f64(),
         };
-        let summary: Vec<String> = columns
-            .iter()
-            .zip(&row.values)
-            .map(|(c, v)| format!("{c} {v:.4}"))
-            .collect();
         tracing::info!(
             "{} epoch {epoch}/{}: train_loss {train_loss:.4}, {} ({:.1} s)",
-            cfg.label,
+            record.label,
             cfg.epochs,
-            summary.join(", "),
+            row.metrics.summary(&specs),
             row.seconds
         );
-        let is_best = best_col.is_some_and(|i| best_value.is_none_or(|b| better(row.values[i], b)));
+        let is_best = best_spec.as_ref().is_some_and(|s| {
+            let v = row.get(&s.name);
+            match (&record.best, v) {
+                (_, None) => false,
+                (None, Some(_)) => true,
+                (Some(b), Some(v)) => s.better(v, b.value),
+            }
+        });
         if is_best {
-            best_value = best_col.map(|i| row.values[i]);
+            record.best = best_spec.as_ref().and_then(|s| {
+                row.get(&s.name).map(|value| BestEpoch {
+                    metric: s.name.clone(),
+                    epoch,
+                    value,
+                })
+            });
         }
-        rows.push(row);
+        record.epochs.push(row);
         // The checkpoint first: it holds the metrics too, so a run killed
-        // after it resumes at the next epoch and rewrites the files below.
+        // after it resumes at the next epoch and completes the files below.
         let state = RunState {
             epoch,
             adam_step: adam.steps(),
-            columns: columns.clone(),
-            rows: rows.clone(),
+            metrics: names.clone(),
+            rows: record.epochs.clone(),
             rng: task.rng_state(),
         };
         let extra = adam.state_tensors();
@@ -264,8 +315,18 @@ pub fn fit(
         }
         checkpoint::save(&latest, varmap, &extra, &state)?;
         task.after_epoch(epoch, &cfg.out_dir)?;
-        write_metrics_csv(&cfg.out_dir.join("metrics.csv"), &columns, &rows)?;
-        write_curves(&cfg.out_dir.join("curves.png"), &cfg.label, &columns, &rows)?;
+        csv_file::sync(&cfg.out_dir.join(METRICS_CSV), &specs, &record.epochs)?;
+        write_curves(
+            &cfg.out_dir.join("curves.png"),
+            &record.label,
+            &specs,
+            &record.epochs,
+        )?;
+        if epoch < cfg.epochs {
+            record.write(&cfg.out_dir)?;
+        }
     }
-    Ok(rows)
+    record.status = RunStatus::Finished;
+    record.write(&cfg.out_dir)?;
+    Ok(())
 }

@@ -6,16 +6,16 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum TrainError {
     /// The loss became NaN or infinite.
-    #[error(
-        "non-finite loss {value} at epoch {epoch}, step {step}; the last good checkpoint is kept"
-    )]
+    #[error("non-finite loss {value} at epoch {epoch}, step {step}; {kept}")]
     NonFinite {
         /// 1-based epoch.
         epoch: usize,
-        /// 0-based step within the epoch.
+        /// 1-based step within the epoch.
         step: usize,
         /// The loss value.
         value: f64,
+        /// What is left of the run (the last good checkpoint, or nothing).
+        kept: String,
     },
     /// The requested device cannot be used.
     #[error("device {requested}: {reason}")]
@@ -62,6 +62,9 @@ pub enum TrainError {
     /// Tensor error.
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
+    /// A run directory's record or metrics file.
+    #[error(transparent)]
+    Run(#[from] pixclass_runs::RunError),
 }
 
 impl TrainError {

@@ -6,6 +6,7 @@
 //! - [`checkpoint`]: atomic checkpoints with model, optimiser and run state;
 //! - [`device`]: explicit device selection, never a silent CPU fallback;
 //! - [`plot`]: curves, comparison plots and image strips as PNG;
+//! - [`run_dir`]: a run directory's `config.json`;
 //! - [`colourize`]: the colourization study (Parts A–C);
 //! - [`segment`]: DeepLabV3 head fine-tuning with cached features (Part D).
 //!
@@ -19,7 +20,9 @@ pub mod device;
 pub mod engine;
 pub mod error;
 pub mod plot;
+pub mod run_dir;
 pub mod segment;
 
 pub use device::{select_device, DeviceKind};
 pub use error::{Result, TrainError};
+pub use pixclass_runs::{EpochRecord, MetricSpec, Metrics, RunRecord};

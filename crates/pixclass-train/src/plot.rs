@@ -176,6 +176,9 @@ pub fn save_png(img: &RgbImage, path: &Path) -> Result<()> {
         path: path.to_path_buf(),
         reason: e.to_string(),
     })?;
+    if let Some(d) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(d).map_err(|e| TrainError::io(d, e))?;
+    }
     crate::checkpoint::write_atomic(path, &bytes)
 }
 

@@ -6,9 +6,10 @@ use std::path::Path;
 
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::VarMap;
+use pixclass_runs::{MetricSpec, Metrics, RunRecord};
 use pixclass_train::adam::{Adam, AdamConfig};
 use pixclass_train::checkpoint;
-use pixclass_train::engine::{fit, BestMetric, FitConfig, TrainTask};
+use pixclass_train::engine::{fit, FitConfig, TrainTask};
 use pixclass_train::TrainError;
 
 #[test]
@@ -63,8 +64,11 @@ struct Toy {
 }
 
 impl TrainTask for Toy {
-    fn metric_names(&self) -> Vec<String> {
-        vec!["val_loss".into(), "w".into()]
+    fn metrics(&self) -> Vec<MetricSpec> {
+        vec![
+            MetricSpec::minimise("val_loss", "validation loss", 4),
+            MetricSpec::maximise("w", "the weight", 4),
+        ]
     }
     fn num_train_batches(&self) -> usize {
         4
@@ -76,9 +80,11 @@ impl TrainTask for Toy {
         }
         Ok(l)
     }
-    fn evaluate(&mut self) -> pixclass_train::Result<Vec<f64>> {
+    fn evaluate(&mut self) -> pixclass_train::Result<Metrics> {
         let w = self.w.as_tensor().sum_all()?.to_scalar::<f32>()? as f64;
-        Ok(vec![(w - 3.0).powi(2), w])
+        Ok(Metrics::new()
+            .with("val_loss", (w - 3.0).powi(2))
+            .with("w", w))
     }
 }
 
@@ -114,13 +120,16 @@ fn cfg(dir: &Path, epochs: usize, resume: bool) -> FitConfig {
         },
         out_dir: dir.to_path_buf(),
         resume,
-        best: Some(BestMetric {
-            name: "val_loss".into(),
-            maximise: false,
-        }),
+        best: Some("val_loss".into()),
         progress: false,
-        label: "toy".into(),
         warmup_steps: 0,
+        record: RunRecord::new(
+            "toy",
+            "toy",
+            serde_json::json!({}),
+            Default::default(),
+            vec![],
+        ),
     }
 }
 
@@ -128,9 +137,29 @@ fn cfg(dir: &Path, epochs: usize, resume: bool) -> FitConfig {
 fn loss_falls_and_outputs_appear() {
     let dir = tempfile::tempdir().unwrap();
     let (vm, mut task, vars) = toy(None);
-    let rows = fit(&mut task, &vm, vars, &cfg(dir.path(), 5, false)).unwrap();
+    let record = fit(&mut task, &vm, vars, &cfg(dir.path(), 5, false)).unwrap();
+    let rows = &record.epochs;
     assert_eq!(rows.len(), 5);
-    assert!(rows[4].values[0] < rows[0].values[0]);
+    assert!(rows[4].get("val_loss") < rows[0].get("val_loss"));
+    // The record names the best epoch by the declared direction (minimise).
+    let best = record.best.as_ref().unwrap();
+    assert_eq!(best.metric, "val_loss");
+    assert_eq!(
+        Some(best.value),
+        rows.iter()
+            .filter_map(|r| r.get("val_loss"))
+            .reduce(f64::min)
+    );
+    assert_eq!(RunRecord::read(dir.path()).unwrap(), record);
+    // metrics.csv reads back by column name, bit for bit.
+    assert_eq!(
+        pixclass_runs::csv_file::read(&dir.path().join("metrics.csv"))
+            .unwrap()
+            .iter()
+            .map(|r| r.metrics.clone())
+            .collect::<Vec<_>>(),
+        rows.iter().map(|r| r.metrics.clone()).collect::<Vec<_>>()
+    );
     let csv = std::fs::read_to_string(dir.path().join("metrics.csv")).unwrap();
     assert!(csv.starts_with("epoch,train_loss,val_loss,w,seconds\n"));
     assert_eq!(csv.lines().count(), 6);
@@ -144,7 +173,8 @@ fn loss_falls_and_outputs_appear() {
 #[test]
 fn non_finite_loss_names_epoch_and_step_and_keeps_last_checkpoint() {
     let dir = tempfile::tempdir().unwrap();
-    let (vm, mut task, vars) = toy(Some((3, 2)));
+    // Batch index 1 of epoch 3: the second step (steps count from 1, like epochs).
+    let (vm, mut task, vars) = toy(Some((3, 1)));
     let err = fit(&mut task, &vm, vars, &cfg(dir.path(), 5, false)).unwrap_err();
     assert!(
         matches!(
@@ -178,12 +208,23 @@ fn resume_equals_an_uninterrupted_run() {
     let resumed = fit(&mut task, &vm, vars, &cfg(b.path(), 6, true)).unwrap();
     let w_resumed: Vec<f32> = task.w.as_tensor().to_vec1().unwrap();
     assert_eq!(w_full, w_resumed);
-    let strip = |r: &[checkpoint::EpochRow]| {
-        r.iter()
-            .map(|r| (r.epoch, r.train_loss, r.values.clone()))
+    let strip = |r: &RunRecord| {
+        r.epochs
+            .iter()
+            .map(|r| (r.epoch, r.train_loss, r.metrics.clone()))
             .collect::<Vec<_>>()
     };
     assert_eq!(strip(&full), strip(&resumed));
+    // The resumed run's metrics.csv is byte-identical to the uninterrupted one's
+    // but for the wall-time column.
+    let no_time = |d: &Path| {
+        std::fs::read_to_string(d.join("metrics.csv"))
+            .unwrap()
+            .lines()
+            .map(|l| l.rsplit_once(',').unwrap().0.to_string())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(no_time(a.path()), no_time(b.path()));
     // A resume with a missing checkpoint is a clear error.
     let c = tempfile::tempdir().unwrap();
     let (vm, mut task, vars) = toy(None);

@@ -1,0 +1,296 @@
+//! Convolutions: 2-D (any per-side padding, stride, dilation, groups),
+//! transposed and depthwise, with the layer's bias fused in on the CPU.
+
+use candle_core::{Result, Tensor};
+
+use crate::elementwise::add_channel_bias;
+use crate::{cpu_float, kernels};
+
+/// Padding of one spatial dimension: `(before, after)` zeros.
+pub type Pad = (usize, usize);
+
+/// PyTorch's `padding="same"` for a stride-1 convolution: total
+/// `dilation·(k-1)`, the odd one extra after.
+pub fn same_padding(k: usize, dilation: usize) -> Pad {
+    let total = dilation * (k - 1);
+    (total / 2, total - total / 2)
+}
+
+/// 2-D convolution (cross-correlation like PyTorch) with per-side padding,
+/// stride, dilation and groups, whose backward works for every input shape.
+///
+/// On the CPU (f32/f64, groups 1) this runs the GEMM kernels of
+/// the GEMM kernels; elsewhere [`conv2d_portable`].
+///
+/// # Shapes
+/// `x`: `[N, C_in, H, W]`, `weight`: `[C_out, C_in / groups, KH, KW]` ->
+/// `[N, C_out, (H + pads - d·(KH-1) - 1) / s + 1, ...]`.
+pub fn conv2d(
+    x: &Tensor,
+    weight: &Tensor,
+    pad_h: Pad,
+    pad_w: Pad,
+    stride: usize,
+    dilation: usize,
+    groups: usize,
+) -> Result<Tensor> {
+    conv2d_bias(x, weight, None, pad_h, pad_w, stride, dilation, groups)
+}
+
+/// [`conv2d`] plus an optional per-output-channel bias: fused into the
+/// convolution kernel on the CPU (groups 1), [`add_channel_bias`] elsewhere.
+///
+/// # Shapes
+/// As [`conv2d`]; `bias` `[O]`.
+#[allow(clippy::too_many_arguments)]
+pub fn conv2d_bias(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    pad_h: Pad,
+    pad_w: Pad,
+    stride: usize,
+    dilation: usize,
+    groups: usize,
+) -> Result<Tensor> {
+    ConvExtent::new(x, weight, pad_h, pad_w, dilation)?;
+    if cpu_float(x) && groups == 1 && bias.is_none_or(|b| b.dtype() == x.dtype()) {
+        return kernels::conv::conv2d(x, weight, bias, (pad_h, pad_w), stride, dilation);
+    }
+    let y = conv2d_portable(x, weight, pad_h, pad_w, stride, dilation, groups)?;
+    match bias {
+        Some(b) => add_channel_bias(&y, b),
+        None => Ok(y),
+    }
+}
+
+/// Depthwise 2-D convolution (groups = channels, one filter per channel).
+/// CPU (f32/f64): the direct kernel [`kernels::depthwise::Depthwise`];
+/// elsewhere [`depthwise_conv2d_portable`].
+///
+/// # Shapes
+/// `x`: `[N, C, H, W]`, `weight`: `[C, 1, KH, KW]` ->
+/// `[N, C, (H + pads - d·(KH-1) - 1) / s + 1, ...]`.
+pub fn depthwise_conv2d(
+    x: &Tensor,
+    weight: &Tensor,
+    pad_h: Pad,
+    pad_w: Pad,
+    stride: usize,
+    dilation: usize,
+) -> Result<Tensor> {
+    let (_, c, _, _) = x.dims4()?;
+    let (wc, one, kh, kw) = weight.dims4()?;
+    if wc != c || one != 1 {
+        candle_core::bail!(
+            "depthwise conv: weight {:?} does not fit input {:?} (expected [{c}, 1, KH, KW])",
+            weight.dims(),
+            x.dims()
+        );
+    }
+    let e = ConvExtent::new(x, weight, pad_h, pad_w, dilation)?;
+    if cpu_float(x) && x.dtype() == weight.dtype() {
+        let (n, _, h, w) = x.dims4()?;
+        let g = kernels::Geometry {
+            n,
+            c,
+            h,
+            w,
+            kh,
+            kw,
+            stride,
+            dilation,
+            pad_top: pad_h.0,
+            pad_left: pad_w.0,
+            ho: (e.ph - e.span_h) / stride + 1,
+            wo: (e.pw - e.span_w) / stride + 1,
+        };
+        return x
+            .contiguous()?
+            .apply_op2(&weight.contiguous()?, kernels::depthwise::Depthwise(g));
+    }
+    depthwise_conv2d_portable(x, weight, pad_h, pad_w, stride, dilation)
+}
+
+/// [`depthwise_conv2d`] from shifted slices of candle primitives, so its
+/// backward is exact on every device.
+///
+/// # Shapes
+/// As [`depthwise_conv2d`].
+pub fn depthwise_conv2d_portable(
+    x: &Tensor,
+    weight: &Tensor,
+    pad_h: Pad,
+    pad_w: Pad,
+    stride: usize,
+    dilation: usize,
+) -> Result<Tensor> {
+    let (_, c, _, _) = x.dims4()?;
+    let (_, _, kh, kw) = weight.dims4()?;
+    let e = ConvExtent::new(x, weight, pad_h, pad_w, dilation)?;
+    let xp = x
+        .pad_with_zeros(2, pad_h.0, pad_h.1)?
+        .pad_with_zeros(3, pad_w.0, pad_w.1)?;
+    let ho = (e.ph - e.span_h) / stride + 1;
+    let wo = (e.pw - e.span_w) / stride + 1;
+    // Stride > 1: gather the rows/columns a tap reads (index_select needs a
+    // contiguous input, which the padded tensor is).
+    let taps = |start: usize, len: usize| -> Result<Tensor> {
+        let idx: Vec<u32> = (0..len).map(|r| (start + r * stride) as u32).collect();
+        Tensor::new(idx, x.device())
+    };
+    let mut acc: Option<Tensor> = None;
+    for i in 0..kh {
+        for j in 0..kw {
+            let s = if stride == 1 {
+                xp.narrow(2, i * dilation, ho)?
+                    .narrow(3, j * dilation, wo)?
+            } else {
+                xp.index_select(&taps(i * dilation, ho)?, 2)?
+                    .index_select(&taps(j * dilation, wo)?, 3)?
+            };
+            let w = weight
+                .narrow(2, i, 1)?
+                .narrow(3, j, 1)?
+                .reshape((1, c, 1, 1))?;
+            let term = s.broadcast_mul(&w)?;
+            acc = Some(match acc {
+                Some(a) => (a + term)?,
+                None => term,
+            });
+        }
+    }
+    acc.ok_or_else(|| candle_core::Error::Msg("depthwise conv: empty kernel".into()))
+}
+
+/// Kernel spans and padded input sizes of a convolution, checked to fit.
+struct ConvExtent {
+    kh: usize,
+    kw: usize,
+    span_h: usize,
+    span_w: usize,
+    ph: usize,
+    pw: usize,
+}
+
+impl ConvExtent {
+    fn new(x: &Tensor, weight: &Tensor, pad_h: Pad, pad_w: Pad, dilation: usize) -> Result<Self> {
+        let (_, _, h, w) = x.dims4()?;
+        let (_, _, kh, kw) = weight.dims4()?;
+        let e = Self {
+            kh,
+            kw,
+            span_h: dilation * (kh - 1) + 1,
+            span_w: dilation * (kw - 1) + 1,
+            ph: h + pad_h.0 + pad_h.1,
+            pw: w + pad_w.0 + pad_w.1,
+        };
+        if e.ph < e.span_h || e.pw < e.span_w {
+            candle_core::bail!(
+                "conv2d: kernel {kh}x{kw} (dilation {dilation}) does not fit the padded input {}x{}",
+                e.ph,
+                e.pw
+            );
+        }
+        Ok(e)
+    }
+}
+
+/// [`conv2d`] through candle's own convolution (used on CUDA and Metal, and
+/// for grouped convolutions).
+///
+/// candle's backward derives the transposed conv's output padding from the
+/// height only; when height and width differ in remainder it fails. Here the
+/// rows and columns that no output reads are cut off first (they get a zero
+/// gradient, which is exact), so the remainder is zero in both dimensions.
+///
+/// # Shapes
+/// As [`conv2d`].
+pub fn conv2d_portable(
+    x: &Tensor,
+    weight: &Tensor,
+    pad_h: Pad,
+    pad_w: Pad,
+    stride: usize,
+    dilation: usize,
+    groups: usize,
+) -> Result<Tensor> {
+    let ConvExtent {
+        kh,
+        kw,
+        span_h,
+        span_w,
+        ph,
+        pw,
+    } = ConvExtent::new(x, weight, pad_h, pad_w, dilation)?;
+    let rem_h = (ph - span_h) % stride;
+    let rem_w = (pw - span_w) % stride;
+    let symmetric = pad_h.0 == pad_h.1 && pad_w.0 == pad_w.1 && pad_h.0 == pad_w.0;
+    if symmetric && rem_h == rem_w && kh == kw {
+        return x.conv2d(weight, pad_h.0, stride, dilation, groups);
+    }
+    // Explicit zero padding, then drop what no output window reaches, so the
+    // remainder is zero in both dimensions.
+    let mut xp = x.clone();
+    if pad_h != (0, 0) {
+        xp = xp.pad_with_zeros(2, pad_h.0, pad_h.1)?;
+    }
+    if pad_w != (0, 0) {
+        xp = xp.pad_with_zeros(3, pad_w.0, pad_w.1)?;
+    }
+    if rem_h > 0 {
+        xp = xp.narrow(2, 0, ph - rem_h)?;
+    }
+    if rem_w > 0 {
+        xp = xp.narrow(3, 0, pw - rem_w)?;
+    }
+    xp.conv2d(weight, 0, stride, dilation, groups)
+}
+
+/// Transposed 2-D convolution (PyTorch's `ConvTranspose2d`, groups 1).
+///
+/// # Shapes
+/// `x`: `[N, C_in, H, W]`, `weight`: `[C_in, C_out, K, K]` ->
+/// `[N, C_out, (H-1)·s - 2p + d·(K-1) + op + 1, ...]`.
+pub fn conv_transpose2d(
+    x: &Tensor,
+    weight: &Tensor,
+    padding: usize,
+    output_padding: usize,
+    stride: usize,
+    dilation: usize,
+) -> Result<Tensor> {
+    conv_transpose2d_bias(x, weight, None, padding, output_padding, stride, dilation)
+}
+
+/// [`conv_transpose2d`] plus an optional per-output-channel bias, fused into
+/// the kernel on the CPU.
+///
+/// # Shapes
+/// As [`conv_transpose2d`]; `bias` `[Cout]`.
+pub fn conv_transpose2d_bias(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    padding: usize,
+    output_padding: usize,
+    stride: usize,
+    dilation: usize,
+) -> Result<Tensor> {
+    if cpu_float(x) && bias.is_none_or(|b| b.dtype() == x.dtype()) {
+        return kernels::conv::conv_transpose2d(
+            x,
+            weight,
+            bias,
+            padding,
+            output_padding,
+            stride,
+            dilation,
+        );
+    }
+    let y = x.conv_transpose2d(weight, padding, output_padding, stride, dilation)?;
+    match bias {
+        Some(b) => add_channel_bias(&y, b),
+        None => Ok(y),
+    }
+}

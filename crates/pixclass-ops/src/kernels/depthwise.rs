@@ -1,0 +1,197 @@
+//! Depthwise convolution (one 2-D filter per channel): direct loops over
+//! the taps, each inner loop a contiguous run of output columns when the
+//! stride is 1. Backward: the input gradient scatters through the same
+//! taps, the filter gradient sums per channel over the batch in a fixed
+//! order.
+
+use candle_core::{CpuStorage, Layout, Result, Shape, Tensor, WithDType};
+use rayon::prelude::*;
+
+use super::{contiguous_slice, dispatch, Geometry};
+
+/// Depthwise convolution of `[N, C, H, W]` with `[C, 1, KH, KW]`, zero
+/// padding `pad_top`/`pad_left` (and what `ho`/`wo` imply after).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Depthwise(pub Geometry);
+
+#[derive(Debug, Clone, Copy)]
+struct DepthwiseBwdInput(Geometry);
+
+#[derive(Debug, Clone, Copy)]
+struct DepthwiseBwdFilter(Geometry);
+
+/// Calls `f(out_index, in_index)` for every output position of tap (i, j)
+/// whose input lies inside the image.
+#[inline]
+fn for_tap(g: &Geometry, i: usize, j: usize, mut f: impl FnMut(usize, usize)) {
+    let (y0, y1) = g.valid_range(i, g.pad_top, g.ho, g.h);
+    let (x0, x1) = g.valid_range(j, g.pad_left, g.wo, g.w);
+    for oy in y0..y1 {
+        let iy = oy * g.stride + i * g.dilation - g.pad_top;
+        for ox in x0..x1 {
+            let ix = ox * g.stride + j * g.dilation - g.pad_left;
+            f(oy * g.wo + ox, iy * g.w + ix);
+        }
+    }
+}
+
+/// `o[oy, x0..x1] += k · plane[iy, ix0..]` for every output row of tap
+/// `(i, j)` of a stride-1 convolution: contiguous runs that vectorise.
+#[inline(always)]
+fn tap_rows_stride1<T: WithDType>(
+    g: &Geometry,
+    i: usize,
+    j: usize,
+    k: T,
+    plane: &[T],
+    o: &mut [T],
+) {
+    let (y0, y1) = g.valid_range(i, g.pad_top, g.ho, g.h);
+    let (x0, x1) = g.valid_range(j, g.pad_left, g.wo, g.w);
+    if x0 >= x1 {
+        return;
+    }
+    let ix0 = x0 + j * g.dilation - g.pad_left;
+    for oy in y0..y1 {
+        let iy = oy + i * g.dilation - g.pad_top;
+        let orow = &mut o[oy * g.wo + x0..oy * g.wo + x1];
+        let irow = &plane[iy * g.w + ix0..iy * g.w + ix0 + (x1 - x0)];
+        for (a, &b) in orow.iter_mut().zip(irow) {
+            *a += k * b;
+        }
+    }
+}
+
+fn depthwise_fwd<T: WithDType>(g: &Geometry, x: &[T], w: &[T]) -> Vec<T> {
+    let (hw, ohw, taps) = (g.h * g.w, g.ho * g.wo, g.kh * g.kw);
+    let mut out = vec![T::zero(); g.n * g.c * ohw];
+    out.par_chunks_mut(ohw).enumerate().for_each(|(p, o)| {
+        let c = p % g.c;
+        let plane = &x[p * hw..(p + 1) * hw];
+        super::simd::vectorized(|| {
+            for i in 0..g.kh {
+                for j in 0..g.kw {
+                    let k = w[c * taps + i * g.kw + j];
+                    if g.stride == 1 {
+                        tap_rows_stride1(g, i, j, k, plane, o);
+                    } else {
+                        for_tap(g, i, j, |oi, ii| o[oi] += k * plane[ii]);
+                    }
+                }
+            }
+        });
+    });
+    out
+}
+
+fn depthwise_bwd_input<T: WithDType>(g: &Geometry, grad: &[T], w: &[T]) -> Vec<T> {
+    let (hw, ohw, taps) = (g.h * g.w, g.ho * g.wo, g.kh * g.kw);
+    let mut dx = vec![T::zero(); g.n * g.c * hw];
+    dx.par_chunks_mut(hw).enumerate().for_each(|(p, d)| {
+        let c = p % g.c;
+        let gp = &grad[p * ohw..(p + 1) * ohw];
+        for i in 0..g.kh {
+            for j in 0..g.kw {
+                let k = w[c * taps + i * g.kw + j];
+                for_tap(g, i, j, |oi, ii| d[ii] += k * gp[oi]);
+            }
+        }
+    });
+    dx
+}
+
+fn depthwise_bwd_filter<T: WithDType>(g: &Geometry, x: &[T], grad: &[T]) -> Vec<T> {
+    let (hw, ohw, taps) = (g.h * g.w, g.ho * g.wo, g.kh * g.kw);
+    let mut dw = vec![T::zero(); g.c * taps];
+    dw.par_chunks_mut(taps).enumerate().for_each(|(c, d)| {
+        for n in 0..g.n {
+            let p = n * g.c + c;
+            let plane = &x[p * hw..(p + 1) * hw];
+            let gp = &grad[p * ohw..(p + 1) * ohw];
+            for i in 0..g.kh {
+                for j in 0..g.kw {
+                    let mut s = 0f64;
+                    for_tap(g, i, j, |oi, ii| s += (gp[oi] * plane[ii]).to_f64());
+                    d[i * g.kw + j] += T::from_f64(s);
+                }
+            }
+        }
+    });
+    dw
+}
+
+impl candle_core::CustomOp2 for Depthwise {
+    fn name(&self) -> &'static str {
+        "pixclass-depthwise"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let g = self.0;
+        let out = dispatch!((s1, l1) => x, (s2, l2) => w; depthwise_fwd(&g, x, w));
+        Ok((out, Shape::from((g.n, g.c, g.ho, g.wo))))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let grad = grad.contiguous()?;
+        // Only what autograd will use (see `conv_gemm`'s backward).
+        let dx = x
+            .track_op()
+            .then(|| grad.apply_op2_no_bwd(w, &DepthwiseBwdInput(self.0)))
+            .transpose()?;
+        let dw = w
+            .track_op()
+            .then(|| x.apply_op2_no_bwd(&grad, &DepthwiseBwdFilter(self.0)))
+            .transpose()?;
+        Ok((dx, dw))
+    }
+}
+
+impl candle_core::CustomOp2 for DepthwiseBwdInput {
+    fn name(&self) -> &'static str {
+        "pixclass-depthwise-bwd-input"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let g = self.0;
+        let out = dispatch!((s1, l1) => grad, (s2, l2) => w; depthwise_bwd_input(&g, grad, w));
+        Ok((out, Shape::from((g.n, g.c, g.h, g.w))))
+    }
+}
+
+impl candle_core::CustomOp2 for DepthwiseBwdFilter {
+    fn name(&self) -> &'static str {
+        "pixclass-depthwise-bwd-filter"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let g = self.0;
+        let out = dispatch!((s1, l1) => x, (s2, l2) => grad; depthwise_bwd_filter(&g, x, grad));
+        Ok((out, Shape::from((g.c, 1, g.kh, g.kw))))
+    }
+}
+
+// ---------------------------------------------------------------------------

@@ -1,0 +1,198 @@
+//! Element-wise kernels: a convolution's per-channel bias (whose gradient
+//! is one per-channel sum) and the residual `relu(a + b)`.
+
+use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor, WithDType};
+use rayon::prelude::*;
+
+use super::{channel_total, contiguous_slice, dims4, dispatch};
+
+/// `y = x + b` per channel (a convolution's bias). Inputs: x `[N, C, H, W]`,
+/// b `[C]`. Its bias gradient is one per-channel sum ([`ChannelSum`]), where
+/// candle's `broadcast_add` backward reduces over three dimensions.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ChannelBias;
+
+/// Per-channel sum of `[N, C, H, W]` -> `[C]` (f64 accumulation in a fixed
+/// order, the input's dtype out).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ChannelSum;
+
+fn channel_sum<T: WithDType>(x: &[T], n: usize, c: usize, hw: usize) -> Vec<T> {
+    (0..c)
+        .into_par_iter()
+        .map(|ch| T::from_f64(channel_total(x, n, c, hw, ch)))
+        .collect()
+}
+
+impl CustomOp1 for ChannelSum {
+    fn name(&self) -> &'static str {
+        "pixclass-channel-sum"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (n, c, h, w) = dims4(l)?;
+        let out = dispatch!((s, l) => x; channel_sum(x, n, c, h * w));
+        Ok((out, Shape::from(c)))
+    }
+}
+
+fn bias_fwd<T: WithDType>(x: &[T], b: &[T], c: usize, hw: usize) -> Vec<T> {
+    let mut out = vec![T::zero(); x.len()];
+    out.par_chunks_mut(hw.max(1))
+        .zip(x.par_chunks(hw.max(1)))
+        .enumerate()
+        .for_each(|(p, (o, xs))| {
+            let bv = b[p % c];
+            for (o, &v) in o.iter_mut().zip(xs) {
+                *o = v + bv;
+            }
+        });
+    out
+}
+
+impl candle_core::CustomOp2 for ChannelBias {
+    fn name(&self) -> &'static str {
+        "pixclass-channel-bias"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (_, c, h, w) = dims4(l1)?;
+        if l2.shape().elem_count() != c {
+            candle_core::bail!(
+                "channel bias: bias {:?} must have {c} values for input {:?}",
+                l2.shape().dims(),
+                l1.shape().dims()
+            );
+        }
+        let out = dispatch!((s1, l1) => x, (s2, l2) => b; bias_fwd(x, b, c, h * w));
+        Ok((out, l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        b: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let dx = x.track_op().then(|| grad.clone());
+        let db = b
+            .track_op()
+            .then(|| {
+                grad.contiguous()?
+                    .apply_op1_no_bwd(&ChannelSum)?
+                    .reshape(b.shape())
+            })
+            .transpose()?;
+        Ok((dx, db))
+    }
+}
+
+/// `y = relu(a + b)` elementwise (a residual connection), one pass; its
+/// gradient `dy·[y > 0]` goes to both inputs.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct AddRelu;
+
+/// `dy·[y > 0]`: inputs (y, dy).
+#[derive(Debug, Clone, Copy)]
+struct ReluMask;
+
+fn zip_map<T: WithDType>(a: &[T], b: &[T], f: impl Fn(T, T) -> T + Sync) -> Vec<T> {
+    const CHUNK: usize = 1 << 14;
+    let mut out = vec![T::zero(); a.len()];
+    out.par_chunks_mut(CHUNK)
+        .zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK)))
+        .for_each(|(o, (a, b))| {
+            for ((o, &x), &y) in o.iter_mut().zip(a).zip(b) {
+                *o = f(x, y);
+            }
+        });
+    out
+}
+
+fn add_relu_fwd<T: WithDType>(a: &[T], b: &[T]) -> Vec<T> {
+    zip_map(a, b, |x, y| {
+        let v = x + y;
+        if v > T::zero() {
+            v
+        } else {
+            T::zero()
+        }
+    })
+}
+
+fn relu_mask<T: WithDType>(y: &[T], g: &[T]) -> Vec<T> {
+    zip_map(y, g, |y, g| if y > T::zero() { g } else { T::zero() })
+}
+
+fn same_shape(l1: &Layout, l2: &Layout, what: &str) -> Result<()> {
+    if l1.shape() != l2.shape() {
+        candle_core::bail!(
+            "{what}: shapes {:?} and {:?} differ",
+            l1.shape().dims(),
+            l2.shape().dims()
+        );
+    }
+    Ok(())
+}
+
+impl candle_core::CustomOp2 for AddRelu {
+    fn name(&self) -> &'static str {
+        "pixclass-add-relu"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        same_shape(l1, l2, self.name())?;
+        let out = dispatch!((s1, l1) => a, (s2, l2) => b; add_relu_fwd(a, b));
+        Ok((out, l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        a: &Tensor,
+        b: &Tensor,
+        res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let g = (a.track_op() || b.track_op())
+            .then(|| {
+                res.contiguous()?
+                    .apply_op2_no_bwd(&grad.contiguous()?, &ReluMask)
+            })
+            .transpose()?;
+        Ok((
+            g.clone().filter(|_| a.track_op()),
+            g.filter(|_| b.track_op()),
+        ))
+    }
+}
+
+impl candle_core::CustomOp2 for ReluMask {
+    fn name(&self) -> &'static str {
+        "pixclass-relu-mask"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        same_shape(l1, l2, self.name())?;
+        let out = dispatch!((s1, l1) => y, (s2, l2) => g; relu_mask(y, g));
+        Ok((out, l1.shape().clone()))
+    }
+}

@@ -1,0 +1,63 @@
+//! # pixclass-ops
+//!
+//! The differentiable ops of pixclass's networks and losses, with gradients
+//! proven right, and the CPU kernels behind them. This crate is their one
+//! dispatch point: f32/f64 tensors on the CPU go to the kernels (each a
+//! candle custom op with an exact hand-written backward, in the private
+//! `kernels` module), every other device to a portable formulation made of
+//! candle primitives whose backward is correct (`*_portable`, public so that
+//! tests and GPU checks can compare the two). A GPU tensor never reaches a
+//! CPU kernel.
+//!
+//! The ops exist because candle 0.11's built-ins have silent gradient bugs
+//! that break exactly the colourization nets (`tests/gradients.rs` checks
+//! every op here against finite differences and PyTorch, and detects the
+//! bugs in the built-ins so that an upstream fix is noticed):
+//! - `max_pool2d` backward is scaled by 1/(k·k);
+//! - `upsample_nearest2d` backward overwrites gradients that were already
+//!   accumulated for its input (U-Net skips);
+//! - `candle_nn::ops::softmax_last_dim` has no backward at all;
+//! - `conv2d` backward with stride > 1 fails when height and width differ in
+//!   their remainder modulo the stride.
+//!
+//! The families: [`conv2d`] / [`conv_transpose2d`] / [`depthwise_conv2d`]
+//! (convolutions), [`batch_norm_train`] / [`batch_norm_eval`], [`max_pool2d`]
+//! / [`upsample_nearest`], [`cross_entropy`] and the two-class
+//! [`margin_loss`] (with the workspace's one [`Loss`] enum), [`softmax`],
+//! [`add_relu`] / [`add_channel_bias`], and [`resize_bilinear`].
+//!
+//! This crate never defines layers, reads data or writes files.
+
+mod conv;
+mod elementwise;
+mod kernels;
+mod loss;
+mod norm;
+mod pool;
+mod resize;
+
+pub use conv::{
+    conv2d, conv2d_bias, conv2d_portable, conv_transpose2d, conv_transpose2d_bias,
+    depthwise_conv2d, depthwise_conv2d_portable, same_padding, Pad,
+};
+pub use elementwise::{add_channel_bias, add_relu, argmax_classes};
+pub use loss::{
+    cross_entropy, cross_entropy_portable, log_softmax, margin_loss, margin_loss_portable, softmax,
+    Loss,
+};
+pub use norm::{
+    batch_norm_eval, batch_norm_eval_portable, batch_norm_train, batch_norm_train_portable,
+    BatchNormTrain,
+};
+pub use pool::{
+    max_pool2d, max_pool2d_portable, max_pool2d_strided, upsample_nearest,
+    upsample_nearest_portable,
+};
+pub use resize::resize_bilinear;
+
+use candle_core::{DType, Tensor};
+
+/// True for f32/f64 tensors on the CPU, where the kernels run.
+pub(crate) fn cpu_float(x: &Tensor) -> bool {
+    x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64)
+}
