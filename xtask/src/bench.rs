@@ -201,7 +201,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     if python.is_none() {
         println!("no PyTorch (pass --python PY or set PIXCLASS_TORCH_PYTHON): pixclass times only");
     }
-    let mut machine = crate::reproduce::machine();
+    let mut machine = crate::report::machine();
     if gpu {
         machine = format!("{}; host {machine}", gpu_name());
     }

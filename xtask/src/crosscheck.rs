@@ -176,7 +176,7 @@ pub fn run(args: &CrosscheckArgs) -> Result<()> {
          Machine: {}.\n\n\
          | epoch | train loss pixclass | PyTorch | val loss pixclass | PyTorch | val acc (%) pixclass | PyTorch |\n\
          |---:|---:|---:|---:|---:|---:|---:|",
-        crate::reproduce::machine()
+        crate::report::machine()
     )?;
     for (e, (a, b)) in ours.iter().zip(&theirs).enumerate() {
         writeln!(

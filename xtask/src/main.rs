@@ -22,7 +22,9 @@
 mod bench;
 mod crosscheck;
 mod part_d;
+mod report;
 mod reproduce;
+mod resnet_timing;
 mod reuse;
 
 use std::path::{Path, PathBuf};

@@ -5,7 +5,6 @@
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use anyhow::{Context, Result};
 use pixclass_runs::{EpochRecord, RunRecord, RunStatus};
@@ -38,7 +37,7 @@ pub struct Plan {
 }
 
 /// One fine-tuning run's outcome: its record.
-struct Run(RunRecord);
+pub(crate) struct Run(pub(crate) RunRecord);
 
 /// Metric names of a segmentation run (pixclass-train's `segment::task`).
 const THR: &str = "val_miou_thr";
@@ -60,7 +59,7 @@ impl Run {
     fn best_thr(&self) -> f64 {
         self.best().map_or(f64::NAN, |b| val(b, THR))
     }
-    fn seconds(&self, epoch: usize) -> f64 {
+    pub(crate) fn seconds(&self, epoch: usize) -> f64 {
         self.0.epoch(epoch).map_or(f64::NAN, |e| e.seconds)
     }
     fn mean_later_seconds(&self) -> f64 {
@@ -94,13 +93,13 @@ fn command(plan: &Plan, dir: &Path, extra: &[&str]) -> Vec<String> {
 }
 
 /// True when `dir` holds a finished run of these options (to be reused).
-fn finished(dir: &Path, plan: &Plan, extra: &[&str]) -> bool {
+pub(crate) fn finished(dir: &Path, plan: &Plan, extra: &[&str]) -> bool {
     reuse::same_options(dir, &command(plan, dir, extra))
         && RunRecord::read(dir).is_ok_and(|r| r.status == RunStatus::Finished)
 }
 
 /// Runs (or reuses, or resumes) one fine-tuning into `dir`.
-fn finetune(bin: &Path, plan: &Plan, dir: &Path, extra: &[&str]) -> Result<Run> {
+pub(crate) fn finetune(bin: &Path, plan: &Plan, dir: &Path, extra: &[&str]) -> Result<Run> {
     Ok(Run(crate::reproduce::run_or_reuse(
         bin,
         dir,
@@ -390,7 +389,7 @@ pub fn run(
     }
     writeln!(md)?;
     if plan.time_no_cache {
-        let (rmd, rjson) = resnet_timing(bin, out, plan)?;
+        let (rmd, rjson) = crate::resnet_timing::run(bin, out, plan)?;
         md.push_str(&rmd);
         timing["resnet101"] = rjson;
     }
@@ -423,87 +422,6 @@ pub fn run(
     let json =
         json!({"data": plan.data_note, "runs": main_json, "seed_study": study, "timing": timing});
     Ok((md, json, failures))
-}
-
-/// ResNet-101 on the CPU: per-epoch times of a few epochs on a subset, so
-/// users know what the full run costs. The official checkpoint cannot be
-/// downloaded here, so the weights are seeded and untrained: the times are
-/// real, the scores meaningless (and not reported).
-fn resnet_timing(bin: &Path, out: &Path, plan: &Plan) -> Result<(String, Value)> {
-    let root = out.join("segment").join("resnet101-timing");
-    std::fs::create_dir_all(&root)?;
-    let weights = root.join("untrained-resnet101.safetensors");
-    if !weights.is_file() {
-        let st = Command::new(bin)
-            .args(["--quiet", "weights", "random", "deeplabv3-resnet101"])
-            .arg(&weights)
-            .status()?;
-        if !st.success() {
-            anyhow::bail!("pixclass weights random failed");
-        }
-    }
-    let w = weights.to_string_lossy().into_owned();
-    let cache = root.join("feature-cache").to_string_lossy().into_owned();
-    let sub = Plan {
-        epochs: 3,
-        batch: 8,
-        seeds: vec![],
-        time_no_cache: false,
-        data_args: {
-            let mut a = plan.data_args.clone();
-            a.extend(["--limit".to_string(), "16".to_string()]);
-            a
-        },
-        data_note: String::new(),
-        device: plan.device.clone(),
-    };
-    let common = [
-        "--model",
-        "deeplabv3-resnet101",
-        "--weights",
-        &w,
-        "--loss",
-        "ce",
-        "--val-batch-size",
-        "8",
-    ];
-    let mut a: Vec<&str> = common.to_vec();
-    a.extend(["--cache-dir", &cache]);
-    // Epoch 1 of this run must extract the features (a cold cache), unless
-    // the run already finished and is reused as it is.
-    if !finished(&root.join("eval-cached"), &sub, &a) {
-        let _ = std::fs::remove_dir_all(root.join("feature-cache"));
-    }
-    let eval = finetune(bin, &sub, &root.join("eval-cached"), &a)?;
-    let mut b: Vec<&str> = common.to_vec();
-    b.extend(["--frozen-mode", "train"]);
-    let train = finetune(bin, &sub, &root.join("frozen-train"), &b)?;
-    let mut md = String::new();
-    writeln!(md, "#### DeepLabV3-ResNet-101 on this CPU (16 train / 16 val images, batch 8, 3 epochs; untrained seeded weights, times only)\n")?;
-    writeln!(
-        md,
-        "| frozen layers | epoch 1 (s) | epoch 2 (s) | epoch 3 (s) |\n|---|---:|---:|---:|"
-    )?;
-    writeln!(
-        md,
-        "| eval mode, features cached (epoch 1 extracts them) | {:.1} | {:.2} | {:.2} |",
-        eval.seconds(1),
-        eval.seconds(2),
-        eval.seconds(3)
-    )?;
-    writeln!(
-        md,
-        "| train mode (the reference's quirk), recomputed every step | {:.1} | {:.1} | {:.1} |\n",
-        train.seconds(1),
-        train.seconds(2),
-        train.seconds(3)
-    )?;
-    let per_image = eval.seconds(1) / 32.0;
-    writeln!(md, "Feature extraction costs about {per_image:.1} s per image here, so a first epoch over the 846 shared images costs about {:.0} min; later epochs with the cache cost seconds.\n", per_image * 846.0 / 60.0)?;
-    Ok((
-        md,
-        json!({"cached_epoch_s": [eval.seconds(1), eval.seconds(2), eval.seconds(3)], "frozen_train_epoch_s": [train.seconds(1), train.seconds(2), train.seconds(3)]}),
-    ))
 }
 
 /// The Part D plan for this reproduction.

@@ -186,16 +186,20 @@ fn short_training_run_learns_and_writes_every_output() {
 
 #[test]
 fn same_seed_same_metrics_and_killed_run_resumes_exactly() {
+    // Enough epochs that the run is still going when it is killed after its
+    // first one (the test fails, rather than passing without a resume, when
+    // that premise does not hold).
+    const EPOCHS: &str = "6";
     let dir = tempfile::tempdir().unwrap();
     let full = dir.path().join("full");
     let mut args = TRAIN.to_vec();
-    args.extend(["--epochs", "3", "--out", full.to_str().unwrap()]);
+    args.extend(["--epochs", EPOCHS, "--out", full.to_str().unwrap()]);
     ok(&args);
 
     // Kill a second run after its first epoch, then resume it.
     let part = dir.path().join("part");
     let mut args = TRAIN.to_vec();
-    args.extend(["--epochs", "3", "--out", part.to_str().unwrap()]);
+    args.extend(["--epochs", EPOCHS, "--out", part.to_str().unwrap()]);
     let mut child = pixclass().args(&args).spawn().unwrap();
     let t0 = Instant::now();
     loop {
@@ -205,7 +209,7 @@ fn same_seed_same_metrics_and_killed_run_resumes_exactly() {
         if done || t0.elapsed() > Duration::from_secs(300) {
             break;
         }
-        std::thread::sleep(Duration::from_millis(20));
+        std::thread::sleep(Duration::from_millis(5));
     }
     child.kill().unwrap();
     let status = child.wait().unwrap();
@@ -215,11 +219,12 @@ fn same_seed_same_metrics_and_killed_run_resumes_exactly() {
         .count()
         - 1;
     assert!(epochs_done >= 1);
-    if epochs_done < 3 {
-        assert!(!status.success(), "the run was killed part-way");
-    }
+    assert!(
+        epochs_done < 6 && !status.success(),
+        "premise: the run must be killed part-way (it had finished {epochs_done} epochs, {status})"
+    );
     let mut args = TRAIN.to_vec();
-    args.extend(["--epochs", "3", "--resume", part.to_str().unwrap()]);
+    args.extend(["--epochs", EPOCHS, "--resume", part.to_str().unwrap()]);
     ok(&args);
     assert_eq!(metrics_without_time(&full), metrics_without_time(&part));
     assert_eq!(model_tensors(&full), model_tensors(&part));

@@ -139,7 +139,7 @@ fn hub_repo(repo: &str, revision: &str) -> Repo {
 pub fn lookup_or_err(name: &str) -> Result<&'static WeightsSource> {
     lookup(name).ok_or_else(|| {
         DataError::Invalid(format!(
-            "{name:?} is neither a file nor a registered weights name ({})",
+            "unknown weights {name:?}; registered: {}",
             registered_names()
         ))
     })
@@ -161,7 +161,12 @@ pub fn find_cached(w: &WeightsSource) -> Option<PathBuf> {
 /// The cached file of registered weights `name`, else an error saying what
 /// to download and where to put it.
 pub fn cached_weights(name: &str) -> Result<PathBuf> {
-    let w = lookup_or_err(name)?;
+    let w = lookup(name).ok_or_else(|| {
+        DataError::Invalid(format!(
+            "--weights {name:?} is neither a file nor a registered name ({})",
+            registered_names()
+        ))
+    })?;
     find_cached(w).ok_or_else(|| {
         DataError::Invalid(format!(
             "weights {name} are not cached: run `pixclass weights fetch {name}`, or download {} and put it at {} \

@@ -122,9 +122,8 @@ impl ConfusionMatrix {
 ///
 /// ```
 /// use pixclass_metrics::thresholded_iou_score;
-/// // IoU 3/4 = 0.75 exceeds 0.50, 0.55, ..., 0.70 (5 of 10 thresholds) and
-/// // equals none above, so the score is 0.5.
-/// assert_eq!(thresholded_iou_score(&[1, 1, 1, 1, 0], &[1, 1, 1, 0, 0]), 0.5);
+/// // IoU 2/3 exceeds 0.50, 0.55, 0.60 and 0.65: 4 of the 10 thresholds.
+/// assert_eq!(thresholded_iou_score(&[1, 1, 1, 0], &[1, 1, 0, 0]), 0.4);
 /// // Perfect overlap scores 1, IoU at or below 0.5 scores 0.
 /// assert_eq!(thresholded_iou_score(&[0, 1, 1], &[0, 1, 1]), 1.0);
 /// assert_eq!(thresholded_iou_score(&[1, 1, 0, 0], &[0, 1, 1, 0]), 0.0);

@@ -145,7 +145,7 @@ impl candle_core::CustomOp2 for Depthwise {
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let grad = grad.contiguous()?;
-        // Only what autograd will use (see `conv_gemm`'s backward).
+        // Only what autograd will use (see the convolution kernels' backward).
         let dx = x
             .track_op()
             .then(|| grad.apply_op2_no_bwd(w, &DepthwiseBwdInput(self.0)))
