@@ -84,7 +84,7 @@ struct Mode {
 pub fn run_or_reuse(bin: &Path, dir: &Path, args: &[String]) -> Result<RunRecord> {
     let mut a = args.to_vec();
     match reuse::prepare(dir, args)? {
-        Prior::Finished(r) => return Ok(r),
+        Prior::Finished(r) => return Ok(*r),
         Prior::Interrupted => {
             a.push("--resume".into());
             a.push(dir.to_string_lossy().into_owned());

@@ -16,7 +16,7 @@ const STAMP: &str = "xtask-args.txt";
 /// What an earlier invocation left in a run directory.
 pub enum Prior {
     /// A finished run with the same options: use its record.
-    Finished(RunRecord),
+    Finished(Box<RunRecord>),
     /// A started run with the same options: continue it (`--resume DIR`).
     Interrupted,
     /// Nothing usable (the folder is empty now): start the run.
@@ -31,7 +31,7 @@ pub fn prepare(dir: &Path, args: &[String]) -> Result<Prior> {
     if same {
         if let Ok(r) = RunRecord::read(dir) {
             if r.status == RunStatus::Finished {
-                return Ok(Prior::Finished(r));
+                return Ok(Prior::Finished(Box::new(r)));
             }
         }
         if dir.join("checkpoint.safetensors").is_file() {
