@@ -273,7 +273,7 @@ fn training_runs_on_the_gpu_end_where_the_cpu_runs_end() {
             &cfg,
             &CifarSource::Embedded,
             &tmp.path().join(format!("colour-{}", device)),
-            false,
+            pixclass_runs::Start::Fresh,
             false,
         )
         .unwrap();
@@ -321,7 +321,7 @@ fn training_runs_on_the_gpu_end_where_the_cpu_runs_end() {
                 &cfg,
                 SegSource::Embedded.splits().unwrap(),
                 &dir,
-                false,
+                pixclass_runs::Start::Fresh,
                 false,
             )
             .unwrap();

@@ -6,7 +6,7 @@
 use candle_core::Device;
 use pixclass_data::cifar::CifarSource;
 use pixclass_models::ColourModelKind;
-use pixclass_runs::{RunRecord, RunStatus};
+use pixclass_runs::{RunRecord, RunStatus, Start};
 use pixclass_train::colourize::{
     evaluate_split, load_colouriser, palette_for, prepare_data, train_colouriser,
     ColourTrainConfig, VAL_ACC, VAL_LOSS,
@@ -25,7 +25,14 @@ fn train_reload_evaluate_round_trip_with_a_partial_last_batch() {
     cfg.model.kind = ColourModelKind::ConvTranspose;
     cfg.model.num_filters = 8;
     // 150 images in batches of 64: 64, 64, 22 (a partial last batch).
-    let run = train_colouriser(&cfg, &CifarSource::Embedded, dir.path(), false, false).unwrap();
+    let run = train_colouriser(
+        &cfg,
+        &CifarSource::Embedded,
+        dir.path(),
+        Start::Fresh,
+        false,
+    )
+    .unwrap();
     let rows = &run.record.epochs;
     assert_eq!(rows.len(), 2);
     assert!(rows[1].train_loss < rows[0].train_loss);

@@ -10,7 +10,10 @@ use pixclass_train::adam::AdamConfig;
 use pixclass_train::colourize::{self, ColourTrainConfig, VAL_ACC, VAL_LOSS};
 use pixclass_train::DeviceKind;
 
-use crate::DataArgs;
+use pixclass_data::CifarSource;
+use pixclass_runs::Start;
+
+use crate::{resume, DataArgs};
 
 #[derive(Clone, Copy, ValueEnum)]
 pub enum Format {
@@ -103,6 +106,7 @@ impl TrainArgs {
             limit: self.limit,
             class: self.class,
             data: String::new(),
+            data_dir: None,
         }
     }
 }
@@ -127,9 +131,14 @@ pub enum ColourizeCmd {
         /// Run directory.
         #[arg(long, default_value = "runs/colourize")]
         out: PathBuf,
-        /// Continue the interrupted run in this directory.
-        #[arg(long)]
+        /// Continue the run in this directory with its saved settings
+        /// (options given as well must agree with them; --epochs may extend it).
+        #[arg(long, conflicts_with = "overwrite")]
         resume: Option<PathBuf>,
+        /// Start over in --out even if it holds a run (its files are removed
+        /// once the new run's data has loaded).
+        #[arg(long)]
+        overwrite: bool,
     },
     /// Train one run per batch size and compare them.
     Sweep {
@@ -173,7 +182,24 @@ pub enum ColourizeCmd {
     },
 }
 
-pub fn run(cmd: ColourizeCmd, progress: bool) -> Result<()> {
+/// What each training option sets in a saved `ColourTrainConfig` (for
+/// `--resume DIR` with options).
+const COLOUR_OPTIONS: resume::OptionMap = &[
+    ("model", &["/model/kind"]),
+    ("kernel", &["/model/kernel"]),
+    ("filters", &["/model/num_filters"]),
+    ("colours", &["/model/num_colours"]),
+    ("in_channels", &["/model/in_channels"]),
+    ("lr", &["/adam/lr"]),
+    ("batch_size", &["/batch_size"]),
+    ("seed", &["/seed"]),
+    ("rng", &["/rng"]),
+    ("device", &["/device"]),
+    ("limit", &["/limit"]),
+    ("class", &["/class"]),
+];
+
+pub fn run(cmd: ColourizeCmd, progress: bool, matches: Option<&clap::ArgMatches>) -> Result<()> {
     match cmd {
         ColourizeCmd::Summary { net, size, format } => {
             if size == 0 || size % 4 != 0 {
@@ -194,18 +220,44 @@ pub fn run(cmd: ColourizeCmd, progress: bool) -> Result<()> {
             }
             Ok(())
         }
-        ColourizeCmd::Train { train, out, resume } => {
-            let source = train.data.cifar()?;
-            let (dir, resuming) = match resume {
-                Some(d) => (d, true),
-                None => (out, false),
+        ColourizeCmd::Train {
+            train,
+            out,
+            resume,
+            overwrite,
+        } => {
+            let m = matches.context("the command line's matches")?;
+            let (dir, start, cfg, data) = match resume {
+                Some(dir) => {
+                    let saved: ColourTrainConfig =
+                        resume::resumed(&dir, &train.config(), m, COLOUR_OPTIONS, "/epochs")?;
+                    let data = if resume::explicit(m, "data_dir") || resume::explicit(m, "embedded")
+                    {
+                        train.data.clone()
+                    } else {
+                        DataArgs::from_recorded(&saved.data_dir)
+                    };
+                    (dir, Start::Resume, saved, data)
+                }
+                None => {
+                    let start = if overwrite {
+                        Start::Overwrite
+                    } else {
+                        Start::Fresh
+                    };
+                    (out, start, train.config(), train.data.clone())
+                }
             };
-            let run =
-                colourize::train_colouriser(&train.config(), &source, &dir, resuming, progress)?;
+            let source = data.cifar()?;
+            let cfg = ColourTrainConfig {
+                data_dir: data.recorded_dir(matches!(source, CifarSource::Embedded)),
+                ..cfg
+            };
+            let run = colourize::train_colouriser(&cfg, &source, &dir, start, progress)?;
             let last = run.record.last().context("no epochs ran")?;
             println!(
                 "{}: final val loss {:.4}, val accuracy {:.2} % after {} epochs ({:.0} s); outputs in {}",
-                train.config().model.kind.display_name(),
+                cfg.model.kind.display_name(),
                 run.record.final_value(VAL_LOSS)?,
                 run.record.final_value(VAL_ACC)?,
                 last.epoch,

@@ -4,13 +4,14 @@
 mod allocator;
 mod colourize_cmd;
 mod data_cmd;
+mod resume;
 mod segment_cmd;
 mod weights_cmd;
 
 use std::path::PathBuf;
 
 use anyhow::Result;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 /// Per-pixel classification in Rust: colourization and segmentation.
 #[derive(Parser)]
@@ -67,6 +68,25 @@ pub struct DataArgs {
 }
 
 impl DataArgs {
+    /// The data directory these options name, for a run's configuration
+    /// (`None` for the embedded sample; a path made absolute, so a resume
+    /// from elsewhere finds it).
+    pub fn recorded_dir(&self, embedded: bool) -> Option<PathBuf> {
+        if embedded {
+            return None;
+        }
+        let d = pixclass_data::resolve_data_dir(self.data_dir.as_deref());
+        Some(std::path::absolute(&d).unwrap_or(d))
+    }
+
+    /// The options that find `dir` again (a resumed run's data).
+    pub fn from_recorded(dir: &Option<PathBuf>) -> Self {
+        Self {
+            data_dir: dir.clone(),
+            embedded: dir.is_none(),
+        }
+    }
+
     /// The CIFAR-10 data these options name (the embedded sample when the
     /// default `./data` holds none).
     pub fn cifar(&self) -> Result<pixclass_data::CifarSource> {
@@ -87,7 +107,14 @@ impl DataArgs {
 
 fn main() {
     allocator::keep_freed_memory();
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    // The matches of the leaf subcommand (which options were typed).
+    let leaf = |a: &str| {
+        matches
+            .subcommand_matches(a)
+            .and_then(|m| m.subcommand().map(|(_, m)| m))
+    };
     let level = match cli.verbose {
         0 => "info",
         1 => "debug",
@@ -104,8 +131,8 @@ fn main() {
     let result: Result<()> = match cli.command {
         Command::Data { cmd } => data_cmd::run_data(cmd, progress),
         Command::Colours { cmd } => data_cmd::run_colours(cmd),
-        Command::Colourize { cmd } => colourize_cmd::run(cmd, progress),
-        Command::Segment { cmd } => segment_cmd::run(cmd, progress),
+        Command::Colourize { cmd } => colourize_cmd::run(cmd, progress, leaf("colourize")),
+        Command::Segment { cmd } => segment_cmd::run(cmd, progress, leaf("segment")),
         Command::Weights { cmd } => weights_cmd::run(cmd, progress),
     };
     if let Err(e) = result {

@@ -12,7 +12,10 @@ use pixclass_train::segment::task::{VAL_IOU_FG, VAL_MIOU, VAL_MIOU_THR};
 use pixclass_train::segment::{self, FeatureCache, FrozenMode, HeadInit, SegTrainConfig};
 use pixclass_train::{select_device, DeviceKind};
 
-use crate::DataArgs;
+use pixclass_data::SegSource;
+use pixclass_runs::Start;
+
+use crate::{resume, DataArgs};
 
 /// Segmentation data and preprocessing.
 #[derive(Args, Clone)]
@@ -194,9 +197,14 @@ pub struct FinetuneArgs {
     /// Run directory.
     #[arg(long, default_value = "runs/segment")]
     out: PathBuf,
-    /// Continue the interrupted run in this directory.
-    #[arg(long)]
+    /// Continue the run in this directory with its saved settings
+    /// (options given as well must agree with them; --epochs may extend it).
+    #[arg(long, conflicts_with = "overwrite")]
     resume: Option<PathBuf>,
+    /// Start over in --out even if it holds a run (its files are removed
+    /// once the new run's model and data have loaded).
+    #[arg(long)]
+    overwrite: bool,
 }
 
 impl FinetuneArgs {
@@ -233,6 +241,7 @@ impl FinetuneArgs {
             skip_bad: self.data.skip_bad,
             device: self.device,
             data: String::new(),
+            data_dir: None,
         })
     }
 }
@@ -241,16 +250,70 @@ fn splits_for(data: &DataArgs) -> Result<SegSplits> {
     Ok(data.segmentation()?.splits()?)
 }
 
-pub fn run(cmd: SegmentCmd, progress: bool) -> Result<()> {
+/// What each fine-tuning option sets in a saved `SegTrainConfig` (for
+/// `--resume DIR` with options).
+const SEG_OPTIONS: resume::OptionMap = &[
+    ("model", &["/model"]),
+    ("weights", &["/weights"]),
+    ("loss", &["/loss"]),
+    ("lr", &["/adam/lr"]),
+    ("train_batch_size", &["/train_batch_size"]),
+    ("val_batch_size", &["/val_batch_size"]),
+    ("seed", &["/seed"]),
+    ("frozen_mode", &["/frozen_mode"]),
+    ("cache", &["/cache"]),
+    ("cache_dir", &["/cache_dir"]),
+    ("head_init", &["/head_init"]),
+    ("feature_norm", &["/feature_norm"]),
+    ("ce_warmup_epochs", &["/ce_warmup_epochs"]),
+    ("ce_weight", &["/ce_weight"]),
+    ("warmup_steps", &["/warmup_steps"]),
+    ("reference", &["/head_init", "/feature_norm", "/ce_weight"]),
+    ("device", &["/device"]),
+    ("size", &["/preprocess/size"]),
+    ("mask_resize", &["/preprocess/mask_resize"]),
+    ("fg_colour", &["/preprocess/rule/colour"]),
+    ("fg_value", &["/preprocess/rule/value"]),
+    ("skip_bad", &["/skip_bad"]),
+    ("limit", &["/limit"]),
+];
+
+pub fn run(cmd: SegmentCmd, progress: bool, matches: Option<&clap::ArgMatches>) -> Result<()> {
     match cmd {
         SegmentCmd::Finetune(args) => {
-            let cfg = args.config()?;
-            let splits = splits_for(&args.data.data)?;
-            let (dir, resuming) = match &args.resume {
-                Some(d) => (d.clone(), true),
-                None => (args.out.clone(), false),
+            let m = matches.context("the command line's matches")?;
+            let (dir, start, cfg, data) = match &args.resume {
+                Some(dir) => {
+                    let saved: SegTrainConfig =
+                        resume::resumed(dir, &args.config()?, m, SEG_OPTIONS, "/epochs")?;
+                    let data = if resume::explicit(m, "data_dir") || resume::explicit(m, "embedded")
+                    {
+                        args.data.data.clone()
+                    } else {
+                        DataArgs::from_recorded(&saved.data_dir)
+                    };
+                    (dir.clone(), Start::Resume, saved, data)
+                }
+                None => {
+                    let start = if args.overwrite {
+                        Start::Overwrite
+                    } else {
+                        Start::Fresh
+                    };
+                    (
+                        args.out.clone(),
+                        start,
+                        args.config()?,
+                        args.data.data.clone(),
+                    )
+                }
             };
-            let run = segment::finetune(&cfg, splits, &dir, resuming, progress)?;
+            let source = data.segmentation()?;
+            let cfg = SegTrainConfig {
+                data_dir: data.recorded_dir(matches!(source, SegSource::Embedded)),
+                ..cfg
+            };
+            let run = segment::finetune(&cfg, source.splits()?, &dir, start, progress)?;
             let r = &run.record;
             let best = r.best_by(VAL_MIOU_THR).context("no epochs ran")?;
             let v = |m: &str| best.get(m).context("missing metric");

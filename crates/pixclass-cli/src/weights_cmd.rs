@@ -65,7 +65,13 @@ pub fn run(cmd: WeightsCmd, progress: bool) -> Result<()> {
             );
             for w in &REGISTRY {
                 let status = match weights::find_cached(w) {
-                    Some(p) => format!("cached at {}", p.display()),
+                    Some(p) => match weights::verify_cached(w, &p) {
+                        Ok(()) => format!("cached at {} (checksum verified)", p.display()),
+                        Err(_) => format!(
+                            "cached at {} but it FAILS the published checksum (delete it and fetch again)",
+                            p.display()
+                        ),
+                    },
                     None => "not cached".into(),
                 };
                 println!(

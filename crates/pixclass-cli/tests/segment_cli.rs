@@ -213,6 +213,9 @@ fn weights_fetch_verify_resume_offline_and_convert() {
         text.contains("deeplabv3-resnet50-coco") && text.contains("cached at"),
         "{text}"
     );
+    // ... but it is not the published file (fetched under another checksum),
+    // and the list says so.
+    assert!(text.contains("FAILS the published checksum"), "{text}");
     // Convert the .pth to safetensors.
     let st = tmp.path().join("tiny.safetensors");
     let text = check(
@@ -225,7 +228,8 @@ fn weights_fetch_verify_resume_offline_and_convert() {
         "weights convert",
     );
     assert!(text.contains("4 tensors"), "{text}");
-    // The cached "ResNet-50" is not a DeepLab checkpoint: a clear error.
+    // The cached file is not the published ResNet-50 (it was fetched under
+    // another checksum): used by name, it is refused before any work.
     let out = pixclass(tmp.path())
         .args([
             "segment",
@@ -235,6 +239,29 @@ fn weights_fetch_verify_resume_offline_and_convert() {
             "deeplabv3-resnet50",
             "--out",
         ])
+        .arg(tmp.path().join("r50"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("not the published") && err.contains("--weights PATH"),
+        "{err}"
+    );
+    assert!(!tmp.path().join("r50").join("config.json").exists());
+    // Passed as a file, it is used as asked, and it is not a DeepLab
+    // checkpoint: a clear error.
+    let out = pixclass(tmp.path())
+        .args([
+            "segment",
+            "finetune",
+            "--embedded",
+            "--model",
+            "deeplabv3-resnet50",
+            "--weights",
+        ])
+        .arg(&dest)
+        .arg("--out")
         .arg(tmp.path().join("r50"))
         .output()
         .unwrap();

@@ -59,8 +59,10 @@ fn part_path(dest: &Path) -> PathBuf {
 
 /// Downloads `spec.url` to `spec.dest` (resuming `<dest>.part` if present),
 /// verifies the checksum, and renames into place. A present, verified `dest`
-/// makes this a no-op. A checksum mismatch deletes the partial file and
-/// returns [`DataError::ChecksumMismatch`].
+/// makes this a no-op; a present one that fails its checksum stays until a
+/// verified replacement is renamed over it. A checksum mismatch of the
+/// download deletes the partial file and returns
+/// [`DataError::ChecksumMismatch`].
 pub fn download(spec: &DownloadSpec<'_>) -> Result<Fetched> {
     let dest = &spec.dest;
     let hint = format!(
@@ -74,11 +76,11 @@ pub fn download(spec: &DownloadSpec<'_>) -> Result<Fetched> {
                 if c.verify(dest).is_ok() {
                     return Ok(Fetched::AlreadyPresent);
                 }
+                // Kept until a verified replacement is renamed over it.
                 tracing::warn!(
-                    "{} exists but fails its checksum; downloading again",
+                    "{} exists but fails its checksum; downloading a replacement (the file stays until it is verified)",
                     dest.display()
                 );
-                std::fs::remove_file(dest).map_err(|e| DataError::io(dest, e))?;
             }
             None => return Ok(Fetched::AlreadyPresent),
         }

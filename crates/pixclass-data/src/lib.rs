@@ -9,7 +9,8 @@
 //! - [`fetch`]: resumable, verified downloads;
 //! - [`embedded`]: a real sample compiled in, for a fresh machine;
 //! - [`weights`]: registered pretrained weights: sources, checksums, cache, fetch;
-//! - [`paths`]: the data directory and the cache folder.
+//! - [`paths`]: the data directory and the cache folder;
+//! - [`image_io`]: users' pictures in (truncation refused) and out (PNG only, never over an input).
 //!
 //! This crate never trains or defines models; it hands out tensors and bytes.
 
@@ -20,6 +21,7 @@ pub mod colours;
 pub mod embedded;
 pub mod error;
 pub mod fetch;
+pub mod image_io;
 pub mod matfile;
 pub mod paths;
 pub mod segment;

@@ -8,7 +8,7 @@
 //! never touches the network.
 
 use std::borrow::Cow;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use hf_hub::{Repo, RepoType};
 
@@ -158,8 +158,9 @@ pub fn find_cached(w: &WeightsSource) -> Option<PathBuf> {
         .get(w.hf_file)
 }
 
-/// The cached file of registered weights `name`, else an error saying what
-/// to download and where to put it.
+/// The cached file of registered weights `name`, verified against its
+/// published checksum ([`verify_cached`]); else an error saying what to
+/// download and where to put it.
 pub fn cached_weights(name: &str) -> Result<PathBuf> {
     let w = lookup(name).ok_or_else(|| {
         DataError::Invalid(format!(
@@ -167,14 +168,73 @@ pub fn cached_weights(name: &str) -> Result<PathBuf> {
             registered_names()
         ))
     })?;
-    find_cached(w).ok_or_else(|| {
+    let path = find_cached(w).ok_or_else(|| {
         DataError::Invalid(format!(
             "weights {name} are not cached: run `pixclass weights fetch {name}`, or download {} and put it at {} \
              (or pass --weights PATH)",
             w.url.unwrap_or(w.hf_file),
             w.cache_path().display()
         ))
+    })?;
+    verify_cached(w, &path)?;
+    Ok(path)
+}
+
+/// What was verified of a cached file (a sidecar next to pixclass's own
+/// cache, so a 233 MB file is hashed once, not at every use).
+#[derive(Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+struct Verified {
+    path: PathBuf,
+    bytes: u64,
+    modified_ns: u128,
+    checksum: String,
+}
+
+fn verified_stamp(path: &Path, w: &WeightsSource) -> Result<Verified> {
+    let meta = std::fs::metadata(path).map_err(|e| DataError::io(path, e))?;
+    let modified_ns = meta
+        .modified()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_nanos());
+    Ok(Verified {
+        path: path.to_path_buf(),
+        bytes: meta.len(),
+        modified_ns,
+        checksum: w.sha256.to_string(),
     })
+}
+
+/// Checks that the cached file `path` of `w` is the published one: by its
+/// sidecar when size and modification time are what was verified, else by
+/// hashing it (and then writing the sidecar). A mismatch is an error saying
+/// what to do.
+pub fn verify_cached(w: &WeightsSource, path: &Path) -> Result<()> {
+    let sidecar = weights_dir().join(format!("{}.verified.json", w.file));
+    let now = verified_stamp(path, w)?;
+    let known = std::fs::read(&sidecar)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<Verified>(&b).ok());
+    if known.as_ref() == Some(&now) {
+        return Ok(());
+    }
+    if let Err(e) = w.checksum().verify(path) {
+        return Err(DataError::Invalid(format!(
+            "the cached weights {} are not the published {} ({e}): delete the file and run \
+             `pixclass weights fetch {}`, or pass it as --weights PATH to use it anyway",
+            path.display(),
+            w.name,
+            w.name
+        )));
+    }
+    if let Some(d) = sidecar.parent() {
+        let _ = std::fs::create_dir_all(d);
+    }
+    // Best effort: without the sidecar the next use hashes again.
+    if let Ok(json) = serde_json::to_vec_pretty(&now) {
+        let _ = std::fs::write(&sidecar, json);
+    }
+    Ok(())
 }
 
 /// Where [`fetch`] looks, overriding the registry's entries.

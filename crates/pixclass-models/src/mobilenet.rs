@@ -369,6 +369,8 @@ pub fn load_tflite_weights(path: &Path, device: &Device) -> Result<HashMap<Strin
             path: path.to_path_buf(),
             reason: e.to_string(),
         })?;
+    let raw: HashMap<String, Tensor> = raw.into_iter().collect();
+    crate::weights::check_finite(path, &raw)?;
     tflite_to_torch_layouts(raw, device)
 }
 

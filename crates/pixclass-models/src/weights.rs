@@ -55,10 +55,42 @@ pub fn read_tensors(path: &Path, device: &Device) -> Result<HashMap<String, Tens
     if tensors.is_empty() {
         return Err(weights_err(path, "holds no tensors"));
     }
+    let tensors: HashMap<String, Tensor> = tensors
+        .into_iter()
+        .map(|(k, t)| Ok((k, t.to_dtype(DType::F32)?)))
+        .collect::<Result<_>>()?;
+    check_finite(path, &tensors)?;
     tensors
         .into_iter()
-        .map(|(k, t)| Ok((k, t.to_dtype(DType::F32)?.to_device(device)?)))
+        .map(|(k, t)| Ok((k, t.to_device(device)?)))
         .collect()
+}
+
+/// Every floating-point tensor of `tensors` (read from `path`) holds only
+/// finite values; the error names the first that does not (in name order).
+pub fn check_finite(path: &Path, tensors: &HashMap<String, Tensor>) -> Result<()> {
+    let mut names: Vec<&String> = tensors.keys().collect();
+    names.sort();
+    for name in names {
+        let t = &tensors[name];
+        if !t.dtype().is_float() {
+            continue;
+        }
+        let bad = t
+            .to_dtype(DType::F64)?
+            .flatten_all()?
+            .to_vec1::<f64>()?
+            .iter()
+            .filter(|v| !v.is_finite())
+            .count();
+        if bad > 0 {
+            return Err(weights_err(
+                path,
+                &format!("tensor {name} holds {bad} non-finite values (NaN or infinity): the file is damaged"),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Writes tensors to a safetensors file (sorted by name).

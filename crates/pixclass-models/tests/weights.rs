@@ -175,3 +175,23 @@ fn deeplab_round_trip_and_new_class_count() {
     assert_eq!(diff, 0.0);
     assert_eq!(m2.forward_t(&x, false).unwrap().dims(), &[1, 2, 40, 48]);
 }
+
+#[test]
+fn non_finite_weights_are_refused_naming_the_tensor() {
+    use std::collections::HashMap;
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("bad.safetensors");
+    let dev = candle_core::Device::Cpu;
+    let good = candle_core::Tensor::new(&[1f32, 2.0], &dev).unwrap();
+    let bad = candle_core::Tensor::new(&[1f32, f32::NAN, f32::INFINITY], &dev).unwrap();
+    let t = HashMap::from([("a.weight".to_string(), good), ("b.bias".to_string(), bad)]);
+    candle_core::safetensors::save(&t, &p).unwrap();
+    let err = pixclass_models::weights::read_tensors(&p, &dev)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("b.bias") && err.contains("2 non-finite") && err.contains("bad.safetensors"),
+        "{err}"
+    );
+}

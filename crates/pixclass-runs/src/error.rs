@@ -22,6 +22,14 @@ pub enum RunError {
         /// What is wrong.
         reason: String,
     },
+    /// The run directory is locked by another process.
+    #[error("{path} is in use by {holder} (one run per directory at a time); wait for it, or choose another --out")]
+    Busy {
+        /// The directory.
+        path: PathBuf,
+        /// Who holds it (`process 1234`).
+        holder: String,
+    },
     /// Values that do not fit together.
     #[error("{reason}")]
     Invalid {

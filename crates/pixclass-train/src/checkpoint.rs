@@ -121,6 +121,7 @@ pub fn load(path: &Path) -> Result<Loaded> {
             }
         }
     }
+    pixclass_models::weights::check_finite(path, &model)?;
     Ok(Loaded {
         model,
         extra,

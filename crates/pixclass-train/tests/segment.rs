@@ -5,6 +5,7 @@
 //! the same result.
 #![allow(clippy::unwrap_used)]
 
+use pixclass_runs::Start;
 use std::path::Path;
 
 use pixclass_data::segment::{Preprocess, SegSet, SegSource, SegSplits};
@@ -59,7 +60,7 @@ fn both_losses_fall_and_write_their_outputs() {
             epochs: 3,
             ..small(loss, &tmp.path().join("cache"))
         };
-        let run = finetune(&cfg, splits(), &dir, false, false).unwrap();
+        let run = finetune(&cfg, splits(), &dir, Start::Fresh, false).unwrap();
         assert_eq!(run.record.epochs.len(), 3);
         let first = run.record.epochs[0].train_loss.unwrap();
         let last = run.record.epochs[2].train_loss.unwrap();
@@ -112,7 +113,7 @@ fn reference_soft_iou_collapses_and_the_default_recipe_does_not() {
         ce_weight: 0.0,
         ..small(Loss::Iou, &cache)
     };
-    finetune(&cfg, splits.clone(), &reference, false, false).unwrap();
+    finetune(&cfg, splits.clone(), &reference, Start::Fresh, false).unwrap();
     // The default recipe of `pixclass segment finetune`.
     let fixed = tmp.path().join("default");
     let cfg = SegTrainConfig {
@@ -125,7 +126,7 @@ fn reference_soft_iou_collapses_and_the_default_recipe_does_not() {
         ce_weight: 1.0,
         ..small(Loss::Iou, &cache)
     };
-    finetune(&cfg, splits, &fixed, false, false).unwrap();
+    finetune(&cfg, splits, &fixed, Start::Fresh, false).unwrap();
     let f = frac(&fixed);
     assert!(
         f > 0.02 && f < 0.98,
@@ -154,16 +155,30 @@ fn cache_on_disk_equals_recomputing_and_resume_matches() {
         cache: FeatureCache::Off,
         ..small(Loss::Ce, &cache)
     };
-    finetune(&cfg_off, splits(), &off, false, false).unwrap();
+    finetune(&cfg_off, splits(), &off, Start::Fresh, false).unwrap();
     // Disk cache, cold then warm.
     let cold = tmp.path().join("cold");
-    finetune(&small(Loss::Ce, &cache), splits(), &cold, false, false).unwrap();
+    finetune(
+        &small(Loss::Ce, &cache),
+        splits(),
+        &cold,
+        Start::Fresh,
+        false,
+    )
+    .unwrap();
     let files = std::fs::read_dir(cache.join("deeplabv3-mobilenetv2-voc"))
         .unwrap()
         .count();
     assert_eq!(files, 24 + 12, "one cached feature file per image");
     let warm = tmp.path().join("warm");
-    finetune(&small(Loss::Ce, &cache), splits(), &warm, false, false).unwrap();
+    finetune(
+        &small(Loss::Ce, &cache),
+        splits(),
+        &warm,
+        Start::Fresh,
+        false,
+    )
+    .unwrap();
     let strip = |rows: Vec<Vec<f64>>| rows;
     // The three runs agree to rounding (the mean train loss may differ in
     // its last bits when other tests share the thread pool).
@@ -186,8 +201,15 @@ fn cache_on_disk_equals_recomputing_and_resume_matches() {
         epochs: 1,
         ..small(Loss::Ce, &cache)
     };
-    finetune(&one, splits(), &part, false, false).unwrap();
-    finetune(&small(Loss::Ce, &cache), splits(), &part, true, false).unwrap();
+    finetune(&one, splits(), &part, Start::Fresh, false).unwrap();
+    finetune(
+        &small(Loss::Ce, &cache),
+        splits(),
+        &part,
+        Start::Resume,
+        false,
+    )
+    .unwrap();
     close(&cold, &part);
     // Resuming with other settings is refused.
     let other = SegTrainConfig {
@@ -197,7 +219,7 @@ fn cache_on_disk_equals_recomputing_and_resume_matches() {
         },
         ..small(Loss::Ce, &cache)
     };
-    let err = finetune(&other, splits(), &part, true, false)
+    let err = finetune(&other, splits(), &part, Start::Resume, false)
         .err()
         .unwrap()
         .to_string();
@@ -211,7 +233,7 @@ fn too_few_images_for_a_batch_is_a_clear_error() {
         train_batch_size: 128,
         ..small(Loss::Ce, &tmp.path().join("cache"))
     };
-    let err = finetune(&cfg, splits(), &tmp.path().join("r"), false, false)
+    let err = finetune(&cfg, splits(), &tmp.path().join("r"), Start::Fresh, false)
         .err()
         .unwrap()
         .to_string();

@@ -9,9 +9,7 @@ use super::{Blob, MaskResize, Preprocess, SegSample};
 use crate::error::{DataError, Result};
 
 fn decode(blob: &Blob) -> Result<image::DynamicImage> {
-    let bytes = blob.read()?;
-    image::load_from_memory(&bytes)
-        .map_err(|e| DataError::Invalid(format!("{}: cannot decode image: {e}", blob.name())))
+    crate::image_io::decode_image(&blob.read()?, &blob.name())
 }
 
 /// One preprocessed pair: RGB bytes `[S, S, 3]` and a 0/1 mask `[S, S]`.

@@ -59,9 +59,9 @@ pub fn colourize_image(
         path: input.to_path_buf(),
         reason: r,
     };
-    let img = image::open(input)
-        .map_err(|e| bad(e.to_string()))?
-        .to_rgb8();
+    crate::run_dir::in_range("--max-side", max_side, 4, 4096)?;
+    pixclass_data::image_io::check_png_output(output, &[input])?;
+    let img = pixclass_data::image_io::open_image(input)?.to_rgb8();
     let img = if img.width().max(img.height()) > max_side {
         let s = max_side as f64 / img.width().max(img.height()) as f64;
         let (w, h) = (

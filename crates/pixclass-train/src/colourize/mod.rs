@@ -49,6 +49,10 @@ pub struct ColourTrainConfig {
     pub class: u8,
     /// Where the data came from (filled in by the runner).
     pub data: String,
+    /// The data directory the command named or found (`None`: the
+    /// embedded sample), so `--resume DIR` alone finds the same data.
+    #[serde(default)]
+    pub data_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for ColourTrainConfig {
@@ -64,6 +68,7 @@ impl Default for ColourTrainConfig {
             limit: None,
             class: pixclass_data::HORSE,
             data: String::new(),
+            data_dir: None,
         }
     }
 }
@@ -95,6 +100,41 @@ pub fn prepare_data(
 /// The scheme of configs written before [`ColourTrainConfig::rng`] existed.
 fn legacy_rng() -> RngScheme {
     RngScheme::Chacha
+}
+
+impl ColourTrainConfig {
+    /// Checks every setting's range before any work: batch size 1..=10000,
+    /// epochs 1..=100000, Adam's settings ([`crate::run_dir::check_adam`]),
+    /// kernel 2..=15, filters 1..=512, 16, 24 or 32 colours (the reference
+    /// palettes), 1..=16 input channels, `limit` >= 1, a seed that fits 32
+    /// bits with `rng: torch`.
+    pub fn validate(&self) -> Result<()> {
+        use crate::run_dir::{check_adam, in_range};
+        in_range("--batch-size", self.batch_size, 1, 10_000)?;
+        in_range("--epochs", self.epochs, 1, 100_000)?;
+        check_adam(&self.adam)?;
+        in_range("--kernel", self.model.kernel, 2, 15)?;
+        in_range("--filters", self.model.num_filters, 1, 512)?;
+        in_range("--in-channels", self.model.in_channels, 1, 16)?;
+        if ![16, 24, 32].contains(&self.model.num_colours) {
+            return Err(crate::TrainError::Config(format!(
+                "--colours {}: the reference palettes have 16, 24 and 32 colours",
+                self.model.num_colours
+            )));
+        }
+        if let Some(n) = self.limit {
+            in_range("--limit", n, 1, usize::MAX)?;
+        }
+        if self.rng == RngScheme::Torch {
+            in_range(
+                "--seed (with --rng torch)",
+                self.seed,
+                0,
+                u64::from(u32::MAX),
+            )?;
+        }
+        Ok(())
+    }
 }
 
 /// The reference palette with `num_colours` colours.

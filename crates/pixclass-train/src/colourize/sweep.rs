@@ -9,6 +9,8 @@ use pixclass_data::cifar::CifarSource;
 use pixclass_models::ColourModelKind;
 
 use super::task::{train_colouriser, VAL_ACC, VAL_LOSS};
+use pixclass_runs::Start;
+
 use super::ColourTrainConfig;
 use crate::checkpoint;
 use crate::error::{Result, TrainError};
@@ -50,8 +52,14 @@ pub fn sweep(
             ..base.clone()
         };
         let dir = out_dir.join(format!("batch_{bs:03}"));
-        let resume = dir.join(checkpoint::LATEST).is_file();
-        let run = train_colouriser(&cfg, source, &dir, resume, progress)?;
+        // The sweep owns its batch folders: one with a checkpoint is resumed
+        // (a finished run is reused as it is), anything else started over.
+        let start = if dir.join(checkpoint::LATEST).is_file() {
+            Start::Resume
+        } else {
+            Start::Overwrite
+        };
+        let run = train_colouriser(&cfg, source, &dir, start, progress)?;
         let r = &run.record;
         let last = r
             .last()

@@ -17,10 +17,13 @@ use pixclass_models::ColourNet;
 use pixclass_runs::{DataProvenance, MetricSpec, Metrics, RunRecord};
 
 use super::{palette_for, prepare_data, ColourTrainConfig};
+use pixclass_runs::{RunDir, Start};
+
 use crate::device::select_device;
 use crate::engine::{fit, FitConfig, TrainTask};
 use crate::error::{Result, TrainError};
 use crate::plot::{save_png, tile_grid};
+use crate::run_dir::{check_resume, write_config};
 
 /// Validation loss: the mean of per-batch mean cross-entropies.
 pub const VAL_LOSS: &str = "val_loss";
@@ -193,29 +196,34 @@ pub struct ColourRun {
 }
 
 /// Trains a colourization net as configured, writing everything into
-/// `out_dir`. With `resume`, continues the run saved there (its
-/// `config.json` must match `cfg`).
+/// `out_dir`, which this process owns for the run (see
+/// [`pixclass_runs::RunDir`]): `Start::Fresh` refuses a directory that holds
+/// a run, `Start::Resume` continues the one saved there (its `config.json`
+/// must match `cfg` but for the epoch count), `Start::Overwrite` replaces it.
+/// The settings are checked first ([`ColourTrainConfig::validate`]) and
+/// nothing is written to `out_dir` (but its lock file) until the data has
+/// loaded and the net is built.
 pub fn train_colouriser(
     cfg: &ColourTrainConfig,
     source: &CifarSource,
     out_dir: &Path,
-    resume: bool,
+    start: Start,
     progress: bool,
 ) -> Result<ColourRun> {
     let t0 = std::time::Instant::now();
-    if cfg.batch_size == 0 || cfg.epochs == 0 {
-        return Err(TrainError::Config(
-            "batch size and epochs must be at least 1".into(),
-        ));
-    }
+    cfg.validate()?;
     let device = select_device(cfg.device, 0)?;
     let palette = palette_for(&cfg.model)?;
     let mut cfg = cfg.clone();
     cfg.data = source.describe();
-    let epochs = cfg.epochs;
-    crate::run_dir::write_config(out_dir, &cfg, resume, |saved: ColourTrainConfig| {
-        ColourTrainConfig { epochs, ..saved }
-    })?;
+    let dir = RunDir::open(out_dir, start)?;
+    let resume = start == Start::Resume;
+    if resume {
+        let epochs = cfg.epochs;
+        check_resume(out_dir, &cfg, |saved: ColourTrainConfig| {
+            ColourTrainConfig { epochs, ..saved }
+        })?;
+    }
     let data_t0 = std::time::Instant::now();
     let (train, val) = prepare_data(source, cfg.class, cfg.limit, &palette, cfg.seed, cfg.rng)?;
     let varmap = VarMap::new();
@@ -225,6 +233,9 @@ pub fn train_colouriser(
     };
     let net = ColourNet::new(cfg.model, vb)?;
     let trainable = trainable_vars(&varmap);
+    // The inputs are good: now the directory is this run's.
+    dir.clear_previous()?;
+    write_config(out_dir, &cfg)?;
     let data = DataProvenance {
         description: cfg.data.clone(),
         train: train.len(),
@@ -257,6 +268,7 @@ pub fn train_colouriser(
         record,
     };
     let record = fit(&mut task, &varmap, trainable, &fit_cfg)?;
+    drop(dir);
     Ok(ColourRun {
         out_dir: out_dir.to_path_buf(),
         record,

@@ -94,6 +94,12 @@ pub struct MaskMetrics {
 /// Metrics of a loaded model on a preprocessed set (in batches of the run's
 /// validation batch size).
 pub fn evaluate_masks(model: &LoadedSegmenter, set: &SegSet) -> Result<MaskMetrics> {
+    if set.foreground_fraction() == 0.0 {
+        return Err(TrainError::Config(format!(
+            "no mask of this split has a foreground pixel under the rule {:?}: check --fg-colour / --fg-value against your masks",
+            model.config.preprocess.rule
+        )));
+    }
     let px = set.size * set.size;
     let mut cm = ConfusionMatrix::new(2);
     let mut score = 0.0;
@@ -128,9 +134,8 @@ pub fn predict_photo(
     output: &Path,
     size: u32,
 ) -> Result<(u32, u32, f64)> {
-    let photo = image::open(input)
-        .map_err(|e| TrainError::Config(format!("cannot read {}: {e}", input.display())))?
-        .to_rgb8();
+    check_photo_job(input, output, size)?;
+    let photo = pixclass_data::image_io::open_image(input)?.to_rgb8();
     let (w, h) = photo.dimensions();
     let set = SegSet::from_photo(&photo, size);
     let mask = model.predict(&set, &[0])?;
@@ -176,9 +181,8 @@ pub fn predict_voc(
     size: u32,
     dev: &Device,
 ) -> Result<String> {
-    let photo = image::open(input)
-        .map_err(|e| TrainError::Config(format!("cannot read {}: {e}", input.display())))?
-        .to_rgb8();
+    check_photo_job(input, output, size)?;
+    let photo = pixclass_data::image_io::open_image(input)?.to_rgb8();
     let (w, h) = photo.dimensions();
     let (mean, std) = net.normalisation();
     let set = SegSet::from_photo(&photo, size);
@@ -229,4 +233,20 @@ pub fn predict_voc(
             .collect::<Vec<_>>()
             .join(", ")
     })
+}
+
+/// The checks of a photo prediction, before any work: an input side of
+/// 32..=2048 (the network's activations grow with its square; the largest
+/// are estimated against the memory available), a PNG output that is not
+/// the input.
+fn check_photo_job(input: &Path, output: &Path, size: u32) -> Result<()> {
+    crate::run_dir::in_range("--size", size, 32, 2048)?;
+    // A ResNet-101's widest activations: ~2048 channels at 1/8 of the side,
+    // a few alive at once; the full-resolution logits.
+    let s = u64::from(size);
+    crate::run_dir::check_memory(
+        "this prediction",
+        4 * (3 * 2048 * s.div_ceil(8).pow(2) + 21 * s * s),
+    )?;
+    Ok(pixclass_data::image_io::check_png_output(output, &[input])?)
 }

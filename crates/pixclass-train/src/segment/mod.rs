@@ -124,6 +124,10 @@ pub struct SegTrainConfig {
     pub device: DeviceKind,
     /// Where the data came from (filled in by the runner).
     pub data: String,
+    /// The data directory the command named or found (`None`: the
+    /// embedded sample), so `--resume DIR` alone finds the same data.
+    #[serde(default)]
+    pub data_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for SegTrainConfig {
@@ -180,6 +184,35 @@ impl SegTrainConfig {
             skip_bad: false,
             device: DeviceKind::Cpu,
             data: String::new(),
+            data_dir: None,
         }
+    }
+}
+
+impl SegTrainConfig {
+    /// Checks every setting's range before any work: batch sizes
+    /// 1..=4096, epochs 1..=100000, Adam's settings
+    /// ([`crate::run_dir::check_adam`]), a cross-entropy weight in
+    /// [0, 1000], warm-ups up to 10⁷ steps and the run's epochs, an input
+    /// side of 32..=1024, `limit` >= 1.
+    pub fn validate(&self) -> crate::Result<()> {
+        use crate::run_dir::{check_adam, in_range};
+        in_range("--train-batch-size", self.train_batch_size, 1, 4096)?;
+        in_range("--val-batch-size", self.val_batch_size, 1, 4096)?;
+        in_range("--epochs", self.epochs, 1, 100_000)?;
+        check_adam(&self.adam)?;
+        if !(self.ce_weight.is_finite() && (0.0..=1000.0).contains(&self.ce_weight)) {
+            return Err(crate::TrainError::Config(format!(
+                "--ce-weight {} is out of range: it must be a number in [0, 1000]",
+                self.ce_weight
+            )));
+        }
+        in_range("--warmup-steps", self.warmup_steps, 0, 10_000_000)?;
+        in_range("--ce-warmup-epochs", self.ce_warmup_epochs, 0, self.epochs)?;
+        in_range("--size", self.preprocess.size, 32, 1024)?;
+        if let Some(n) = self.limit {
+            in_range("--limit", n, 1, usize::MAX)?;
+        }
+        Ok(())
     }
 }

@@ -20,10 +20,13 @@ use pixclass_runs::{DataProvenance, MetricSpec, Metrics, RunRecord};
 
 use super::features::{weights_id, FeatureStore};
 use super::{default_cache_dir, FeatureCache, FrozenMode, HeadInit, SegTrainConfig};
+use pixclass_runs::{RunDir, Start};
+
 use crate::device::select_device;
 use crate::engine::{fit, FitConfig, TrainTask};
 use crate::error::{Result, TrainError};
 use crate::plot::{save_png, tile_grid};
+use crate::run_dir::{check_memory, check_resume, write_config};
 
 /// Validation loss (the training objective).
 pub const VAL_LOSS: &str = "val_loss";
@@ -330,34 +333,41 @@ fn build_head(
 }
 
 /// Fine-tunes the head as configured on `splits`, writing everything into
-/// `out_dir` (resuming the run there with `resume`).
+/// `out_dir`, which this process owns for the run (`start`: see
+/// [`crate::colourize::train_colouriser`]). The settings are checked first
+/// ([`SegTrainConfig::validate`], and the memory the feature cache will
+/// need); nothing is written to `out_dir` (but its lock file) until the
+/// model and both splits have loaded.
 pub fn finetune(
     cfg: &SegTrainConfig,
     splits: SegSplits,
     out_dir: &Path,
-    resume: bool,
+    start: Start,
     progress: bool,
 ) -> Result<SegRun> {
     let t0 = std::time::Instant::now();
-    if cfg.train_batch_size == 0 || cfg.val_batch_size == 0 || cfg.epochs == 0 {
-        return Err(TrainError::Config(
-            "batch sizes and epochs must be at least 1".into(),
-        ));
-    }
-    if !(cfg.ce_weight.is_finite() && cfg.ce_weight >= 0.0) {
-        return Err(TrainError::Config(format!(
-            "the cross-entropy weight must be a finite number >= 0, not {}",
-            cfg.ce_weight
-        )));
-    }
+    cfg.validate()?;
     let device = select_device(cfg.device, 0)?;
     let splits = splits.limit(cfg.limit);
+    let side = cfg.preprocess.size as u64;
+    let images = (splits.train.len() + splits.val.len()) as u64;
+    let per_image = 256 * side.div_ceil(8).pow(2) * 4 + side * side * 4;
+    let per_step = (cfg.train_batch_size.max(cfg.val_batch_size) as u64) * side * side * 4 * 6;
+    check_memory(
+        "this fine-tuning (features kept for every image)",
+        images * per_image + per_step,
+    )?;
     let mut cfg = cfg.clone();
     cfg.data = splits.description.clone();
-    let epochs = cfg.epochs;
-    crate::run_dir::write_config(out_dir, &cfg, resume, |saved: SegTrainConfig| {
-        SegTrainConfig { epochs, ..saved }
-    })?;
+    let dir = RunDir::open(out_dir, start)?;
+    let resume = start == Start::Resume;
+    if resume {
+        let epochs = cfg.epochs;
+        check_resume(out_dir, &cfg, |saved: SegTrainConfig| SegTrainConfig {
+            epochs,
+            ..saved
+        })?;
+    }
 
     let backbone = SegBackbone::load(cfg.model, cfg.weights.as_deref(), &device)?;
     if cfg.frozen_mode == FrozenMode::Train && !backbone.has_train_mode() {
@@ -379,6 +389,15 @@ pub fn finetune(
     if val.is_empty() {
         return Err(TrainError::Config("the validation split is empty".into()));
     }
+    for (name, set) in [("training", &train), ("validation", &val)] {
+        if set.foreground_fraction() == 0.0 {
+            return Err(TrainError::Config(format!(
+                "no mask of the {name} split has a foreground pixel under the rule {:?}: \
+                 check --fg-colour / --fg-value against your masks",
+                cfg.preprocess.rule
+            )));
+        }
+    }
     tracing::info!(
         "{}: {} train / {} val images ({:.1} % flower pixels in train), loaded in {data_seconds:.1} s",
         cfg.data,
@@ -388,6 +407,9 @@ pub fn finetune(
     );
     let (varmap, head) = build_head(&cfg, &backbone, &train, &device)?;
     let trainable = trainable_vars(&varmap);
+    // The inputs are good: now the directory is this run's.
+    dir.clear_previous()?;
+    write_config(out_dir, &cfg)?;
     let pending_stats = if cfg.feature_norm && !resume {
         let data = varmap
             .data()
@@ -446,6 +468,7 @@ pub fn finetune(
         record,
     };
     let record = fit(&mut task, &varmap, trainable, &fit_cfg)?;
+    drop(dir);
     Ok(SegRun {
         out_dir: out_dir.to_path_buf(),
         record,
