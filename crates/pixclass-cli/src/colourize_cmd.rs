@@ -275,7 +275,13 @@ pub fn run(cmd: ColourizeCmd, progress: bool, matches: Option<&clap::ArgMatches>
                 bail!("--batch-sizes is empty");
             }
             let source = train.data.cifar()?;
-            let rows = colourize::sweep(&train.config(), &batch_sizes, &source, &out, progress)?;
+            let cfg = ColourTrainConfig {
+                data_dir: train
+                    .data
+                    .recorded_dir(matches!(source, CifarSource::Embedded)),
+                ..train.config()
+            };
+            let rows = colourize::sweep(&cfg, &batch_sizes, &source, &out, progress)?;
             print!("{}", std::fs::read_to_string(out.join("sweep.md"))?);
             println!(
                 "{} runs; sweep.csv, sweep.md and sweep.png in {}",

@@ -80,10 +80,10 @@ pub fn resumed<C: Serialize + DeserializeOwned>(
             *e = Value::from(want);
         }
     }
-    Ok(serde_json::from_value(saved).with_context(|| {
+    serde_json::from_value(saved).with_context(|| {
         format!(
             "{} does not hold this command's configuration",
             path.display()
         )
-    })?)
+    })
 }

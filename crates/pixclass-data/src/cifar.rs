@@ -50,7 +50,7 @@ impl CifarSet {
             });
         }
         let rb = RECORD_BYTES as u64;
-        if len % rb != 0 {
+        if !len.is_multiple_of(rb) {
             return Err(DataError::BadRecordSize {
                 path: origin.to_path_buf(),
                 len,

@@ -393,7 +393,8 @@ impl ColourNet {
                 self.cfg.in_channels
             )));
         }
-        if dims[2] % 4 != 0 || dims[3] % 4 != 0 || dims[2] == 0 || dims[3] == 0 {
+        if !dims[2].is_multiple_of(4) || !dims[3].is_multiple_of(4) || dims[2] == 0 || dims[3] == 0
+        {
             return Err(shape_err(
                 "height and width must be positive multiples of 4".into(),
             ));

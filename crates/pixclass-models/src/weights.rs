@@ -86,7 +86,7 @@ pub fn check_finite(path: &Path, tensors: &HashMap<String, Tensor>) -> Result<()
         if bad > 0 {
             return Err(weights_err(
                 path,
-                &format!("tensor {name} holds {bad} non-finite values (NaN or infinity): the file is damaged"),
+                format!("tensor {name} holds {bad} non-finite values (NaN or infinity): the file is damaged"),
             ));
         }
     }

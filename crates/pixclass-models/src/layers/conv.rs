@@ -79,7 +79,8 @@ impl Conv2d {
         cfg: Conv2dConfig,
         vb: VarBuilder,
     ) -> Result<Self> {
-        if cfg.groups == 0 || in_c % cfg.groups != 0 || out_c % cfg.groups != 0 {
+        if cfg.groups == 0 || !in_c.is_multiple_of(cfg.groups) || !out_c.is_multiple_of(cfg.groups)
+        {
             candle_core::bail!(
                 "conv2d: groups {} must divide {in_c} and {out_c}",
                 cfg.groups
