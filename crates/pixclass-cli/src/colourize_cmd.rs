@@ -28,10 +28,10 @@ pub struct NetArgs {
     /// Network.
     #[arg(long, value_enum, default_value = "pool-upsample")]
     model: ColourModelKind,
-    /// Kernel size k (>= 2).
+    /// Kernel size k (2..=15).
     #[arg(long, default_value_t = 3)]
     kernel: usize,
-    /// NF: filters of the first block.
+    /// NF: filters of the first block (1..=512).
     #[arg(long, default_value_t = 32)]
     filters: usize,
     /// NC: colour classes (a reference palette: 16, 24 or 32).
@@ -59,13 +59,13 @@ impl NetArgs {
 pub struct TrainArgs {
     #[command(flatten)]
     net: NetArgs,
-    /// Learning rate of Adam.
+    /// Learning rate of Adam, in (0, 10].
     #[arg(long, default_value_t = 1e-3)]
     lr: f64,
-    /// Batch size.
+    /// Batch size (1..=10000).
     #[arg(long, default_value_t = 100)]
     batch_size: usize,
-    /// Epochs.
+    /// Epochs (1..=100000).
     #[arg(long, default_value_t = 25)]
     epochs: usize,
     /// Seed of the shuffle and the initial weights.
@@ -173,7 +173,7 @@ pub enum ColourizeCmd {
         /// Output PNG: grey input and result side by side.
         #[arg(long)]
         output: PathBuf,
-        /// Downscale so the longer side is at most this.
+        /// Downscale so the longer side is at most this (4..=4096).
         #[arg(long, default_value_t = 512)]
         max_side: u32,
         /// Device.

@@ -22,7 +22,7 @@ use crate::{resume, DataArgs};
 pub struct SegDataArgs {
     #[command(flatten)]
     data: DataArgs,
-    /// Side of the square the images and masks are resized to.
+    /// Side of the square the images and masks are resized to (32..=1024).
     #[arg(long, default_value_t = 224)]
     size: u32,
     /// Mask resizing: bilinear then threshold (the reference) or nearest.
@@ -119,7 +119,7 @@ pub enum SegmentCmd {
         /// Output PNG.
         #[arg(long)]
         output: PathBuf,
-        /// Side of the square the photo is resized to for the network
+        /// Side of the square the photo is resized to for the network, 32..=2048
         /// (default: as trained for --checkpoint; 257 for the MobileNet model, 520 for ResNets).
         #[arg(long)]
         size: Option<u32>,
@@ -142,16 +142,16 @@ pub struct FinetuneArgs {
     /// Loss.
     #[arg(long, value_enum, default_value = "ce")]
     loss: Loss,
-    /// Learning rate of Adam.
+    /// Learning rate of Adam, in (0, 10].
     #[arg(long, default_value_t = 0.05)]
     lr: f64,
-    /// Training batch (the last partial batch is dropped).
+    /// Training batch, 1..=4096 (the last partial batch is dropped).
     #[arg(long, default_value_t = 128)]
     train_batch_size: usize,
-    /// Validation batch.
+    /// Validation batch (1..=4096).
     #[arg(long, default_value_t = 256)]
     val_batch_size: usize,
-    /// Epochs.
+    /// Epochs (1..=100000).
     #[arg(long, default_value_t = 10)]
     epochs: usize,
     /// Seed of the head's init and the shuffles.
