@@ -88,6 +88,20 @@ pub fn download(spec: &DownloadSpec<'_>) -> Result<Fetched> {
     if let Some(parent) = dest.parent() {
         std::fs::create_dir_all(parent).map_err(|e| DataError::io(parent, e))?;
     }
+    // One download of a file at a time: a second process waits here, then
+    // finds the file present and verified.
+    let lock_path = {
+        let mut s = dest.as_os_str().to_owned();
+        s.push(".lock");
+        PathBuf::from(s)
+    };
+    let lock = File::create(&lock_path).map_err(|e| DataError::io(&lock_path, e))?;
+    lock.lock().map_err(|e| DataError::io(&lock_path, e))?;
+    if let Some(c) = &spec.checksum {
+        if dest.is_file() && c.verify(dest).is_ok() {
+            return Ok(Fetched::AlreadyPresent);
+        }
+    }
     let part = part_path(dest);
     let have = std::fs::metadata(&part).map(|m| m.len()).unwrap_or(0);
     let dl_err = |reason: String| DataError::Download {

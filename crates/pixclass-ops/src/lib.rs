@@ -11,8 +11,8 @@
 //!
 //! The ops exist because candle 0.11's built-ins have silent gradient bugs
 //! that break exactly the colourization nets (`tests/gradients.rs` checks
-//! every op here against finite differences and PyTorch, and detects the
-//! bugs in the built-ins so that an upstream fix is noticed):
+//! every op here against finite differences and PyTorch; `tests/builtin.rs`
+//! detects the bugs in the built-ins so that an upstream fix is noticed):
 //! - `max_pool2d` backward is scaled by 1/(k·k);
 //! - `upsample_nearest2d` backward overwrites gradients that were already
 //!   accumulated for its input (U-Net skips);

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 
-use candle_core::{Device, Tensor};
+use candle_core::{Device, Result, Tensor};
 
 mod gradcheck;
 pub use gradcheck::*;
@@ -20,4 +20,19 @@ pub fn golden(name: &str) -> PathBuf {
 /// Loads a fixture file.
 pub fn load(name: &str) -> HashMap<String, Tensor> {
     candle_core::safetensors::load(golden(name), &Device::Cpu).expect("fixture")
+}
+
+pub fn fixture_grad(
+    t: &std::collections::HashMap<String, Tensor>,
+    prefix: &str,
+    f: &dyn Fn(&Tensor) -> Result<Tensor>,
+) -> f64 {
+    let x = &t[&format!("{prefix}.x")];
+    let ours = analytic(f, x).unwrap();
+    let theirs: Vec<f64> = t[&format!("{prefix}.grad")]
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    rel_err(&ours, &theirs)
 }
