@@ -71,6 +71,21 @@ pub struct FitConfig {
     pub record: RunRecord,
 }
 
+/// A new run record of `task` for `cfg` (as in `config.json`) on `data`,
+/// loaded in `data_seconds`: what [`FitConfig::record`] starts from.
+pub fn new_record<C: serde::Serialize>(
+    task: &str,
+    label: &str,
+    cfg: &C,
+    data: pixclass_runs::DataProvenance,
+    data_seconds: f64,
+) -> Result<RunRecord> {
+    let config = serde_json::to_value(cfg).map_err(|e| TrainError::Config(e.to_string()))?;
+    let mut record = RunRecord::new(task, label, config, data, Vec::new());
+    record.data_seconds = data_seconds;
+    Ok(record)
+}
+
 /// Draws `curves.png`: losses per epoch on the left, other metrics on the
 /// right.
 pub fn write_curves(

@@ -20,8 +20,8 @@ use super::{palette_for, prepare_data, ColourTrainConfig};
 use pixclass_runs::{RunDir, Start};
 
 use crate::device::select_device;
-use crate::engine::{fit, FitConfig, TrainTask};
-use crate::error::{Result, TrainError};
+use crate::engine::{fit, new_record, FitConfig, TrainTask};
+use crate::error::Result;
 use crate::plot::{save_png, tile_grid};
 use crate::run_dir::{check_resume, write_config};
 
@@ -249,14 +249,7 @@ pub fn train_colouriser(
         cfg.model.kind.display_name(),
         cfg.batch_size
     );
-    let mut record = RunRecord::new(
-        "colourize",
-        &label,
-        serde_json::to_value(&cfg).map_err(|e| TrainError::Config(e.to_string()))?,
-        data,
-        Vec::new(),
-    );
-    record.data_seconds = data_seconds;
+    let record = new_record("colourize", &label, &cfg, data, data_seconds)?;
     let fit_cfg = FitConfig {
         epochs: cfg.epochs,
         adam: cfg.adam,

@@ -23,7 +23,7 @@ use super::{default_cache_dir, FeatureCache, FrozenMode, HeadInit, SegTrainConfi
 use pixclass_runs::{RunDir, Start};
 
 use crate::device::select_device;
-use crate::engine::{fit, FitConfig, TrainTask};
+use crate::engine::{fit, new_record, FitConfig, TrainTask};
 use crate::error::{Result, TrainError};
 use crate::plot::{save_png, tile_grid};
 use crate::run_dir::{check_memory, check_resume, write_config};
@@ -444,19 +444,13 @@ pub fn finetune(
         device,
     };
     let label = format!("{} ({} loss)", cfg.model.name(), cfg.loss.name());
-    let mut record = RunRecord::new(
-        "segment",
-        &label,
-        serde_json::to_value(&cfg).map_err(|e| TrainError::Config(e.to_string()))?,
-        DataProvenance {
-            description: cfg.data.clone(),
-            train: task.train.len(),
-            val: task.val.len(),
-            embedded: splits.is_embedded(),
-        },
-        Vec::new(),
-    );
-    record.data_seconds = data_seconds;
+    let data = DataProvenance {
+        description: cfg.data.clone(),
+        train: task.train.len(),
+        val: task.val.len(),
+        embedded: splits.is_embedded(),
+    };
+    let record = new_record("segment", &label, &cfg, data, data_seconds)?;
     let fit_cfg = FitConfig {
         epochs: cfg.epochs,
         adam: cfg.adam,
