@@ -270,3 +270,60 @@ fn data_info_fails_on_a_data_directory_without_data() {
     assert!(e.contains("no CIFAR-10"), "{e}");
     ok(&["data", "info", "--embedded"]);
 }
+
+#[test]
+fn truncated_photos_in_a_data_set_are_errors_or_skipped_and_counted() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    for sub in ["images", "masks"] {
+        std::fs::create_dir_all(data.join(sub)).unwrap();
+    }
+    for i in 0..8u32 {
+        let p = data.join(format!("images/p{i}.jpg"));
+        let bytes = jpeg(&p);
+        if i == 3 {
+            std::fs::write(&p, &bytes[..bytes.len() / 2]).unwrap();
+        }
+        let mask = image::RgbImage::from_fn(64, 48, |x, _| {
+            if x < 32 {
+                image::Rgb([128, 0, 0])
+            } else {
+                image::Rgb([0, 0, 0])
+            }
+        });
+        mask.save(data.join(format!("masks/p{i}.png"))).unwrap();
+    }
+    let args = |out: &str, skip: bool| {
+        let mut a = vec![
+            "segment".to_string(),
+            "finetune".into(),
+            "--data-dir".into(),
+            data.to_str().unwrap().into(),
+            "--train-batch-size".into(),
+            "2".into(),
+            "--epochs".into(),
+            "1".into(),
+            "--size".into(),
+            "64".into(),
+            "--cache".into(),
+            "memory".into(),
+            "--out".into(),
+            tmp.path().join(out).to_str().unwrap().into(),
+        ];
+        if skip {
+            a.push("--skip-bad".into());
+        }
+        a
+    };
+    let a = args("strict", false);
+    let e = err(&run(&a.iter().map(String::as_str).collect::<Vec<_>>()));
+    assert!(e.contains("p3.jpg") && e.contains("truncated"), "{e}");
+    let a = args("lenient", true);
+    let out = run(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("skip") || text.contains("Skip"),
+        "the skipped photo is counted: {text}"
+    );
+}

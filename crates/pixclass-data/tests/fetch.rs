@@ -175,3 +175,31 @@ fn cifar_fetch_unpacks_a_tarball_into_the_official_layout() {
     let set = pixclass_data::CifarSet::read_file(&out.join("data_batch_3.bin")).unwrap();
     assert_eq!(set.labels(), &[7]);
 }
+
+#[test]
+fn a_file_failing_its_checksum_stays_until_a_verified_replacement() {
+    let good = body();
+    let sum = sha256_bytes(&good);
+    let dir = tempfile::tempdir().unwrap();
+    let dest = dir.path().join("f.bin");
+    std::fs::write(&dest, b"an older, damaged copy").unwrap();
+    // The server sends something else again: the download fails its
+    // checksum and the file that was there is still there.
+    let (url, _) = serve(b"not it either".to_vec(), 0);
+    let spec = DownloadSpec {
+        url: &url,
+        dest: dest.clone(),
+        checksum: Some(Checksum::Sha256(sum.clone().into())),
+        progress: false,
+    };
+    assert!(matches!(
+        download(&spec).unwrap_err(),
+        DataError::ChecksumMismatch { .. }
+    ));
+    assert_eq!(std::fs::read(&dest).unwrap(), b"an older, damaged copy");
+    // A good download replaces it in one rename.
+    let (url, _) = serve(good.clone(), 0);
+    let spec = DownloadSpec { url: &url, ..spec };
+    download(&spec).unwrap();
+    assert_eq!(std::fs::read(&dest).unwrap(), good);
+}

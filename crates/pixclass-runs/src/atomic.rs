@@ -35,3 +35,24 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     }
     result
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn temporary_names_are_unique_and_cleaned_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("checkpoint.safetensors");
+        let (a, b) = (temp_path(&p), temp_path(&p));
+        assert_ne!(a, b, "two writes never share a temporary file");
+        assert!(a
+            .to_string_lossy()
+            .contains(&std::process::id().to_string()));
+        write_atomic(&p, b"one").unwrap();
+        write_atomic(&p, b"two").unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), b"two");
+        let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().flatten().collect();
+        assert_eq!(left.len(), 1, "no temporary file left behind");
+    }
+}
