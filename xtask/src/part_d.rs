@@ -418,7 +418,7 @@ pub fn run(
             rel(&format!("predictions_epoch_{:02}.png", plan.epochs))
         )?;
     }
-    writeln!(md, "### Pictures\n\nPanels per row: image, predicted mask, ground truth (validation images).\n\n{pics}")?;
+    writeln!(md, "### Pictures\n\nPanels per row (titled): image, predicted mask, ground truth, overlay (prediction tinted red, the true outline in yellow), validation images.\n\n{pics}")?;
     let json =
         json!({"data": plan.data_note, "runs": main_json, "seed_study": study, "timing": timing});
     Ok((md, json, failures))

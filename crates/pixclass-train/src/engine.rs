@@ -123,6 +123,7 @@ pub fn write_curves(
         y_label: "loss".into(),
         series: losses,
         log_x: false,
+        x_ticks: None,
     }];
     if !others.is_empty() {
         panels.push(Panel {
@@ -131,6 +132,7 @@ pub fn write_curves(
             y_label: "metric".into(),
             series: others,
             log_x: false,
+            x_ticks: None,
         });
     }
     draw_panels(path, &panels, 560, 400)

@@ -41,6 +41,9 @@ pub struct Panel {
     pub series: Vec<Series>,
     /// Logarithmic x axis.
     pub log_x: bool,
+    /// The x values to label (the batch sizes of a sweep, say) instead of
+    /// the axis's own round numbers.
+    pub x_ticks: Option<Vec<f64>>,
 }
 
 const COLOURS: [RGBColor; 8] = [
@@ -86,7 +89,22 @@ fn tick(v: f64) -> String {
     }
 }
 
+/// Pixels of the plotting area of a panel `height` high (the caption, the
+/// margins and the x-label band taken off), and of a legend of `rows`.
+const CHROME_PX: f64 = 100.0;
+const LEGEND_ROW_PX: f64 = 20.0;
+
+/// Raises the top of `y0..y1` so that a legend of `rows` (upper corner)
+/// sits in a band above every point, covering no data.
+fn legend_headroom((y0, y1): (f64, f64), rows: usize, height: u32) -> (f64, f64) {
+    let plot = (f64::from(height) - CHROME_PX).max(50.0);
+    let f = ((rows as f64 * LEGEND_ROW_PX + 12.0) / plot).min(0.6);
+    (y0, y1 + (y1 - y0) * f / (1.0 - f))
+}
+
 /// Draws panels side by side into a PNG of `width x height` per panel.
+/// Legends sit in a band above the data (the y axis is extended for it), so
+/// they never cover a point or a line.
 pub fn draw_panels(path: &Path, panels: &[Panel], width: u32, height: u32) -> Result<()> {
     ensure_font();
     let w = width * panels.len().max(1) as u32;
@@ -100,7 +118,20 @@ pub fn draw_panels(path: &Path, panels: &[Panel], width: u32, height: u32) -> Re
         root.fill(&WHITE).map_err(|e| err(e.to_string()))?;
         let areas = root.split_evenly((1, panels.len().max(1)));
         for (area, panel) in areas.iter().zip(panels) {
-            let ((x0, x1), (y0, y1)) = range(panel);
+            let ((x0, x1), ys) = range(panel);
+            let (y0, y1) = legend_headroom(ys, panel.series.len(), height);
+            // Custom x tick labels are drawn in a band below the data.
+            let y0 = if panel.x_ticks.is_some() {
+                let f = 22.0 / (f64::from(height) - CHROME_PX).max(50.0);
+                y0 - (y1 - y0) * f / (1.0 - f)
+            } else {
+                y0
+            };
+            let integer_x = panel
+                .series
+                .iter()
+                .flat_map(|s| &s.points)
+                .all(|p| p.0.fract() == 0.0);
             let mut builder = ChartBuilder::on(area);
             builder
                 .caption(&panel.title, ("sans-serif", 20))
@@ -116,9 +147,21 @@ pub fn draw_panels(path: &Path, panels: &[Panel], width: u32, height: u32) -> Re
                         .y_desc(&panel.y_label)
                         .label_style(("sans-serif", 14))
                         // A log axis would label (and grid) every 10, 20, ..., 90.
-                        .x_labels(if panel.log_x { 6 } else { 10 })
+                        .x_labels(match (&panel.x_ticks, panel.log_x) {
+                            (Some(_), _) => 0,
+                            (None, true) => 6,
+                            (None, false) => 10,
+                        })
                         .max_light_lines(if panel.log_x { 1 } else { 10 })
-                        .x_label_formatter(&|v| tick(*v))
+                        .x_label_formatter(&|v| {
+                            // Custom ticks replace the axis's labels; an axis
+                            // of whole numbers (epochs) shows no fractions.
+                            if panel.x_ticks.is_some() || (integer_x && v.fract() != 0.0) {
+                                String::new()
+                            } else {
+                                tick(*v)
+                            }
+                        })
                         .draw()
                         .map_err(|e| err(e.to_string()))?;
                     for (i, s) in panel.series.iter().enumerate() {
@@ -140,8 +183,32 @@ pub fn draw_panels(path: &Path, panels: &[Panel], width: u32, height: u32) -> Re
                             .draw_series(pts.iter().map(|&p| Circle::new(p, 3, c.filled())))
                             .map_err(|e| err(e.to_string()))?;
                     }
+                    if let Some(ticks) = &panel.x_ticks {
+                        let style = TextStyle::from(("sans-serif", 14).into_font()).pos(
+                            plotters::style::text_anchor::Pos::new(
+                                plotters::style::text_anchor::HPos::Center,
+                                plotters::style::text_anchor::VPos::Bottom,
+                            ),
+                        );
+                        for &t in ticks {
+                            chart
+                                .draw_series(LineSeries::new(
+                                    vec![(t, y0), (t, y1)],
+                                    BLACK.mix(0.15).stroke_width(1),
+                                ))
+                                .map_err(|e| err(e.to_string()))?;
+                            chart
+                                .draw_series(std::iter::once(Text::new(
+                                    tick(t),
+                                    (t, y0),
+                                    style.clone(),
+                                )))
+                                .map_err(|e| err(e.to_string()))?;
+                        }
+                    }
                     chart
                         .configure_series_labels()
+                        .position(SeriesLabelPosition::UpperRight)
                         .background_style(WHITE.mix(0.85))
                         .border_style(BLACK)
                         .label_font(("sans-serif", 14))
@@ -218,6 +285,51 @@ pub fn tile_grid(rows: &[Vec<RgbImage>], scale: u32, gap: u32) -> RgbImage {
         }
     }
     out
+}
+
+/// Height of the title band [`with_column_titles`] adds.
+pub const TITLE_BAND: u32 = 24;
+
+/// `grid` (a [`tile_grid`] of tiles `tile_w` wide with `gap`-pixel borders)
+/// with a band above it naming each column.
+pub fn with_column_titles(
+    grid: &RgbImage,
+    titles: &[&str],
+    tile_w: u32,
+    gap: u32,
+) -> Result<RgbImage> {
+    ensure_font();
+    let (w, h) = (grid.width(), grid.height() + TITLE_BAND);
+    let mut buf = vec![255u8; (w * TITLE_BAND * 3) as usize];
+    let err = |e: String| TrainError::Plot {
+        path: "column titles".into(),
+        reason: e,
+    };
+    {
+        let root = BitMapBackend::with_buffer(&mut buf, (w, TITLE_BAND)).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| err(e.to_string()))?;
+        let style = TextStyle::from(("sans-serif", 15).into_font()).pos(
+            plotters::style::text_anchor::Pos::new(
+                plotters::style::text_anchor::HPos::Center,
+                plotters::style::text_anchor::VPos::Center,
+            ),
+        );
+        for (c, t) in titles.iter().enumerate() {
+            let x = (gap + c as u32 * (tile_w + gap) + tile_w / 2) as i32;
+            root.draw(&Text::new(
+                t.to_string(),
+                (x, (TITLE_BAND / 2) as i32 + 2),
+                style.clone(),
+            ))
+            .map_err(|e| err(e.to_string()))?;
+        }
+        root.present().map_err(|e| err(e.to_string()))?;
+    }
+    let band = RgbImage::from_raw(w, TITLE_BAND, buf).ok_or_else(|| err("buffer size".into()))?;
+    let mut out = RgbImage::from_pixel(w, h, Rgb([255, 255, 255]));
+    image::imageops::replace(&mut out, &band, 0, 0);
+    image::imageops::replace(&mut out, grid, 0, i64::from(TITLE_BAND));
+    Ok(out)
 }
 
 /// A legend image: one colour swatch and label per entry, `height` pixels

@@ -79,9 +79,13 @@ fn both_losses_fall_and_write_their_outputs() {
         assert!(header.starts_with(
             "epoch,train_loss,val_loss,val_miou_thr,val_iou_fg,val_miou,val_pixel_acc,seconds"
         ));
-        // The prediction panel: 6 rows of 3 tiles of 64 px with 4 px gaps.
+        // The prediction panel: a title band over 6 rows of 4 tiles (image,
+        // prediction, truth, overlay) of 64 px with 4 px gaps.
         let img = image::open(dir.join("predictions_epoch_03.png")).unwrap();
-        assert_eq!((img.width(), img.height()), (3 * 68 + 4, 6 * 68 + 4));
+        assert_eq!(
+            (img.width(), img.height()),
+            (4 * 68 + 4, 6 * 68 + 4 + pixclass_train::plot::TITLE_BAND)
+        );
     }
 }
 

@@ -109,6 +109,7 @@ pub fn write_sweep(out_dir: &Path, kind: ColourModelKind, rows: &[SweepRow]) -> 
                 points: bs(|r| r.val_acc),
             }],
             log_x: true,
+            x_ticks: Some(rows.iter().map(|r| r.batch_size as f64).collect()),
         },
         Panel {
             title: "final val loss".into(),
@@ -119,6 +120,7 @@ pub fn write_sweep(out_dir: &Path, kind: ColourModelKind, rows: &[SweepRow]) -> 
                 points: bs(|r| r.val_loss),
             }],
             log_x: true,
+            x_ticks: Some(rows.iter().map(|r| r.batch_size as f64).collect()),
         },
         Panel {
             title: "val loss per epoch".into(),
@@ -137,6 +139,7 @@ pub fn write_sweep(out_dir: &Path, kind: ColourModelKind, rows: &[SweepRow]) -> 
                 })
                 .collect(),
             log_x: false,
+            x_ticks: None,
         },
     ];
     draw_panels(&out_dir.join("sweep.png"), &panels, 480, 380)

@@ -25,7 +25,7 @@ use pixclass_runs::{RunDir, Start};
 use crate::device::select_device;
 use crate::engine::{fit, new_record, FitConfig, TrainTask};
 use crate::error::{Result, TrainError};
-use crate::plot::{save_png, tile_grid};
+use crate::plot::{save_png, tile_grid, with_column_titles};
 use crate::run_dir::{check_memory, check_resume, write_config};
 
 /// Validation loss (the training objective).
@@ -261,8 +261,41 @@ pub(crate) fn foreground(margin: &Tensor) -> Result<Vec<u32>> {
         .to_vec1()?)
 }
 
-/// Rows of (image, predicted mask over the image, ground truth), one per
-/// sample; `pred` holds the predicted 0/1 masks of `idx` in order.
+/// The columns of [`prediction_panels`].
+pub const PANEL_COLUMNS: [&str; 4] = ["image", "prediction", "ground truth", "overlay"];
+
+/// `photo` with the predicted foreground tinted red and the true mask's
+/// outline in yellow (`s x s`, 0/1 masks).
+pub fn overlay(photo: &RgbImage, pred: &[u8], truth: &[u8], s: u32) -> RgbImage {
+    let at = |m: &[u8], x: i64, y: i64| -> bool {
+        x >= 0
+            && y >= 0
+            && x < i64::from(s)
+            && y < i64::from(s)
+            && m[(y * i64::from(s) + x) as usize] != 0
+    };
+    RgbImage::from_fn(s, s, |x, y| {
+        let (xi, yi) = (i64::from(x), i64::from(y));
+        let t = at(truth, xi, yi);
+        let edge = t
+            && [(-1, 0), (1, 0), (0, -1), (0, 1)]
+                .iter()
+                .any(|(dx, dy)| !at(truth, xi + dx, yi + dy));
+        let p = photo.get_pixel(x, y).0;
+        if edge {
+            Rgb([255, 230, 0])
+        } else if at(pred, xi, yi) {
+            Rgb([((p[0] as u16 + 2 * 255) / 3) as u8, p[1] / 2, p[2] / 2])
+        } else {
+            Rgb(p.map(|v| v / 2))
+        }
+    })
+}
+
+/// Rows of (image, predicted mask, ground truth, overlay: the prediction
+/// tinted red over the photo with the truth's outline in yellow), one per
+/// sample, under a band of column titles; `pred` holds the predicted 0/1
+/// masks of `idx` in order.
 pub fn prediction_panels(set: &SegSet, idx: &[usize], pred: &[u8]) -> Result<RgbImage> {
     let s = set.size as u32;
     let px = set.size * set.size;
@@ -281,13 +314,11 @@ pub fn prediction_panels(set: &SegSet, idx: &[usize], pred: &[u8]) -> Result<Rgb
                 }
             })
         };
-        rows.push(vec![
-            photo,
-            mask_img(&pred[k * px..(k + 1) * px]),
-            mask_img(set.mask_bytes(i)),
-        ]);
+        let (p, t) = (&pred[k * px..(k + 1) * px], set.mask_bytes(i));
+        let over = overlay(&photo, p, t, s);
+        rows.push(vec![photo, mask_img(p), mask_img(t), over]);
     }
-    Ok(tile_grid(&rows, 1, 4))
+    with_column_titles(&tile_grid(&rows, 1, 4), &PANEL_COLUMNS, s, 4)
 }
 
 /// The outcome of a run.
