@@ -91,15 +91,33 @@ pub enum SegmentCmd {
     /// Fine-tune the last 1x1 conv of a pretrained DeepLabV3 for foreground masks.
     Finetune(Box<FinetuneArgs>),
     /// Validation metrics of a fine-tuned run.
+    /// Validation metrics of a fine-tuned run (--checkpoint), or of a
+    /// pretrained 21-class model zero-shot (--model M --class NAME|ID: that
+    /// VOC class vs the rest; writes a run record and prediction panels to --out).
     Eval {
-        /// Run directory.
+        /// Run directory of a fine-tuned model.
+        #[arg(long, conflicts_with = "model", required_unless_present = "model")]
+        checkpoint: Option<PathBuf>,
+        /// A pretrained model, scored zero-shot.
+        #[arg(long, value_enum, requires = "class")]
+        model: Option<SegModelKind>,
+        /// The VOC class that is foreground, by name (`pottedplant`, `horse`) or id 1..=20.
         #[arg(long)]
-        checkpoint: PathBuf,
+        class: Option<String>,
+        /// Weights of --model: a file or a registered name (default: embedded / registered).
+        #[arg(long)]
+        weights: Option<String>,
+        /// Run directory of a zero-shot evaluation.
+        #[arg(long, default_value = "runs/zero-shot")]
+        out: PathBuf,
+        /// Replace a run already in --out.
+        #[arg(long)]
+        overwrite: bool,
         /// Device.
         #[arg(long, value_enum, default_value = "cpu")]
         device: DeviceKind,
         #[command(flatten)]
-        data: DataArgs,
+        data: SegDataArgs,
     },
     /// Segment a photo: the fine-tuned mask (--checkpoint), or the pretrained
     /// model's 21 VOC classes (--model) as a coloured overlay with a legend.
@@ -332,9 +350,52 @@ pub fn run(cmd: SegmentCmd, progress: bool, matches: Option<&clap::ArgMatches>) 
         }
         SegmentCmd::Eval {
             checkpoint,
+            model,
+            class,
+            weights,
+            out,
+            overwrite,
             device,
             data,
         } => {
+            let Some(checkpoint) = checkpoint else {
+                let kind = model.context("segment eval needs --checkpoint DIR or --model NAME")?;
+                let class = segment::voc_class(class.as_deref().unwrap_or_default())?;
+                let source = data.data.segmentation()?;
+                let cfg = segment::ZeroShotConfig {
+                    model: kind,
+                    weights: resolve_weights(kind, weights.as_deref())?,
+                    class,
+                    preprocess: data.preprocess()?,
+                    limit: data.limit,
+                    skip_bad: data.skip_bad,
+                    device,
+                    data: String::new(),
+                    data_dir: data
+                        .data
+                        .recorded_dir(matches!(source, SegSource::Embedded)),
+                };
+                let start = if overwrite {
+                    Start::Overwrite
+                } else {
+                    Start::Fresh
+                };
+                let run = segment::zero_shot(&cfg, source.splits()?, &out, start)?;
+                let m = run.metrics;
+                println!(
+                    "{} zero-shot, class {} vs the rest: val thresholded mIOU {:.4}, foreground IoU {:.4}, mIoU {:.4}, pixel accuracy {:.4} on {} images; outputs in {}",
+                    kind.name(),
+                    pixclass_models::mobilenet::VOC_LABELS[class],
+                    m.miou_thr,
+                    m.iou_fg,
+                    m.miou,
+                    m.pixel_acc,
+                    run.record.data.val,
+                    out.display()
+                );
+                return Ok(());
+            };
+            let data = data.data;
             let model = segment::load_segmenter(&checkpoint, device)?;
             let splits = splits_for(&data)?.limit(model.config.limit);
             let val = SegSet::load(&splits.val, &model.config.preprocess, model.config.skip_bad)?;

@@ -246,3 +246,67 @@ fn too_few_images_for_a_batch_is_a_clear_error() {
         "{err}"
     );
 }
+
+#[test]
+fn zero_shot_scores_equal_a_hand_computed_confusion_matrix() {
+    use pixclass_models::segment::{SegBackbone, SegModelKind};
+    use pixclass_train::segment::{voc_class, zero_shot, ZeroShotConfig};
+    let tmp = tempfile::tempdir().unwrap();
+    let pre = Preprocess {
+        size: 64,
+        ..Preprocess::default()
+    };
+    let class = voc_class("potted plant").unwrap();
+    assert_eq!(class, voc_class("16").unwrap());
+    assert!(voc_class("unicorn").is_err() && voc_class("0").is_err());
+    let cfg = ZeroShotConfig {
+        model: SegModelKind::Deeplabv3Mobilenetv2Voc,
+        weights: None,
+        class,
+        preprocess: pre.clone(),
+        limit: Some(5),
+        skip_bad: false,
+        device: DeviceKind::Cpu,
+        data: String::new(),
+        data_dir: None,
+    };
+    let run = zero_shot(&cfg, splits(), tmp.path(), Start::Fresh).unwrap();
+    // By hand: the pretrained logits, foreground where the class beats
+    // background, counted pixel by pixel.
+    let sp = splits().limit(Some(5));
+    let val = SegSet::load(&sp.val, &pre, false).unwrap();
+    let dev = candle_core::Device::Cpu;
+    let net = SegBackbone::load(cfg.model, None, &dev).unwrap();
+    let (mean, std) = net.normalisation();
+    let (mut tp, mut fp, mut fn_, mut tn) = (0f64, 0f64, 0f64, 0f64);
+    for i in 0..val.len() {
+        let x = val.images_tensor(&[i], mean, std, &dev).unwrap();
+        let l: Vec<Vec<Vec<f32>>> = net.forward(&x).unwrap().get(0).unwrap().to_vec3().unwrap();
+        for (p, &t) in val.mask_bytes(i).iter().enumerate() {
+            let (y, x) = (p / 64, p % 64);
+            let fg = l[class][y][x] > l[0][y][x];
+            match (fg, t != 0) {
+                (true, true) => tp += 1.0,
+                (true, false) => fp += 1.0,
+                (false, true) => fn_ += 1.0,
+                (false, false) => tn += 1.0,
+            }
+        }
+    }
+    let m = run.metrics;
+    let fg_iou = tp / (tp + fp + fn_);
+    let bg_iou = tn / (tn + fp + fn_);
+    assert!(
+        (m.iou_fg - fg_iou).abs() < 1e-12,
+        "{} vs {fg_iou}",
+        m.iou_fg
+    );
+    assert!((m.miou - (fg_iou + bg_iou) / 2.0).abs() < 1e-12);
+    assert!((m.pixel_acc - (tp + tn) / (tp + tn + fp + fn_)).abs() < 1e-12);
+    // The same run record and pictures as fine-tuning, at epoch 0.
+    let rec = pixclass_runs::RunRecord::read(tmp.path()).unwrap();
+    assert_eq!(rec.epochs.len(), 1);
+    assert_eq!(rec.epochs[0].epoch, 0);
+    assert_eq!(rec.epochs[0].get("val_iou_fg"), Some(m.iou_fg));
+    assert!(tmp.path().join("predictions_epoch_00.png").is_file());
+}

@@ -94,22 +94,34 @@ pub struct MaskMetrics {
 /// Metrics of a loaded model on a preprocessed set (in batches of the run's
 /// validation batch size).
 pub fn evaluate_masks(model: &LoadedSegmenter, set: &SegSet) -> Result<MaskMetrics> {
+    let chunk = model.config.val_batch_size.clamp(1, 32);
+    score_masks(set, chunk, &model.config.preprocess.rule, |idx| {
+        model.predict(set, idx)
+    })
+}
+
+/// The metrics of the 0/1 masks `predict` returns for chunks of `set`
+/// (`[n, S, S]` in order), against the set's masks: the study's
+/// thresholded mIOU, and foreground IoU, mIoU and pixel accuracy from one
+/// confusion matrix of the whole set. A set without foreground pixels
+/// (under `rule`) is an error, not a perfect score.
+pub fn score_masks(
+    set: &SegSet,
+    chunk: usize,
+    rule: &pixclass_data::segment::MaskRule,
+    mut predict: impl FnMut(&[usize]) -> Result<Vec<u8>>,
+) -> Result<MaskMetrics> {
     if set.foreground_fraction() == 0.0 {
         return Err(TrainError::Config(format!(
-            "no mask of this split has a foreground pixel under the rule {:?}: check --fg-colour / --fg-value against your masks",
-            model.config.preprocess.rule
+            "no mask of this split has a foreground pixel under the rule {rule:?}: check --fg-colour / --fg-value against your masks"
         )));
     }
     let px = set.size * set.size;
     let mut cm = ConfusionMatrix::new(2);
     let mut score = 0.0;
     let all: Vec<usize> = (0..set.len()).collect();
-    for idx in all.chunks(model.config.val_batch_size.clamp(1, 32)) {
-        let pred: Vec<u32> = model
-            .predict(set, idx)?
-            .into_iter()
-            .map(u32::from)
-            .collect();
+    for idx in all.chunks(chunk.max(1)) {
+        let pred: Vec<u32> = predict(idx)?.into_iter().map(u32::from).collect();
         for (k, &i) in idx.iter().enumerate() {
             let truth: Vec<u32> = set.mask_bytes(i).iter().map(|&m| m as u32).collect();
             let p = &pred[k * px..(k + 1) * px];

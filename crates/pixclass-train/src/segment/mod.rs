@@ -12,7 +12,9 @@
 //! - this module: the run's configuration ([`SegTrainConfig`]);
 //! - [`task`]: the training task, its metrics and pictures, [`finetune`];
 //! - [`infer`]: loading a fine-tuned run, evaluating it, segmenting photos
-//!   (also with a pretrained 21-class model).
+//!   (also with a pretrained 21-class model);
+//! - [`zero_shot`]: a pretrained model scored on a data set as one of its
+//!   classes vs the rest, the baseline of fine-tuning.
 
 use std::path::PathBuf;
 
@@ -28,6 +30,7 @@ use crate::device::DeviceKind;
 pub mod features;
 pub mod infer;
 pub mod task;
+pub mod zero_shot;
 
 pub use features::weights_id;
 pub use infer::{
@@ -35,6 +38,7 @@ pub use infer::{
 };
 pub use pixclass_data::paths::default_cache_dir;
 pub use task::{finetune, prediction_panels, SegRun, SegTask};
+pub use zero_shot::{voc_class, zero_shot, ZeroShotConfig, ZeroShotRun};
 
 /// How the frozen layers run while the head trains.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
