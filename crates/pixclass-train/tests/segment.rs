@@ -263,7 +263,7 @@ fn zero_shot_scores_equal_a_hand_computed_confusion_matrix() {
         model: SegModelKind::Deeplabv3Mobilenetv2Voc,
         weights: None,
         class,
-        preprocess: pre.clone(),
+        preprocess: pre,
         limit: Some(5),
         skip_bad: false,
         device: DeviceKind::Cpu,
