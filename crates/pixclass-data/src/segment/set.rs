@@ -74,6 +74,19 @@ pub struct SegSet {
 }
 
 impl SegSet {
+    /// An error unless some mask of this set has a foreground pixel (under
+    /// `rule`): a split without foreground would score a perfect, empty
+    /// "mIOU". `what` names the split in the message.
+    pub fn require_foreground(&self, what: &str, rule: &super::MaskRule) -> Result<()> {
+        if self.foreground_fraction() > 0.0 {
+            return Ok(());
+        }
+        Err(DataError::Invalid(format!(
+            "no mask of the {what} split has a foreground pixel under the rule {rule:?}: \
+             check --fg-colour / --fg-value against your masks"
+        )))
+    }
+
     /// One photo of any size as a set of one `size x size` image (bilinear,
     /// like the data sets) with an empty mask, for prediction.
     pub fn from_photo(photo: &image::RgbImage, size: u32) -> Self {

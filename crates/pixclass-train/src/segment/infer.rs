@@ -111,11 +111,7 @@ pub fn score_masks(
     rule: &pixclass_data::segment::MaskRule,
     mut predict: impl FnMut(&[usize]) -> Result<Vec<u8>>,
 ) -> Result<MaskMetrics> {
-    if set.foreground_fraction() == 0.0 {
-        return Err(TrainError::Config(format!(
-            "no mask of this split has a foreground pixel under the rule {rule:?}: check --fg-colour / --fg-value against your masks"
-        )));
-    }
+    set.require_foreground("validation", rule)?;
     let px = set.size * set.size;
     let mut cm = ConfusionMatrix::new(2);
     let mut score = 0.0;

@@ -420,15 +420,8 @@ pub fn finetune(
     if val.is_empty() {
         return Err(TrainError::Config("the validation split is empty".into()));
     }
-    for (name, set) in [("training", &train), ("validation", &val)] {
-        if set.foreground_fraction() == 0.0 {
-            return Err(TrainError::Config(format!(
-                "no mask of the {name} split has a foreground pixel under the rule {:?}: \
-                 check --fg-colour / --fg-value against your masks",
-                cfg.preprocess.rule
-            )));
-        }
-    }
+    train.require_foreground("training", &cfg.preprocess.rule)?;
+    val.require_foreground("validation", &cfg.preprocess.rule)?;
     tracing::info!(
         "{}: {} train / {} val images ({:.1} % flower pixels in train), loaded in {data_seconds:.1} s",
         cfg.data,
