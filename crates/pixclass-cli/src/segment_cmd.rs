@@ -22,9 +22,11 @@ use crate::{resume, DataArgs};
 pub struct SegDataArgs {
     #[command(flatten)]
     data: DataArgs,
-    /// Side of the square the images and masks are resized to (32..=1024).
-    #[arg(long, default_value_t = 224)]
-    size: u32,
+    /// Side of the square the images and masks are resized to, 32..=1024
+    /// (default: the model's: 257 for the MobileNet model, the study's 224
+    /// for the ResNets).
+    #[arg(long)]
+    size: Option<u32>,
     /// Mask resizing: bilinear then threshold (the reference) or nearest.
     #[arg(long, value_enum, default_value = "bilinear")]
     mask_resize: MaskResize,
@@ -43,7 +45,8 @@ pub struct SegDataArgs {
 }
 
 impl SegDataArgs {
-    fn preprocess(&self) -> Result<Preprocess> {
+    /// The preprocessing for `model` (its default side unless `--size`).
+    fn preprocess(&self, model: SegModelKind) -> Result<Preprocess> {
         let c: Vec<u8> = self
             .fg_colour
             .split(',')
@@ -62,7 +65,7 @@ impl SegDataArgs {
             );
         };
         Ok(Preprocess {
-            size: self.size,
+            size: self.size.unwrap_or(model.finetune_size()),
             mask_resize: self.mask_resize,
             rule: MaskRule {
                 colour: [r, g, b],
@@ -184,8 +187,11 @@ pub struct FinetuneArgs {
     /// Folder of the feature cache (default: $PIXCLASS_CACHE, else ~/.cache/pixclass).
     #[arg(long)]
     cache_dir: Option<PathBuf>,
-    /// Initialisation of the new head (default: prior; --reference: torch).
-    #[arg(long, value_enum)]
+    /// Initialisation of the new head: torch, prior, or class:NAME|ID (the
+    /// pretrained classifier's background and VOC class NAME: epoch 0 scores
+    /// what `segment eval --model M --class NAME` does) (default: prior;
+    /// --reference: torch).
+    #[arg(long, value_name = "INIT")]
     head_init: Option<HeadInit>,
     /// Standardise the frozen features per channel (training-set mean and
     /// std) before the new head (default: on; --reference: off).
@@ -254,7 +260,7 @@ impl FinetuneArgs {
             frozen_mode: self.frozen_mode,
             cache: self.cache,
             cache_dir: self.cache_dir.clone(),
-            preprocess: self.data.preprocess()?,
+            preprocess: self.data.preprocess(kind)?,
             limit: self.data.limit,
             skip_bad: self.data.skip_bad,
             device: self.device,
@@ -366,7 +372,7 @@ pub fn run(cmd: SegmentCmd, progress: bool, matches: Option<&clap::ArgMatches>) 
                     model: kind,
                     weights: resolve_weights(kind, weights.as_deref())?,
                     class,
-                    preprocess: data.preprocess()?,
+                    preprocess: data.preprocess(kind)?,
                     limit: data.limit,
                     skip_bad: data.skip_bad,
                     device,

@@ -340,6 +340,12 @@ impl DeepLabV3 {
         &self.cfg
     }
 
+    /// The final 1x1 conv (`classifier.4`): weight `[classes, 256, 1, 1]`
+    /// and bias `[classes]`.
+    pub fn classifier(&self) -> (&Tensor, Option<&Tensor>) {
+        (self.classifier.weight(), self.classifier.bias())
+    }
+
     /// Everything before the final 1x1 conv (`classifier.4`): the 256-channel
     /// features at output stride 8. In eval mode this is a fixed function of
     /// the image (what fine-tuning only the last conv can cache).

@@ -305,6 +305,12 @@ impl MobileNetV2DeepLab {
         self.projection.forward(&cat)
     }
 
+    /// The logits layer (`logits/semantic`): weight `[classes, 256, 1, 1]`
+    /// and bias `[classes]` (`None` when built without it).
+    pub fn classifier(&self) -> Option<(&Tensor, &Tensor)> {
+        self.logits.as_ref().map(|l| (&l.weight, &l.bias))
+    }
+
     /// The built-in 1x1 classifier and the align_corners=True resize.
     ///
     /// # Shapes

@@ -51,6 +51,17 @@ impl SegModelKind {
         }
     }
 
+    /// The input side fine-tuning and zero-shot evaluation use by default:
+    /// the native 257 for the MobileNet model; the study's 224 for the
+    /// ResNets (the reference's protocol; 520 is their native size, used by
+    /// `segment predict --model`).
+    pub fn finetune_size(self) -> u32 {
+        match self {
+            SegModelKind::Deeplabv3Mobilenetv2Voc => 257,
+            SegModelKind::Deeplabv3Resnet101 | SegModelKind::Deeplabv3Resnet50 => 224,
+        }
+    }
+
     /// The registered weights name used when none is given (`None`: the
     /// embedded weights).
     pub fn default_weights(self) -> Option<&'static str> {
@@ -203,6 +214,40 @@ impl SegBackbone {
             SegBackbone::ResNet(m) => m.features_t(x, train),
             SegBackbone::MobileNet(m) => m.features(x),
         }
+    }
+
+    /// Rows `rows` of the model's own final 1x1 conv (the ResNets'
+    /// `classifier.4`, the MobileNet's logits layer): weight
+    /// `[rows.len(), 256, 1, 1]` and bias `[rows.len()]`, e.g. background
+    /// and one VOC class to start a 2-class head from.
+    pub fn classifier_rows(&self, rows: &[usize]) -> Result<(Tensor, Tensor)> {
+        let (w, b) = match self {
+            SegBackbone::ResNet(m) => {
+                let (w, b) = m.classifier();
+                let b = match b {
+                    Some(b) => b.clone(),
+                    None => Tensor::zeros(w.dim(0)?, w.dtype(), w.device())?,
+                };
+                (w.clone(), b)
+            }
+            SegBackbone::MobileNet(m) => {
+                let (w, b) = m.classifier().ok_or_else(|| {
+                    ModelError::Config("this model was built without its logits layer".into())
+                })?;
+                (w.clone(), b.clone())
+            }
+        };
+        let classes = w.dim(0)?;
+        if let Some(&r) = rows.iter().find(|&&r| r >= classes) {
+            return Err(ModelError::Config(format!(
+                "class {r} is out of range: the pretrained head has {classes} classes"
+            )));
+        }
+        let idx = Tensor::new(
+            rows.iter().map(|&r| r as u32).collect::<Vec<_>>(),
+            w.device(),
+        )?;
+        Ok((w.index_select(&idx, 0)?, b.index_select(&idx, 0)?))
     }
 
     /// Logits of the model's own head (21 VOC classes for the pretrained

@@ -62,6 +62,10 @@ pub struct FitConfig {
     pub best: Option<String>,
     /// Show progress bars.
     pub progress: bool,
+    /// Validate once before the first step and record it as epoch 0 (no
+    /// training loss), so the curves show where training started (not on
+    /// resume: the saved epoch 0 is kept).
+    pub eval_first: bool,
     /// Linear learning-rate warm-up over the first steps (0: none): step
     /// `t` (1-based) uses `lr · min(1, t / warmup_steps)`.
     pub warmup_steps: u64,
@@ -248,6 +252,23 @@ fn fit_epochs(
             "the training split has no batches".into(),
         ));
     }
+    if cfg.eval_first && !cfg.resume {
+        let t0 = Instant::now();
+        let metrics = task.evaluate()?;
+        let row = EpochRecord {
+            epoch: 0,
+            train_loss: None,
+            metrics,
+            seconds: t0.elapsed().as_secs_f64(),
+        };
+        tracing::info!(
+            "{} epoch 0 (before training): {} ({:.1} s)",
+            record.label,
+            row.metrics.summary(&specs),
+            row.seconds
+        );
+        finish_epoch(task, varmap, &adam, cfg, record, best_spec.as_ref(), row)?;
+    }
     for epoch in start..=cfg.epochs {
         let t0 = Instant::now();
         let pb = bar(nb, epoch, cfg.epochs, cfg.progress);
@@ -281,11 +302,6 @@ fn fit_epochs(
         pb.finish_and_clear();
         let train_loss = sum / nb as f64;
         let metrics = task.evaluate()?;
-        if let Some(missing) = names.iter().find(|n| metrics.get(n).is_none()) {
-            return Err(TrainError::Config(format!(
-                "the task's evaluation has no value for its declared metric {missing}"
-            )));
-        }
         let row = EpochRecord {
             epoch,
             train_loss: Some(train_loss),
@@ -299,51 +315,73 @@ fn fit_epochs(
             row.metrics.summary(&specs),
             row.seconds
         );
-        let is_best = best_spec.as_ref().is_some_and(|s| {
-            let v = row.get(&s.name);
-            match (&record.best, v) {
-                (_, None) => false,
-                (None, Some(_)) => true,
-                (Some(b), Some(v)) => s.better(v, b.value),
-            }
-        });
-        if is_best {
-            record.best = best_spec.as_ref().and_then(|s| {
-                row.get(&s.name).map(|value| BestEpoch {
-                    metric: s.name.clone(),
-                    epoch,
-                    value,
-                })
-            });
-        }
-        record.epochs.push(row);
-        // The checkpoint first: it holds the metrics too, so a run killed
-        // after it resumes at the next epoch and completes the files below.
-        let state = RunState {
-            epoch,
-            adam_step: adam.steps(),
-            metrics: names.clone(),
-            rows: record.epochs.clone(),
-            rng: task.rng_state(),
-        };
-        let extra = adam.state_tensors();
-        if is_best {
-            checkpoint::save(&cfg.out_dir.join(checkpoint::BEST), varmap, &extra, &state)?;
-        }
-        checkpoint::save(&latest, varmap, &extra, &state)?;
-        task.after_epoch(epoch, &cfg.out_dir)?;
-        csv_file::sync(&cfg.out_dir.join(METRICS_CSV), &specs, &record.epochs)?;
-        write_curves(
-            &cfg.out_dir.join("curves.png"),
-            &record.label,
-            &specs,
-            &record.epochs,
-        )?;
-        if epoch < cfg.epochs {
-            record.write(&cfg.out_dir)?;
-        }
+        finish_epoch(task, varmap, &adam, cfg, record, best_spec.as_ref(), row)?;
     }
     record.status = RunStatus::Finished;
     record.write(&cfg.out_dir)?;
+    Ok(())
+}
+
+/// Records a validated epoch `row`: the best epoch, checkpoints (latest,
+/// and best when it is), the task's pictures, `metrics.csv`, `curves.png`
+/// and `run.json`.
+fn finish_epoch(
+    task: &mut dyn TrainTask,
+    varmap: &VarMap,
+    adam: &Adam,
+    cfg: &FitConfig,
+    record: &mut RunRecord,
+    best_spec: Option<&MetricSpec>,
+    row: EpochRecord,
+) -> Result<()> {
+    let specs = record.metrics.clone();
+    let names: Vec<String> = specs.iter().map(|s| s.name.clone()).collect();
+    if let Some(missing) = names.iter().find(|n| row.metrics.get(n).is_none()) {
+        return Err(TrainError::Config(format!(
+            "the task's evaluation has no value for its declared metric {missing}"
+        )));
+    }
+    let epoch = row.epoch;
+    let is_best = best_spec.is_some_and(|s| match (&record.best, row.get(&s.name)) {
+        (_, None) => false,
+        (None, Some(_)) => true,
+        (Some(b), Some(v)) => s.better(v, b.value),
+    });
+    if is_best {
+        record.best = best_spec.and_then(|s| {
+            row.get(&s.name).map(|value| BestEpoch {
+                metric: s.name.clone(),
+                epoch,
+                value,
+            })
+        });
+    }
+    record.epochs.push(row);
+    // The checkpoint first: it holds the metrics too, so a run killed
+    // after it resumes at the next epoch and completes the files below.
+    let state = RunState {
+        epoch,
+        adam_step: adam.steps(),
+        metrics: names,
+        rows: record.epochs.clone(),
+        rng: task.rng_state(),
+    };
+    let extra = adam.state_tensors();
+    let latest = cfg.out_dir.join(checkpoint::LATEST);
+    if is_best {
+        checkpoint::save(&cfg.out_dir.join(checkpoint::BEST), varmap, &extra, &state)?;
+    }
+    checkpoint::save(&latest, varmap, &extra, &state)?;
+    task.after_epoch(epoch, &cfg.out_dir)?;
+    csv_file::sync(&cfg.out_dir.join(METRICS_CSV), &specs, &record.epochs)?;
+    write_curves(
+        &cfg.out_dir.join("curves.png"),
+        &record.label,
+        &specs,
+        &record.epochs,
+    )?;
+    if epoch < cfg.epochs {
+        record.write(&cfg.out_dir)?;
+    }
     Ok(())
 }

@@ -122,6 +122,7 @@ fn cfg(dir: &Path, epochs: usize, resume: bool) -> FitConfig {
         resume,
         best: Some("val_loss".into()),
         progress: false,
+        eval_first: false,
         warmup_steps: 0,
         record: RunRecord::new(
             "toy",
@@ -239,4 +240,50 @@ fn corrupt_checkpoint_is_an_error_naming_the_file() {
     std::fs::write(&p, b"not a checkpoint").unwrap();
     let err = checkpoint::load(&p).err().unwrap();
     assert!(err.to_string().contains("checkpoint.safetensors"), "{err}");
+}
+
+#[test]
+fn eval_first_records_the_start_as_epoch_zero_and_resumes_from_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (vm, mut task, vars) = toy(None);
+    let mut c = cfg(dir.path(), 3, false);
+    c.eval_first = true;
+    let record = fit(&mut task, &vm, vars, &c).unwrap();
+    let epochs: Vec<usize> = record.epochs.iter().map(|r| r.epoch).collect();
+    assert_eq!(epochs, [0, 1, 2, 3]);
+    let start = &record.epochs[0];
+    // Before any step: w = 0, so val_loss = (0 - 3)^2, and no training loss.
+    assert_eq!(start.train_loss, None);
+    assert_eq!(start.get("w"), Some(0.0));
+    assert_eq!(start.get("val_loss"), Some(9.0));
+    let csv = pixclass_runs::csv_file::read(&dir.path().join("metrics.csv")).unwrap();
+    assert_eq!(csv.len(), 4);
+    assert_eq!(csv[0].epoch, 0);
+    assert_eq!(csv[0].train_loss, None);
+
+    // A run stopped after epoch 0 resumes at epoch 1 from its checkpoint and
+    // keeps the saved epoch 0 once.
+    let b = tempfile::tempdir().unwrap();
+    let (vm, mut task, vars) = toy(None);
+    let mut first = cfg(b.path(), 0, false);
+    first.eval_first = true;
+    fit(&mut task, &vm, vars, &first).unwrap();
+    assert_eq!(
+        checkpoint::load(&b.path().join("checkpoint.safetensors"))
+            .unwrap()
+            .state
+            .epoch,
+        0
+    );
+    let (vm, mut task, vars) = toy(None);
+    let mut rest = cfg(b.path(), 3, true);
+    rest.eval_first = true;
+    let resumed = fit(&mut task, &vm, vars, &rest).unwrap();
+    let strip = |r: &RunRecord| {
+        r.epochs
+            .iter()
+            .map(|r| (r.epoch, r.train_loss, r.metrics.clone()))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(strip(&resumed), strip(&record));
 }

@@ -44,7 +44,8 @@ fn metrics(dir: &Path) -> Vec<Vec<f64>> {
         .unwrap()
         .into_iter()
         .map(|r| {
-            let mut v = vec![r.epoch as f64, r.train_loss.unwrap()];
+            // Epoch 0 (validated before training) has no training loss.
+            let mut v = vec![r.epoch as f64, r.train_loss.unwrap_or(-1.0)];
             v.extend(r.metrics.iter().map(|(_, x)| x));
             v
         })
@@ -61,14 +62,18 @@ fn both_losses_fall_and_write_their_outputs() {
             ..small(loss, &tmp.path().join("cache"))
         };
         let run = finetune(&cfg, splits(), &dir, Start::Fresh, false).unwrap();
-        assert_eq!(run.record.epochs.len(), 3);
-        let first = run.record.epochs[0].train_loss.unwrap();
-        let last = run.record.epochs[2].train_loss.unwrap();
+        // Epoch 0 is the validation before the first step.
+        let epochs: Vec<usize> = run.record.epochs.iter().map(|e| e.epoch).collect();
+        assert_eq!(epochs, [0, 1, 2, 3]);
+        assert_eq!(run.record.epochs[0].train_loss, None);
+        let first = run.record.epochs[1].train_loss.unwrap();
+        let last = run.record.epochs[3].train_loss.unwrap();
         assert!(last < first, "{loss:?}: train loss {first} -> {last}");
         for f in [
             "config.json",
             "metrics.csv",
             "curves.png",
+            "predictions_epoch_00.png",
             "predictions_epoch_03.png",
             "checkpoint.safetensors",
             "best.safetensors",
@@ -117,7 +122,7 @@ fn reference_soft_iou_collapses_and_the_default_recipe_does_not() {
         ce_weight: 0.0,
         ..small(Loss::Iou, &cache)
     };
-    finetune(&cfg, splits.clone(), &reference, Start::Fresh, false).unwrap();
+    let reference_run = finetune(&cfg, splits.clone(), &reference, Start::Fresh, false).unwrap();
     // The default recipe of `pixclass segment finetune`.
     let fixed = tmp.path().join("default");
     let cfg = SegTrainConfig {
@@ -144,9 +149,15 @@ fn reference_soft_iou_collapses_and_the_default_recipe_does_not() {
         scores.iou_fg > flower,
         "{scores:?} vs flower fraction {flower}"
     );
-    // The reference recipe ends predicting flower everywhere.
-    let r = frac(&reference);
-    assert!(r > 0.98, "reference recipe: {r} foreground");
+    // The reference recipe ends predicting flower everywhere: its last
+    // epoch's pixel accuracy is the flower fraction (its best checkpoint
+    // may be the untrained epoch 0).
+    let last = reference_run.record.epochs.last().unwrap();
+    let acc = last.get("val_pixel_acc").unwrap();
+    assert!(
+        (acc - flower).abs() < 0.02,
+        "reference recipe's last epoch: pixel accuracy {acc} vs flower fraction {flower}"
+    );
 }
 
 #[test]
@@ -309,4 +320,96 @@ fn zero_shot_scores_equal_a_hand_computed_confusion_matrix() {
     assert_eq!(rec.epochs[0].epoch, 0);
     assert_eq!(rec.epochs[0].get("val_iou_fg"), Some(m.iou_fg));
     assert!(tmp.path().join("predictions_epoch_00.png").is_file());
+}
+
+#[test]
+fn class_init_starts_at_the_zero_shot_score() {
+    use pixclass_models::segment::SegModelKind;
+    use pixclass_train::segment::{voc_class, zero_shot, ZeroShotConfig};
+    let tmp = tempfile::tempdir().unwrap();
+    let class = voc_class("pottedplant").unwrap();
+    // The native 257: at 64 px the pretrained model finds no plant.
+    let base = SegTrainConfig {
+        limit: Some(8),
+        preprocess: Preprocess {
+            size: 257,
+            ..Preprocess::default()
+        },
+        ..small(Loss::Ce, &tmp.path().join("cache"))
+    };
+    let zs = ZeroShotConfig {
+        model: SegModelKind::Deeplabv3Mobilenetv2Voc,
+        weights: None,
+        class,
+        preprocess: base.preprocess,
+        limit: base.limit,
+        skip_bad: false,
+        device: DeviceKind::Cpu,
+        data: String::new(),
+        data_dir: None,
+    };
+    let reference = zero_shot(&zs, splits(), &tmp.path().join("zs"), Start::Fresh).unwrap();
+    let want = &reference.record.epochs[0];
+    assert!(want.get("val_iou_fg").unwrap() > 0.0);
+    // Raw and standardised features: the head is the pretrained rows'
+    // function either way (standardisation folded into its start).
+    for feature_norm in [false, true] {
+        let cfg = SegTrainConfig {
+            head_init: "class:potted plant".parse().unwrap(),
+            feature_norm,
+            epochs: 1,
+            ..base.clone()
+        };
+        assert_eq!(cfg.head_init, pixclass_train::segment::HeadInit::Class(class));
+        let dir = tmp.path().join(format!("class-{feature_norm}"));
+        let run = finetune(&cfg, splits(), &dir, Start::Fresh, false).unwrap();
+        let got = &run.record.epochs[0];
+        assert_eq!(got.epoch, 0);
+        for m in ["val_miou_thr", "val_iou_fg", "val_miou", "val_pixel_acc"] {
+            let (g, w) = (got.get(m).unwrap(), want.get(m).unwrap());
+            assert!(
+                (g - w).abs() < 1e-9,
+                "feature_norm {feature_norm}: {m} {g} at epoch 0 vs zero-shot {w}"
+            );
+        }
+        // Saved and read back as text.
+        let saved: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(dir.join("config.json")).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(saved["head_init"], "class:pottedplant");
+    }
+    assert!("class:unicorn".parse::<pixclass_train::segment::HeadInit>().is_err());
+    assert!("zeros".parse::<pixclass_train::segment::HeadInit>().is_err());
+}
+
+#[test]
+fn the_mobilenet_is_fine_tuned_at_its_native_257() {
+    let cfg = SegTrainConfig::default();
+    assert_eq!(cfg.preprocess.size, 257);
+    assert_eq!(SegTrainConfig::reference().preprocess.size, 257);
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = SegTrainConfig {
+        epochs: 1,
+        limit: Some(8),
+        train_batch_size: 8,
+        cache: FeatureCache::Disk,
+        cache_dir: Some(tmp.path().join("cache")),
+        ..SegTrainConfig::default()
+    };
+    let dir = tmp.path().join("run");
+    finetune(&cfg, splits(), &dir, Start::Fresh, false).unwrap();
+    // The cached features are the model's 33x33 grid of a 257 input
+    // (output stride 8, align_corners: (257 - 1) / 8 + 1).
+    let cached = std::fs::read_dir(tmp.path().join("cache/deeplabv3-mobilenetv2-voc"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let t = candle_core::safetensors::load(&cached, &candle_core::Device::Cpu).unwrap();
+    let dims: Vec<Vec<usize>> = t.values().map(|v| v.dims().to_vec()).collect();
+    assert!(dims.iter().any(|d| d.ends_with(&[256, 33, 33])), "{dims:?}");
+    let img = image::open(dir.join("predictions_epoch_01.png")).unwrap();
+    assert_eq!(img.width(), 4 * (257 + 4) + 4);
 }

@@ -257,6 +257,8 @@ pub fn train_colouriser(
         resume,
         best: None,
         progress,
+        // Epoch by epoch like the study (its curves start after epoch 1).
+        eval_first: false,
         warmup_steps: 0,
         record,
     };

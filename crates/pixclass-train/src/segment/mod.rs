@@ -64,10 +64,10 @@ pub enum FeatureCache {
     Disk,
 }
 
-/// How the new 2-class head starts.
+/// How the new 2-class head starts (`torch`, `prior` or `class:NAME|ID`;
+/// saved in `config.json` as that text).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
-#[serde(rename_all = "lowercase")]
+#[serde(into = "String", try_from = "String")]
 pub enum HeadInit {
     /// PyTorch's default `Conv2d` init (the reference).
     Torch,
@@ -75,6 +75,58 @@ pub enum HeadInit {
     /// (`log(p / (1 - p))` for the foreground logit): the first prediction
     /// is the prior everywhere, so no pixel starts saturated.
     Prior,
+    /// The pretrained 21-class classifier's rows of background and this VOC
+    /// class (1..=20): before any step the head predicts exactly what
+    /// zero-shot evaluation of that class does ([`zero_shot()`]), and
+    /// fine-tuning starts from there.
+    Class(usize),
+}
+
+impl std::fmt::Display for HeadInit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HeadInit::Torch => f.write_str("torch"),
+            HeadInit::Prior => f.write_str("prior"),
+            HeadInit::Class(k) => {
+                let label = pixclass_models::mobilenet::VOC_LABELS
+                    .get(*k)
+                    .copied()
+                    .unwrap_or("?");
+                write!(f, "class:{}", label.replace([' ', '/'], ""))
+            }
+        }
+    }
+}
+
+impl std::str::FromStr for HeadInit {
+    type Err = crate::TrainError;
+
+    /// `torch`, `prior`, or `class:NAME|ID` (a VOC class: [`voc_class`]).
+    fn from_str(s: &str) -> crate::Result<Self> {
+        match s.trim() {
+            "torch" => Ok(HeadInit::Torch),
+            "prior" => Ok(HeadInit::Prior),
+            other => match other.strip_prefix("class:") {
+                Some(name) => Ok(HeadInit::Class(voc_class(name)?)),
+                None => Err(crate::TrainError::Config(format!(
+                    "--head-init {other:?}: expected torch, prior or class:NAME|ID (a VOC class, e.g. class:pottedplant)"
+                ))),
+            },
+        }
+    }
+}
+
+impl From<HeadInit> for String {
+    fn from(h: HeadInit) -> String {
+        h.to_string()
+    }
+}
+
+impl TryFrom<String> for HeadInit {
+    type Error = crate::TrainError;
+    fn try_from(s: String) -> crate::Result<Self> {
+        s.parse()
+    }
 }
 
 /// Everything that defines a fine-tuning run (saved as `config.json`).
@@ -183,7 +235,11 @@ impl SegTrainConfig {
             frozen_mode: FrozenMode::Eval,
             cache: FeatureCache::Memory,
             cache_dir: None,
-            preprocess: Preprocess::default(),
+            // The model's own side (257 for this one), not the study's 224.
+            preprocess: Preprocess {
+                size: SegModelKind::Deeplabv3Mobilenetv2Voc.finetune_size(),
+                ..Preprocess::default()
+            },
             limit: None,
             skip_bad: false,
             device: DeviceKind::Cpu,

@@ -54,9 +54,9 @@ pub fn metric_specs() -> Vec<MetricSpec> {
 pub struct SegTask {
     backbone: SegBackbone,
     head: SegHead,
-    /// The head's `feature_mean`/`feature_std` buffers, set from the
-    /// training features before the first step (when standardising).
-    pending_stats: Option<(candle_core::Var, candle_core::Var)>,
+    /// The head's standardisation buffers, set from the training features
+    /// before the first evaluation or step (when standardising).
+    pending_stats: Option<PendingStats>,
     /// The stacked features of the whole validation split, once computed.
     val_all: Option<Tensor>,
     train: SegSet,
@@ -65,6 +65,17 @@ pub struct SegTask {
     val_store: FeatureStore,
     cfg: SegTrainConfig,
     device: Device,
+}
+
+/// The head's `feature_mean`/`feature_std` buffers, still to be set from
+/// the training split's features.
+struct PendingStats {
+    mean: candle_core::Var,
+    std: candle_core::Var,
+    /// With `--head-init class:..`: the head's weight and bias, to be
+    /// rescaled so that the standardised head computes the pretrained rows'
+    /// function (`W·s`, `b + W·m`).
+    fold: Option<(candle_core::Var, candle_core::Var)>,
 }
 
 /// Images shown in the prediction panels.
@@ -136,6 +147,27 @@ impl SegTask {
         Ok((soft + (ce * self.cfg.ce_weight)?)?)
     }
 
+    /// Sets the standardisation buffers from the training features, once.
+    fn apply_pending_stats(&mut self) -> Result<()> {
+        let Some(p) = self.pending_stats.take() else {
+            return Ok(());
+        };
+        let (m, s) = self.feature_stats()?;
+        p.mean.set(&m)?;
+        p.std.set(&s)?;
+        if let Some((w, b)) = p.fold {
+            // W·(f - m)/s' + b' = W0·f + b0 with W = W0·s, b = b0 + W0·m.
+            let w0 = w.as_tensor().clone();
+            let (o, c) = (w0.dim(0)?, w0.dim(1)?);
+            let w0 = w0.reshape((o, c))?;
+            let shift = w0.matmul(&m.reshape((c, 1))?)?.reshape(o)?;
+            b.set(&(b.as_tensor() + shift)?)?;
+            let scaled = w0.broadcast_mul(&s.reshape((1, c))?)?;
+            w.set(&scaled.reshape((o, c, 1, 1))?)?;
+        }
+        Ok(())
+    }
+
     fn epoch_order(&self, epoch: usize) -> Vec<usize> {
         let mut order: Vec<usize> = (0..self.train.len()).collect();
         let mut rng = ChaCha8Rng::seed_from_u64(
@@ -175,11 +207,7 @@ impl TrainTask for SegTask {
     }
 
     fn train_loss(&mut self, epoch: usize, batch: usize) -> Result<Tensor> {
-        if let Some((mean, std)) = self.pending_stats.take() {
-            let (m, s) = self.feature_stats()?;
-            mean.set(&m)?;
-            std.set(&s)?;
-        }
+        self.apply_pending_stats()?;
         let bs = self.cfg.train_batch_size;
         let order = self.epoch_order(epoch);
         let idx = &order[batch * bs..(batch + 1) * bs];
@@ -194,6 +222,7 @@ impl TrainTask for SegTask {
     }
 
     fn evaluate(&mut self) -> Result<Metrics> {
+        self.apply_pending_stats()?;
         let n = self.val.len();
         let mut loss_sum = 0.0;
         let mut score_sum = 0.0;
@@ -347,17 +376,26 @@ fn build_head(
         cfg.feature_norm,
         vb.pp("head"),
     )?;
-    if cfg.head_init == HeadInit::Prior {
-        let p = train.foreground_fraction().clamp(1e-4, 1.0 - 1e-4);
-        let logit = (p / (1.0 - p)).ln() as f32;
+    let set = |weight: &Tensor, bias: &Tensor| -> Result<()> {
         for (name, var) in trainable_vars(&varmap) {
-            let t = var.as_tensor();
-            let v = if name.ends_with("bias") {
-                Tensor::new(&[0f32, logit], device)?
-            } else {
-                t.zeros_like()?
-            };
-            var.set(&v)?;
+            var.set(if name.ends_with("bias") { bias } else { weight })?;
+        }
+        Ok(())
+    };
+    match cfg.head_init {
+        HeadInit::Torch => {}
+        HeadInit::Prior => {
+            let p = train.foreground_fraction().clamp(1e-4, 1.0 - 1e-4);
+            let logit = (p / (1.0 - p)).ln() as f32;
+            let c = backbone.feature_channels();
+            set(
+                &Tensor::zeros((2, c, 1, 1), DType::F32, device)?,
+                &Tensor::new(&[0f32, logit], device)?,
+            )?;
+        }
+        HeadInit::Class(k) => {
+            let (w, b) = backbone.classifier_rows(&[0, k])?;
+            set(&w.to_dtype(DType::F32)?, &b.to_dtype(DType::F32)?)?;
         }
     }
     Ok((varmap, head))
@@ -439,8 +477,16 @@ pub fn finetune(
             .data()
             .lock()
             .map_err(|_| TrainError::Config("varmap poisoned".into()))?;
-        match (data.get("head.feature_mean"), data.get("head.feature_std")) {
-            (Some(m), Some(s)) => Some((m.clone(), s.clone())),
+        let get = |n: &str| data.get(n).cloned();
+        match (get("head.feature_mean"), get("head.feature_std")) {
+            (Some(mean), Some(std)) => Some(PendingStats {
+                mean,
+                std,
+                fold: match (cfg.head_init, get("head.weight"), get("head.bias")) {
+                    (HeadInit::Class(_), Some(w), Some(b)) => Some((w, b)),
+                    _ => None,
+                },
+            }),
             _ => None,
         }
     } else {
@@ -482,6 +528,7 @@ pub fn finetune(
         resume,
         best: Some(VAL_MIOU_THR.into()),
         progress,
+        eval_first: true,
         warmup_steps: cfg.warmup_steps,
         record,
     };

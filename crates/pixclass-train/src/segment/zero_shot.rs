@@ -31,7 +31,7 @@ pub fn voc_class(name_or_id: &str) -> Result<usize> {
         in_range("--class", id, 1, VOC_LABELS.len() - 1)?;
         return Ok(id);
     }
-    let norm = |s: &str| s.to_lowercase().replace([' ', '_', '-'], "");
+    let norm = |s: &str| s.to_lowercase().replace([' ', '_', '-', '/'], "");
     VOC_LABELS
         .iter()
         .position(|l| norm(l) == norm(name_or_id))
