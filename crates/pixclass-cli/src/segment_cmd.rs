@@ -10,6 +10,7 @@ use pixclass_models::segment::{SegBackbone, SegModelKind};
 use pixclass_train::adam::AdamConfig;
 use pixclass_train::segment::task::{VAL_IOU_FG, VAL_MIOU, VAL_MIOU_THR};
 use pixclass_train::segment::{self, FeatureCache, FrozenMode, HeadInit, SegTrainConfig};
+use pixclass_train::engine::LrSchedule;
 use pixclass_train::{select_device, DeviceKind};
 
 use pixclass_data::SegSource;
@@ -23,8 +24,8 @@ pub struct SegDataArgs {
     #[command(flatten)]
     data: DataArgs,
     /// Side of the square the images and masks are resized to, 32..=1024
-    /// (default: the model's: 257 for the MobileNet model, the study's 224
-    /// for the ResNets).
+    /// (default: the MobileNet model's native 257, upsampled to 385 by the
+    /// default fine-tuning recipe; the study's 224 for the ResNets).
     #[arg(long)]
     size: Option<u32>,
     /// Mask resizing: bilinear then threshold (the reference) or nearest.
@@ -45,8 +46,8 @@ pub struct SegDataArgs {
 }
 
 impl SegDataArgs {
-    /// The preprocessing for `model` (its default side unless `--size`).
-    fn preprocess(&self, model: SegModelKind) -> Result<Preprocess> {
+    /// The preprocessing, at `default_size` unless `--size`.
+    fn preprocess(&self, default_size: u32) -> Result<Preprocess> {
         let c: Vec<u8> = self
             .fg_colour
             .split(',')
@@ -65,7 +66,7 @@ impl SegDataArgs {
             );
         };
         Ok(Preprocess {
-            size: self.size.unwrap_or(model.finetune_size()),
+            size: self.size.unwrap_or(default_size),
             mask_resize: self.mask_resize,
             rule: MaskRule {
                 colour: [r, g, b],
@@ -163,12 +164,13 @@ pub struct FinetuneArgs {
     /// Loss.
     #[arg(long, value_enum, default_value = "ce")]
     loss: Loss,
-    /// Learning rate of Adam, in (0, 10].
-    #[arg(long, default_value_t = 0.05)]
-    lr: f64,
-    /// Training batch, 1..=4096 (the last partial batch is dropped).
-    #[arg(long, default_value_t = 128)]
-    train_batch_size: usize,
+    /// Learning rate of Adam, in (0, 10] (default: 0.01; --reference: 0.05).
+    #[arg(long)]
+    lr: Option<f64>,
+    /// Training batch, 1..=4096; the last partial batch is dropped
+    /// (default: 16; --reference: 128).
+    #[arg(long)]
+    train_batch_size: Option<usize>,
     /// Validation batch (1..=4096).
     #[arg(long, default_value_t = 256)]
     val_batch_size: usize,
@@ -208,9 +210,12 @@ pub struct FinetuneArgs {
     /// Linear learning-rate warm-up steps (default: 0).
     #[arg(long)]
     warmup_steps: Option<u64>,
-    /// Everything exactly as the reference (PyTorch head init on raw
-    /// features, the pure soft loss: --ce-weight 0);
-    /// explicit options still win.
+    /// Learning-rate schedule over the run's steps (default: the recipe's).
+    #[arg(long, value_enum)]
+    lr_schedule: Option<LrSchedule>,
+    /// Everything exactly as the reference (batch 128, lr 0.05 constant,
+    /// PyTorch head init on raw features, the pure soft loss: --ce-weight 0;
+    /// the model's native size); explicit options still win.
     #[arg(long)]
     reference: bool,
     /// Device.
@@ -245,22 +250,23 @@ impl FinetuneArgs {
             weights: resolve_weights(kind, self.weights.as_deref())?,
             loss: self.loss,
             adam: AdamConfig {
-                lr: self.lr,
+                lr: self.lr.unwrap_or(base.adam.lr),
                 ..AdamConfig::default()
             },
             warmup_steps: self.warmup_steps.unwrap_or(base.warmup_steps),
+            lr_schedule: self.lr_schedule.unwrap_or(base.lr_schedule),
             ce_warmup_epochs: self.ce_warmup_epochs.unwrap_or(base.ce_warmup_epochs),
             ce_weight: self.ce_weight.unwrap_or(base.ce_weight),
             head_init,
             feature_norm: self.feature_norm.unwrap_or(base.feature_norm),
-            train_batch_size: self.train_batch_size,
+            train_batch_size: self.train_batch_size.unwrap_or(base.train_batch_size),
             val_batch_size: self.val_batch_size,
             epochs: self.epochs,
             seed: self.seed,
             frozen_mode: self.frozen_mode,
             cache: self.cache,
             cache_dir: self.cache_dir.clone(),
-            preprocess: self.data.preprocess(kind)?,
+            preprocess: self.data.preprocess(SegTrainConfig::default_size(kind, self.reference))?,
             limit: self.data.limit,
             skip_bad: self.data.skip_bad,
             device: self.device,
@@ -292,7 +298,19 @@ const SEG_OPTIONS: resume::OptionMap = &[
     ("ce_warmup_epochs", &["/ce_warmup_epochs"]),
     ("ce_weight", &["/ce_weight"]),
     ("warmup_steps", &["/warmup_steps"]),
-    ("reference", &["/head_init", "/feature_norm", "/ce_weight"]),
+    ("lr_schedule", &["/lr_schedule"]),
+    (
+        "reference",
+        &[
+            "/head_init",
+            "/feature_norm",
+            "/ce_weight",
+            "/adam/lr",
+            "/train_batch_size",
+            "/lr_schedule",
+            "/preprocess/size",
+        ],
+    ),
     ("device", &["/device"]),
     ("size", &["/preprocess/size"]),
     ("mask_resize", &["/preprocess/mask_resize"]),
@@ -372,7 +390,7 @@ pub fn run(cmd: SegmentCmd, progress: bool, matches: Option<&clap::ArgMatches>) 
                     model: kind,
                     weights: resolve_weights(kind, weights.as_deref())?,
                     class,
-                    preprocess: data.preprocess(kind)?,
+                    preprocess: data.preprocess(kind.finetune_size())?,
                     limit: data.limit,
                     skip_bad: data.skip_bad,
                     device,

@@ -46,6 +46,49 @@ pub trait TrainTask {
     fn set_rng_state(&mut self, _state: u64) {}
 }
 
+/// How the learning rate moves over the run's steps (on top of any
+/// warm-up); `T` is the run's steps (epochs × batches per epoch), `t` the
+/// step, from 0.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
+#[serde(rename_all = "kebab-case")]
+pub enum LrSchedule {
+    /// The configured rate throughout (the study).
+    #[default]
+    Constant,
+    /// Cosine decay from the rate towards 0: `lr · (1 + cos(π t / T)) / 2`.
+    Cosine,
+    /// PyTorch's `OneCycleLR` defaults: cosine rise from `lr / 25` to `lr`
+    /// over the first 30 % of the steps, then cosine decay to `lr / 25e4`.
+    OneCycle,
+}
+
+impl LrSchedule {
+    /// The factor of the base rate at step `t` (0-based) of `total`.
+    pub fn factor(self, t: u64, total: u64) -> f64 {
+        let cos = |from: f64, to: f64, frac: f64| {
+            to + (from - to) * (1.0 + (std::f64::consts::PI * frac.clamp(0.0, 1.0)).cos()) / 2.0
+        };
+        let total = total.max(1) as f64;
+        let t = t as f64;
+        match self {
+            LrSchedule::Constant => 1.0,
+            LrSchedule::Cosine => cos(1.0, 0.0, t / total),
+            LrSchedule::OneCycle => {
+                // torch: phase ends at pct·T - 1 and T - 1 (steps from 0).
+                let up = (0.3 * total - 1.0).max(1.0);
+                let start = 1.0 / 25.0;
+                if t <= up {
+                    cos(start, 1.0, t / up)
+                } else {
+                    let down = (total - 1.0 - up).max(1.0);
+                    cos(1.0, start / 1e4, (t - up) / down)
+                }
+            }
+        }
+    }
+}
+
 /// Settings of [`fit`].
 #[derive(Debug, Clone)]
 pub struct FitConfig {
@@ -69,6 +112,8 @@ pub struct FitConfig {
     /// Linear learning-rate warm-up over the first steps (0: none): step
     /// `t` (1-based) uses `lr · min(1, t / warmup_steps)`.
     pub warmup_steps: u64,
+    /// The learning-rate schedule over the run's steps.
+    pub schedule: LrSchedule,
     /// The run record to keep up to date in `out_dir/run.json` (task,
     /// label, configuration, data); the loop fills in the metrics, epochs,
     /// best epoch and status.
@@ -291,9 +336,15 @@ fn fit_epochs(
                 });
             }
             let grads = loss.backward()?;
-            if cfg.warmup_steps > 0 {
-                let t = (adam.steps() + 1) as f64;
-                adam.set_lr(cfg.adam.lr * (t / cfg.warmup_steps as f64).min(1.0));
+            if cfg.warmup_steps > 0 || cfg.schedule != LrSchedule::Constant {
+                let t = adam.steps();
+                let warm = if cfg.warmup_steps > 0 {
+                    ((t + 1) as f64 / cfg.warmup_steps as f64).min(1.0)
+                } else {
+                    1.0
+                };
+                let total = (cfg.epochs * nb) as u64;
+                adam.set_lr(cfg.adam.lr * warm * cfg.schedule.factor(t, total));
             }
             adam.step(&grads)?;
             sum += value;

@@ -124,6 +124,7 @@ fn cfg(dir: &Path, epochs: usize, resume: bool) -> FitConfig {
         progress: false,
         eval_first: false,
         warmup_steps: 0,
+        schedule: Default::default(),
         record: RunRecord::new(
             "toy",
             "toy",

@@ -33,6 +33,9 @@ fn small(loss: Loss, cache_dir: &Path) -> SegTrainConfig {
         },
         cache: FeatureCache::Disk,
         cache_dir: Some(cache_dir.to_path_buf()),
+        // A constant rate, so a 1-epoch run extended to 2 equals a 2-epoch
+        // run (a cosine's horizon is the run's epochs).
+        lr_schedule: pixclass_train::engine::LrSchedule::Constant,
         ..SegTrainConfig::default()
     }
 }
@@ -229,7 +232,7 @@ fn cache_on_disk_equals_recomputing_and_resume_matches() {
     // Resuming with other settings is refused.
     let other = SegTrainConfig {
         adam: pixclass_train::adam::AdamConfig {
-            lr: 0.01,
+            lr: 0.02,
             ..Default::default()
         },
         ..small(Loss::Ce, &cache)
@@ -385,9 +388,11 @@ fn class_init_starts_at_the_zero_shot_score() {
 
 #[test]
 fn the_mobilenet_is_fine_tuned_at_its_native_257() {
-    let cfg = SegTrainConfig::default();
-    assert_eq!(cfg.preprocess.size, 257);
-    assert_eq!(SegTrainConfig::reference().preprocess.size, 257);
+    // The reference recipe at the model's native side; the default recipe
+    // upsamples to 385.
+    let reference = SegTrainConfig::reference();
+    assert_eq!(reference.preprocess.size, 257);
+    assert_eq!(SegTrainConfig::default().preprocess.size, 385);
     let tmp = tempfile::tempdir().unwrap();
     let cfg = SegTrainConfig {
         epochs: 1,
@@ -395,7 +400,7 @@ fn the_mobilenet_is_fine_tuned_at_its_native_257() {
         train_batch_size: 8,
         cache: FeatureCache::Disk,
         cache_dir: Some(tmp.path().join("cache")),
-        ..SegTrainConfig::default()
+        ..reference
     };
     let dir = tmp.path().join("run");
     finetune(&cfg, splits(), &dir, Start::Fresh, false).unwrap();

@@ -20,7 +20,7 @@ use super::{palette_for, prepare_data, ColourTrainConfig};
 use pixclass_runs::{RunDir, Start};
 
 use crate::device::select_device;
-use crate::engine::{fit, new_record, FitConfig, TrainTask};
+use crate::engine::{LrSchedule, fit, new_record, FitConfig, TrainTask};
 use crate::error::Result;
 use crate::plot::{save_png, tile_grid};
 use crate::run_dir::{check_resume, write_config};
@@ -260,6 +260,7 @@ pub fn train_colouriser(
         // Epoch by epoch like the study (its curves start after epoch 1).
         eval_first: false,
         warmup_steps: 0,
+        schedule: LrSchedule::Constant,
         record,
     };
     let record = fit(&mut task, &varmap, trainable, &fit_cfg)?;

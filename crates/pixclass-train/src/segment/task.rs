@@ -530,6 +530,7 @@ pub fn finetune(
         progress,
         eval_first: true,
         warmup_steps: cfg.warmup_steps,
+        schedule: cfg.lr_schedule,
         record,
     };
     let record = fit(&mut task, &varmap, trainable, &fit_cfg)?;
