@@ -57,9 +57,28 @@ fn train_reload_evaluate_round_trip_with_a_partial_last_batch() {
     assert_eq!(train.len(), 150);
     assert_eq!(train.num_batches(64), 3);
     assert_eq!(val.len(), 100);
-    let m = evaluate_split(&loaded.net, &val, cfg.batch_size, &Device::Cpu).unwrap();
+    let m = evaluate_split(
+        &loaded.net,
+        &val,
+        &palette,
+        cfg.batch_size,
+        &pixclass_train::colourize::Decoding::default(),
+        &Device::Cpu,
+    )
+    .unwrap();
     let (loss, acc) = (m.get(VAL_LOSS).unwrap(), m.get(VAL_ACC).unwrap());
     let last = &rows[1];
+    // Every colour measure of the last epoch, recomputed from the saved run.
+    for name in [
+        "val_balanced_acc",
+        "val_rgb_error",
+        "val_psnr",
+        "val_colourfulness",
+        "val_colourfulness_truth",
+    ] {
+        let (a, b) = (m.get(name).unwrap(), last.get(name).unwrap());
+        assert!((a - b).abs() < 1e-6 * b.abs().max(1.0), "{name}: {a} vs {b}");
+    }
     let (want_loss, want_acc) = (last.get(VAL_LOSS).unwrap(), last.get(VAL_ACC).unwrap());
     assert!((loss - want_loss).abs() < 1e-6, "{loss} vs {want_loss}");
     assert!((acc - want_acc).abs() < 1e-9, "{acc} vs {want_acc}");

@@ -20,6 +20,7 @@
 //! building one (a GPU machine without a Rust toolchain, say).
 
 mod bench;
+mod colour_recipe;
 mod crosscheck;
 mod part_d;
 mod report;

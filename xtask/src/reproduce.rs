@@ -366,6 +366,18 @@ pub fn run(args: &ReproduceArgs) -> Result<()> {
         }
     }
     writeln!(md, "\n![sweep](sweep/sweep.png)\n")?;
+    // Colourization beyond the study (issue 22).
+    let colour_plan = crate::colour_recipe::Plan {
+        data_args: &mode.data_args,
+        epochs: mode.quick.then_some(mode.epochs),
+        device: &device,
+        reference: PARTS_A
+            .iter()
+            .map(|(name, display, ..)| (*display, out.join("colourize").join(name)))
+            .collect(),
+    };
+    let (colour_md, colour_json) = crate::colour_recipe::run(&bin, &out, &colour_plan)?;
+    md.push_str(&colour_md);
     // Part D: segmentation.
     let plan = crate::part_d::plan(&data_dir, quick, &device);
     let (seg_md, seg_json, seg_failures) = crate::part_d::run(&bin, &out, &plan, full)?;
@@ -385,7 +397,7 @@ pub fn run(args: &ReproduceArgs) -> Result<()> {
     }
     std::fs::write(out.join("report.md"), &md)?;
     verify_report(&out, &md, &results, &sweep)?;
-    let results_json = json!({"data": mode.data_note, "quick": mode.quick, "device": device, "machine": machine(), "colourization": results, "batch_size_study": sweep, "segmentation": seg_json, "seconds": total, "failures": failures});
+    let results_json = json!({"data": mode.data_note, "quick": mode.quick, "device": device, "machine": machine(), "colourization": results, "batch_size_study": sweep, "colour_recipe": colour_json, "segmentation": seg_json, "seconds": total, "failures": failures});
     std::fs::write(
         out.join("results.json"),
         serde_json::to_string_pretty(&results_json)?,

@@ -7,7 +7,10 @@ use clap::{Args, Subcommand, ValueEnum};
 use pixclass_data::RngScheme;
 use pixclass_models::{ColourModelKind, ColourNet, ColourNetConfig};
 use pixclass_train::adam::AdamConfig;
-use pixclass_train::colourize::{self, ColourTrainConfig, VAL_ACC, VAL_LOSS};
+use pixclass_train::colourize::{
+    self, ColourExtras, ColourRecipe, ColourTrainConfig, DecodeKind, Decoding, VAL_ACC, VAL_LOSS,
+};
+use pixclass_train::engine::LrSchedule;
 use pixclass_train::DeviceKind;
 
 use pixclass_data::CifarSource;
@@ -25,15 +28,15 @@ pub enum Format {
 /// The network's hyperparameters.
 #[derive(Args, Clone)]
 pub struct NetArgs {
-    /// Network.
-    #[arg(long, value_enum, default_value = "pool-upsample")]
-    model: ColourModelKind,
+    /// Network (default: pool-upsample; --recipe pixclass: unet).
+    #[arg(long, value_enum)]
+    model: Option<ColourModelKind>,
     /// Kernel size k (2..=15).
     #[arg(long, default_value_t = 3)]
     kernel: usize,
-    /// NF: filters of the first block (1..=512).
-    #[arg(long, default_value_t = 32)]
-    filters: usize,
+    /// NF: filters of the first block, 1..=512 (default: 32; --recipe pixclass: 64).
+    #[arg(long)]
+    filters: Option<usize>,
     /// NC: colour classes (a reference palette: 16, 24 or 32).
     #[arg(long, default_value_t = 24)]
     colours: usize,
@@ -43,11 +46,12 @@ pub struct NetArgs {
 }
 
 impl NetArgs {
-    fn config(&self) -> ColourNetConfig {
+    /// The net, `base` supplying what was not given.
+    fn config(&self, base: &ColourNetConfig) -> ColourNetConfig {
         ColourNetConfig {
-            kind: self.model,
+            kind: self.model.unwrap_or(base.kind),
             kernel: self.kernel,
-            num_filters: self.filters,
+            num_filters: self.filters.unwrap_or(base.num_filters),
             num_colours: self.colours,
             in_channels: self.in_channels,
         }
@@ -59,15 +63,41 @@ impl NetArgs {
 pub struct TrainArgs {
     #[command(flatten)]
     net: NetArgs,
-    /// Learning rate of Adam, in (0, 10].
-    #[arg(long, default_value_t = 1e-3)]
-    lr: f64,
+    /// The recipe the other options start from: the study's (default) or
+    /// pixclass's improved one (UNet with 64 filters, flips, reshuffles, a
+    /// one-cycle schedule at lr 3e-3, 40 epochs, the best epoch kept);
+    /// explicit options still win.
+    #[arg(long, value_enum, default_value = "study")]
+    recipe: ColourRecipe,
+    /// Learning rate of Adam (peak of a one-cycle schedule), in (0, 10]
+    /// (default: 1e-3; --recipe pixclass: 3e-3).
+    #[arg(long)]
+    lr: Option<f64>,
+    /// Learning-rate schedule (default: constant; --recipe pixclass: one-cycle).
+    #[arg(long, value_enum)]
+    lr_schedule: Option<LrSchedule>,
+    /// Mirror training images left-right at random (default: off; --recipe pixclass: on).
+    #[arg(long, value_name = "BOOL")]
+    hflip: Option<bool>,
+    /// A new training order every epoch (default: off; --recipe pixclass: on).
+    #[arg(long, value_name = "BOOL")]
+    reshuffle: Option<bool>,
+    /// Keep the best epoch by validation accuracy, which eval and image then
+    /// load (default: off, the last; --recipe pixclass: on).
+    #[arg(long, value_name = "BOOL")]
+    keep_best: Option<bool>,
+    /// Class rebalancing of the training loss with prior mixing LAMBDA in
+    /// (0, 1] (Zhang et al. use 0.5; default: off).
+    #[arg(long, value_name = "LAMBDA")]
+    rebalance: Option<f64>,
+    #[command(flatten)]
+    decode: DecodeArgs,
     /// Batch size (1..=10000).
     #[arg(long, default_value_t = 100)]
     batch_size: usize,
-    /// Epochs (1..=100000).
-    #[arg(long, default_value_t = 25)]
-    epochs: usize,
+    /// Epochs, 1..=100000 (default: 25; --recipe pixclass: 40).
+    #[arg(long)]
+    epochs: Option<usize>,
     /// Seed of the shuffle and the initial weights.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -92,14 +122,24 @@ pub struct TrainArgs {
 
 impl TrainArgs {
     fn config(&self) -> ColourTrainConfig {
+        let base = ColourTrainConfig::for_recipe(self.recipe);
+        let b = base.extras;
         ColourTrainConfig {
-            model: self.net.config(),
+            model: self.net.config(&base.model),
             adam: AdamConfig {
-                lr: self.lr,
+                lr: self.lr.unwrap_or(base.adam.lr),
                 ..Default::default()
             },
             batch_size: self.batch_size,
-            epochs: self.epochs,
+            epochs: self.epochs.unwrap_or(base.epochs),
+            extras: ColourExtras {
+                hflip: self.hflip.unwrap_or(b.hflip),
+                reshuffle: self.reshuffle.unwrap_or(b.reshuffle),
+                lr_schedule: self.lr_schedule.unwrap_or(b.lr_schedule),
+                rebalance: self.rebalance.or(b.rebalance),
+                keep_best: self.keep_best.unwrap_or(b.keep_best),
+                decode: self.decode.decoding(),
+            },
             seed: self.seed,
             rng: self.rng,
             device: self.device,
@@ -107,6 +147,27 @@ impl TrainArgs {
             class: self.class,
             data: String::new(),
             data_dir: None,
+        }
+    }
+}
+
+/// How logits become colours.
+#[derive(Args, Clone)]
+pub struct DecodeArgs {
+    /// Decoding of the predicted colours: argmax (the study) or annealed-mean
+    /// (the expected colour at --temperature; Zhang et al. 2016).
+    #[arg(long, value_enum, default_value = "argmax")]
+    decode: DecodeKind,
+    /// Temperature of the annealed mean, in [0.01, 10].
+    #[arg(long, default_value_t = pixclass_train::colourize::decode::ANNEALED_T)]
+    temperature: f64,
+}
+
+impl DecodeArgs {
+    fn decoding(&self) -> Decoding {
+        Decoding {
+            kind: self.decode,
+            temperature: self.temperature,
         }
     }
 }
@@ -151,11 +212,16 @@ pub enum ColourizeCmd {
         #[arg(long, default_value = "runs/sweep")]
         out: PathBuf,
     },
-    /// Validation loss and accuracy of a saved run.
+    /// Validation loss, accuracy and colour measures of a saved run.
     Eval {
         /// Run directory.
         #[arg(long)]
         checkpoint: PathBuf,
+        #[command(flatten)]
+        decode: DecodeArgs,
+        /// Print the metrics as one JSON object (name: value) instead of text.
+        #[arg(long)]
+        json: bool,
         /// Device.
         #[arg(long, value_enum, default_value = "cpu")]
         device: DeviceKind,
@@ -176,6 +242,8 @@ pub enum ColourizeCmd {
         /// Downscale so the longer side is at most this (4..=4096).
         #[arg(long, default_value_t = 512)]
         max_side: u32,
+        #[command(flatten)]
+        decode: DecodeArgs,
         /// Device.
         #[arg(long, value_enum, default_value = "cpu")]
         device: DeviceKind,
@@ -191,6 +259,25 @@ const COLOUR_OPTIONS: resume::OptionMap = &[
     ("colours", &["/model/num_colours"]),
     ("in_channels", &["/model/in_channels"]),
     ("lr", &["/adam/lr"]),
+    ("lr_schedule", &["/extras/lr_schedule"]),
+    ("hflip", &["/extras/hflip"]),
+    ("reshuffle", &["/extras/reshuffle"]),
+    ("keep_best", &["/extras/keep_best"]),
+    ("rebalance", &["/extras/rebalance"]),
+    ("decode", &["/extras/decode/kind"]),
+    ("temperature", &["/extras/decode/temperature"]),
+    (
+        "recipe",
+        &[
+            "/model/kind",
+            "/model/num_filters",
+            "/adam/lr",
+            "/extras/lr_schedule",
+            "/extras/hflip",
+            "/extras/reshuffle",
+            "/extras/keep_best",
+        ],
+    ),
     ("batch_size", &["/batch_size"]),
     ("seed", &["/seed"]),
     ("rng", &["/rng"]),
@@ -211,7 +298,7 @@ pub fn run(cmd: ColourizeCmd, progress: bool, matches: Option<&clap::ArgMatches>
                 candle_core::DType::F32,
                 &candle_core::Device::Cpu,
             );
-            let model = ColourNet::new(net.config(), vb)?;
+            let model = ColourNet::new(net.config(&ColourNetConfig::default()), vb)?;
             let s = model.summary(size, size)?;
             match format {
                 Format::Text => print!("{}", s.to_table()),
@@ -292,6 +379,8 @@ pub fn run(cmd: ColourizeCmd, progress: bool, matches: Option<&clap::ArgMatches>
         }
         ColourizeCmd::Eval {
             checkpoint,
+            decode,
+            json,
             device,
             data,
         } => {
@@ -306,18 +395,35 @@ pub fn run(cmd: ColourizeCmd, progress: bool, matches: Option<&clap::ArgMatches>
                 model.config.seed,
                 model.config.rng,
             )?;
+            let decoding = decode.decoding();
+            decoding.validate()?;
             let m = colourize::evaluate_split(
                 &model.net,
                 &val,
+                &palette,
                 model.config.batch_size,
+                &decoding,
                 &model.device,
             )?;
-            let (loss, acc) = (
-                m.get(VAL_LOSS).context("no val_loss")?,
-                m.get(VAL_ACC).context("no val_acc")?,
-            );
+            if json {
+                let map: serde_json::Map<String, serde_json::Value> = m
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), serde_json::json!(v)))
+                    .collect();
+                println!("{}", serde_json::Value::Object(map));
+                return Ok(());
+            }
+            let v = |name: &str| m.get(name).with_context(|| format!("no {name}"));
             println!(
-                "val loss {loss:.4}, val accuracy {acc:.2} % on {} images ({})",
+                "val loss {:.4}, val accuracy {:.2} %, balanced accuracy {:.2} %; decoded by {}: RGB error {:.4}, PSNR {:.2} dB, colourfulness {:.2} (truth {:.2}) on {} images ({})",
+                v(VAL_LOSS)?,
+                v(VAL_ACC)?,
+                v(colourize::VAL_BALANCED_ACC)?,
+                decoding.describe(),
+                v(colourize::VAL_RGB_ERROR)?,
+                v(colourize::VAL_PSNR)?,
+                v(colourize::VAL_COLOURFULNESS)?,
+                v(colourize::VAL_COLOURFULNESS_TRUTH)?,
                 val.len(),
                 source.describe()
             );
@@ -328,10 +434,12 @@ pub fn run(cmd: ColourizeCmd, progress: bool, matches: Option<&clap::ArgMatches>
             input,
             output,
             max_side,
+            decode,
             device,
         } => {
             let model = colourize::load_colouriser(&checkpoint, device)?;
-            let (w, h) = colourize::colourize_image(&model, &input, &output, max_side)?;
+            let (w, h) =
+                colourize::colourize_image(&model, &input, &output, max_side, &decode.decoding())?;
             println!(
                 "colourized {} at {w}x{h} -> {}",
                 input.display(),

@@ -244,6 +244,47 @@ impl ColourSplit {
         Ok((grey, classes))
     }
 
+    /// Images `idx` (in that order) as tensors, image `k` mirrored
+    /// left-right where `flip[k]` (a missing entry: not mirrored).
+    ///
+    /// # Shapes
+    /// grey `[B, 1, 32, 32]` f32, classes `[B, 32, 32]` u32, `B = idx.len()`.
+    pub fn gather(&self, idx: &[usize], flip: &[bool], device: &Device) -> Result<(Tensor, Tensor)> {
+        if let Some(&i) = idx.iter().find(|&&i| i >= self.n) {
+            return Err(DataError::Invalid(format!(
+                "image {i} is past the end of a split of {} images",
+                self.n
+            )));
+        }
+        if idx.is_empty() {
+            return Err(DataError::Invalid("an empty batch".into()));
+        }
+        let hw = SIDE * SIDE;
+        let mut grey = Vec::with_capacity(idx.len() * hw);
+        let mut classes = Vec::with_capacity(idx.len() * hw);
+        for (k, &i) in idx.iter().enumerate() {
+            let (g, c) = (
+                &self.grey[i * hw..(i + 1) * hw],
+                &self.classes[i * hw..(i + 1) * hw],
+            );
+            if flip.get(k).copied().unwrap_or(false) {
+                for row in 0..SIDE {
+                    let r = row * SIDE..(row + 1) * SIDE;
+                    grey.extend(g[r.clone()].iter().rev());
+                    classes.extend(c[r].iter().rev());
+                }
+            } else {
+                grey.extend_from_slice(g);
+                classes.extend_from_slice(c);
+            }
+        }
+        let b = idx.len();
+        Ok((
+            Tensor::from_vec(grey, (b, 1, SIDE, SIDE), device)?,
+            Tensor::from_vec(classes, (b, SIDE, SIDE), device)?,
+        ))
+    }
+
     /// Histogram of colour classes over the whole split.
     pub fn class_histogram(&self, num_classes: usize) -> Vec<usize> {
         let mut h = vec![0usize; num_classes];

@@ -29,6 +29,52 @@ pub fn cross_entropy(logits: &Tensor, target: &Tensor) -> Result<Tensor> {
     ops::cross_entropy(logits, target)
 }
 
+/// Cross-entropy with a weight per target class: `-Σ w[y] log p_y / P`
+/// over the `P` pixels of the batch (PyTorch's `F.cross_entropy(logits,
+/// target, weight=w, reduction="sum") / P`; not divided by `Σ w[y]`, so
+/// weights normalised to mean 1 over the training pixels keep the loss's
+/// scale, as in Zhang, Isola & Efros's class rebalancing).
+///
+/// ```
+/// use candle_core::{Device, Tensor};
+/// use pixclass_metrics::loss::{cross_entropy, weighted_cross_entropy};
+/// let dev = Device::Cpu;
+/// let logits = Tensor::new(&[0.3f32, -1.0, 2.0, 0.5, 0.0, 1.0], &dev)
+///     .unwrap().reshape((1, 3, 1, 2)).unwrap();
+/// let target = Tensor::new(&[2u32, 0], &dev).unwrap().reshape((1, 1, 2)).unwrap();
+/// // Unit weights: the plain cross-entropy.
+/// let ones = Tensor::new(&[1f32, 1.0, 1.0], &dev).unwrap();
+/// let a = weighted_cross_entropy(&logits, &target, &ones).unwrap().to_scalar::<f32>().unwrap();
+/// let b = cross_entropy(&logits, &target).unwrap().to_scalar::<f32>().unwrap();
+/// assert!((a - b).abs() < 1e-6);
+/// // Weight 0 on class 0: only pixel 0 (class 2, logits 0.3, 2.0, 0.0)
+/// // counts, divided by the 2 pixels.
+/// let w = Tensor::new(&[0f32, 1.0, 1.0], &dev).unwrap();
+/// let c = weighted_cross_entropy(&logits, &target, &w).unwrap().to_scalar::<f32>().unwrap();
+/// let p2 = 0.0 - (0.3f32.exp() + 2.0f32.exp() + 0.0f32.exp()).ln();
+/// assert!((c - (-p2 / 2.0)).abs() < 1e-6);
+/// ```
+///
+/// # Shapes
+/// `logits` `[N, K, H, W]`, `target` `[N, H, W]` integer, `weights` `[K]`
+/// -> scalar.
+pub fn weighted_cross_entropy(logits: &Tensor, target: &Tensor, weights: &Tensor) -> Result<Tensor> {
+    let (n, k, h, w) = logits.dims4()?;
+    if weights.dims() != [k] {
+        candle_core::bail!(
+            "class weights have shape {:?}, expected [{k}] for {k}-class logits",
+            weights.dims()
+        );
+    }
+    let logp = ops::log_softmax(logits, 1)?;
+    let y = target.to_dtype(candle_core::DType::U32)?;
+    let picked = logp.gather(&y.reshape((n, 1, h, w))?, 1)?.flatten_all()?;
+    let wy = weights
+        .to_dtype(logp.dtype())?
+        .index_select(&y.flatten_all()?, 0)?;
+    (picked * wy)?.sum_all()?.neg()? / (n * h * w) as f64
+}
+
 /// Foreground probability and float target of a 2-class problem.
 fn fg_prob(logits: &Tensor, target: &Tensor) -> Result<(Tensor, Tensor)> {
     let (_, k, _, _) = logits.dims4()?;

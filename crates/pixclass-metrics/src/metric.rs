@@ -94,6 +94,37 @@ impl ConfusionMatrix {
         (self.total() > 0).then(|| diag as f64 / self.total() as f64)
     }
 
+    /// Recall of each class: `TP / (TP + FN)`, the fraction of its pixels
+    /// predicted right; `None` for a class absent from the truth.
+    pub fn recall(&self) -> Vec<Option<f64>> {
+        (0..self.k)
+            .map(|c| {
+                let n = self.support(c);
+                (n > 0).then(|| self.get(c, c) as f64 / n as f64)
+            })
+            .collect()
+    }
+
+    /// Class-balanced accuracy: the mean of [`ConfusionMatrix::recall`]
+    /// over the classes present in the truth (`None` when none is). Every
+    /// class counts the same however rare it is, so predicting only the
+    /// common classes scores low.
+    ///
+    /// ```
+    /// use pixclass_metrics::ConfusionMatrix;
+    /// let mut cm = ConfusionMatrix::new(3);
+    /// // 8 pixels of class 0, 2 of class 1; everything predicted as 0.
+    /// cm.add(&[0, 0, 0, 0, 0, 0, 0, 0, 1, 1], &[0; 10]);
+    /// assert_eq!(cm.pixel_accuracy(), Some(0.8));
+    /// // Recall 1 for class 0, 0 for class 1; class 2 is absent.
+    /// assert_eq!(cm.recall(), vec![Some(1.0), Some(0.0), None]);
+    /// assert_eq!(cm.balanced_accuracy(), Some(0.5));
+    /// ```
+    pub fn balanced_accuracy(&self) -> Option<f64> {
+        let r: Vec<f64> = self.recall().into_iter().flatten().collect();
+        (!r.is_empty()).then(|| r.iter().sum::<f64>() / r.len() as f64)
+    }
+
     /// IoU of each class: `TP / (TP + FP + FN)`; `None` for a class that is
     /// neither present nor predicted.
     pub fn iou(&self) -> Vec<Option<f64>> {

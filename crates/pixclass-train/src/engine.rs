@@ -152,7 +152,17 @@ pub fn write_curves(
             .collect(),
     }];
     let mut others = Vec::new();
+    // The validation panel shares one axis: the metrics in the unit of the
+    // first non-loss one (e.g. the accuracies in %); the rest are in
+    // metrics.csv and run.json.
+    let unit = specs
+        .iter()
+        .find(|s| !s.name.contains("loss"))
+        .map(|s| s.unit.clone());
     for s in specs {
+        if !s.name.contains("loss") && Some(&s.unit) != unit.as_ref() {
+            continue;
+        }
         let series = Series {
             label: s.name.clone(),
             points: rows

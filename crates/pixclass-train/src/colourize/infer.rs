@@ -10,6 +10,7 @@ use pixclass_models::init::seeded_var_builder;
 use pixclass_models::ColourNet;
 
 use super::task::{grey_tiles, to_rgb_tiles};
+use super::decode::Decoding;
 use super::{palette_for, ColourTrainConfig};
 use crate::checkpoint;
 use crate::device::{select_device, DeviceKind};
@@ -27,11 +28,17 @@ pub struct LoadedColouriser {
     pub device: Device,
 }
 
-/// Loads the latest checkpoint of a run directory onto `device`.
+/// Loads a run directory's weights onto `device`: the best epoch's when the
+/// run kept it (`keep_best`), else the latest.
 pub fn load_colouriser(dir: &Path, device: DeviceKind) -> Result<LoadedColouriser> {
     let config: ColourTrainConfig = read_json(&dir.join("config.json"))?;
     let device = select_device(device, 0)?;
-    let path = dir.join(checkpoint::LATEST);
+    let best = dir.join(checkpoint::BEST);
+    let path = if config.extras.keep_best && best.is_file() {
+        best
+    } else {
+        dir.join(checkpoint::LATEST)
+    };
     let loaded = checkpoint::load(&path)?;
     let varmap = VarMap::new();
     let net = ColourNet::new(
@@ -48,13 +55,16 @@ pub fn load_colouriser(dir: &Path, device: DeviceKind) -> Result<LoadedColourise
 
 /// Colourizes a photo of any size: grey = mean of R, G, B (1/256 scale),
 /// cropped to a multiple of 4 (and first downscaled so its longer side is at
-/// most `max_side`); writes grey input and result side by side.
+/// most `max_side`); writes grey input and result (decoded by `decoding`)
+/// side by side.
 pub fn colourize_image(
     model: &LoadedColouriser,
     input: &Path,
     output: &Path,
     max_side: u32,
+    decoding: &Decoding,
 ) -> Result<(u32, u32)> {
+    decoding.validate()?;
     let bad = |r: String| TrainError::Plot {
         path: input.to_path_buf(),
         reason: r,
@@ -95,12 +105,10 @@ pub fn colourize_image(
     }
     let x = Tensor::from_vec(grey, (1, 1, h as usize, w as usize), &model.device)?;
     let logits = model.net.forward_t(&x, false)?;
-    let pred = logits
-        .argmax(1)?
-        .to_dtype(DType::U32)?
-        .to_device(&Device::Cpu)?;
     let palette = palette_for(&model.config.model)?;
-    let rgb = palette.classes_to_rgb(&pred)?;
+    let rgb = decoding
+        .decode(&logits, &palette)?
+        .to_device(&Device::Cpu)?;
     let tiles = vec![vec![
         grey_tiles(&x)?.remove(0),
         to_rgb_tiles(&rgb)?.remove(0),

@@ -10,17 +10,22 @@ use image::{Rgb, RgbImage};
 
 use pixclass_data::cifar::CifarSource;
 use pixclass_data::{ColourSplit, Palette, RngScheme};
-use pixclass_metrics::{correct_pixels, cross_entropy};
+use pixclass_metrics::colour::{mean_colourfulness, ColourError};
+use pixclass_metrics::loss::weighted_cross_entropy;
+use pixclass_metrics::{cross_entropy, ConfusionMatrix};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
 use pixclass_models::init::{seeded_var_builder, torch_var_builder};
 use pixclass_models::layers::trainable_vars;
 use pixclass_models::ColourNet;
 use pixclass_runs::{DataProvenance, MetricSpec, Metrics, RunRecord};
 
-use super::{palette_for, prepare_data, ColourTrainConfig};
+use super::decode::Decoding;
+use super::{palette_for, prepare_data, ColourExtras, ColourTrainConfig};
 use pixclass_runs::{RunDir, Start};
 
 use crate::device::select_device;
-use crate::engine::{LrSchedule, fit, new_record, FitConfig, TrainTask};
+use crate::engine::{fit, new_record, FitConfig, TrainTask};
 use crate::error::Result;
 use crate::plot::{save_png, tile_grid};
 use crate::run_dir::{check_resume, write_config};
@@ -29,16 +34,35 @@ use crate::run_dir::{check_resume, write_config};
 pub const VAL_LOSS: &str = "val_loss";
 /// Validation accuracy: percent of pixels whose colour class is right.
 pub const VAL_ACC: &str = "val_acc";
+/// Class-balanced accuracy: the mean over the colours of their recall, %.
+pub const VAL_BALANCED_ACC: &str = "val_balanced_acc";
+/// Mean Euclidean RGB distance of the decoded image to the true full-colour
+/// one per pixel (1/256 scale).
+pub const VAL_RGB_ERROR: &str = "val_rgb_error";
+/// PSNR of the decoded image against the true one (peak 1 on the 1/256
+/// scale), dB.
+pub const VAL_PSNR: &str = "val_psnr";
+/// Mean Hasler-Süsstrunk colourfulness of the decoded images.
+pub const VAL_COLOURFULNESS: &str = "val_colourfulness";
+/// The same of the true full-colour images (a constant of the split).
+pub const VAL_COLOURFULNESS_TRUTH: &str = "val_colourfulness_truth";
 
 /// The metrics of a colourization run, in column order.
 pub fn metric_specs() -> Vec<MetricSpec> {
     vec![
         MetricSpec::minimise(VAL_LOSS, "validation loss", 4),
         MetricSpec::maximise(VAL_ACC, "validation accuracy", 2).with_unit("%"),
+        MetricSpec::maximise(VAL_BALANCED_ACC, "class-balanced accuracy", 2).with_unit("%"),
+        MetricSpec::minimise(VAL_RGB_ERROR, "RGB error", 4),
+        MetricSpec::maximise(VAL_PSNR, "PSNR", 2).with_unit("dB"),
+        MetricSpec::maximise(VAL_COLOURFULNESS, "colourfulness", 2).with_unit("cf"),
+        MetricSpec::maximise(VAL_COLOURFULNESS_TRUTH, "colourfulness of the truth", 2)
+            .with_unit("cf"),
     ]
 }
 
-/// The training task of the study.
+/// The training task of the study (and of the recipes beyond it:
+/// [`ColourExtras`]).
 pub struct ColourTask {
     net: ColourNet,
     train: ColourSplit,
@@ -46,6 +70,10 @@ pub struct ColourTask {
     palette: Palette,
     batch_size: usize,
     device: Device,
+    extras: ColourExtras,
+    seed: u64,
+    /// Per-colour weights of the training loss (rebalancing), `[K]`.
+    weights: Option<Tensor>,
 }
 
 impl ColourTask {
@@ -65,7 +93,52 @@ impl ColourTask {
             palette,
             batch_size: batch_size.max(1),
             device,
+            extras: ColourExtras::default(),
+            seed: 0,
+            weights: None,
         }
+    }
+
+    /// With the options beyond the study: flips and reshuffles drawn from
+    /// `seed`, the rebalancing weights computed from the training split.
+    pub fn with_extras(mut self, extras: ColourExtras, seed: u64) -> Result<Self> {
+        self.extras = extras;
+        self.seed = seed;
+        self.weights = match extras.rebalance {
+            Some(lambda) => {
+                let k = self.palette.len();
+                let w = rebalance_weights(&self.train.class_histogram(k), lambda);
+                Some(Tensor::from_vec(
+                    w.iter().map(|&v| v as f32).collect::<Vec<_>>(),
+                    k,
+                    &self.device,
+                )?)
+            }
+            None => None,
+        };
+        Ok(self)
+    }
+
+    /// The training images of batch `batch` of `epoch` and their flips.
+    fn batch_plan(&self, epoch: usize, batch: usize) -> (Vec<usize>, Vec<bool>) {
+        let n = self.train.len();
+        let bs = self.batch_size;
+        let mut rng = ChaCha8Rng::seed_from_u64(
+            self.seed ^ (epoch as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15),
+        );
+        let mut order: Vec<usize> = (0..n).collect();
+        if self.extras.reshuffle {
+            use rand::seq::SliceRandom;
+            order.shuffle(&mut rng);
+        }
+        let flips: Vec<bool> = (0..n)
+            .map(|_| self.extras.hflip && rng.random::<bool>())
+            .collect();
+        let range = batch * bs..((batch + 1) * bs).min(n);
+        (
+            order[range.clone()].to_vec(),
+            range.map(|k| flips[k]).collect(),
+        )
     }
 
     /// The network.
@@ -74,29 +147,82 @@ impl ColourTask {
     }
 }
 
+/// Per-colour weights of Zhang et al.'s class rebalancing from a class
+/// histogram of the training pixels: `w_c ∝ 1 / ((1 - lambda) p_c +
+/// lambda / K)`, scaled so that their mean over the training pixels,
+/// `Σ p_c w_c`, is 1.
+pub fn rebalance_weights(histogram: &[usize], lambda: f64) -> Vec<f64> {
+    let k = histogram.len().max(1) as f64;
+    let total = histogram.iter().sum::<usize>().max(1) as f64;
+    let p: Vec<f64> = histogram.iter().map(|&c| c as f64 / total).collect();
+    let raw: Vec<f64> = p
+        .iter()
+        .map(|&pc| 1.0 / ((1.0 - lambda) * pc + lambda / k))
+        .collect();
+    let mean: f64 = p.iter().zip(&raw).map(|(a, b)| a * b).sum();
+    raw.iter().map(|w| w / mean.max(1e-300)).collect()
+}
+
 /// The validation metrics of `net` on `split` in eval mode: [`VAL_LOSS`]
-/// (mean of per-batch mean losses) and [`VAL_ACC`] (percent of pixels).
+/// (mean of per-batch mean losses, unweighted), [`VAL_ACC`] (percent of
+/// pixels), [`VAL_BALANCED_ACC`] (mean per-colour recall, %), and the
+/// colour measures of the images decoded with `decoding` against the true
+/// full-colour images: [`VAL_RGB_ERROR`], [`VAL_PSNR`],
+/// [`VAL_COLOURFULNESS`] (and [`VAL_COLOURFULNESS_TRUTH`] of the truth).
 pub fn evaluate_split(
     net: &ColourNet,
     split: &ColourSplit,
+    palette: &Palette,
     batch_size: usize,
+    decoding: &Decoding,
     device: &Device,
 ) -> Result<Metrics> {
     let nb = split.num_batches(batch_size);
-    let (mut loss_sum, mut correct, mut total) = (0.0, 0u64, 0u64);
+    let k = palette.len();
+    let hw = IMAGE_HW;
+    let mut loss_sum = 0.0;
+    let mut cm = ConfusionMatrix::new(k);
+    let mut err = ColourError::default();
+    let (mut cf_pred, mut cf_truth, mut images) = (0.0, 0.0, 0usize);
     for b in 0..nb {
-        let (x, y) = split.batch(b * batch_size, batch_size, device)?;
+        let start = b * batch_size;
+        let (x, y) = split.batch(start, batch_size, device)?;
         let logits = net.forward_t(&x, false)?;
         loss_sum += cross_entropy(&logits, &y)?
             .to_dtype(DType::F64)?
             .to_scalar::<f64>()?;
-        correct += correct_pixels(&logits, &y)?;
-        total += y.elem_count() as u64;
+        cm.add_logits(&logits, &y)?;
+        let rgb: Vec<f32> = decoding
+            .decode(&logits, palette)?
+            .to_device(&Device::Cpu)?
+            .flatten_all()?
+            .to_vec1()?;
+        let n = y.dim(0)?;
+        let truth: Vec<f32> = (start..start + n)
+            .flat_map(|i| split.image_bytes(i).iter().map(|&v| f32::from(v) / 256.0))
+            .collect();
+        err.add(&rgb, &truth, hw);
+        cf_pred += mean_colourfulness(&rgb, hw) * n as f64;
+        cf_truth += mean_colourfulness(&truth, hw) * n as f64;
+        images += n;
     }
+    let pct = |v: Option<f64>, what: &str| {
+        v.map(|v| 100.0 * v)
+            .ok_or_else(|| crate::TrainError::Config(format!("the validation split has no {what}")))
+    };
+    let images = images.max(1) as f64;
     Ok(Metrics::new()
         .with(VAL_LOSS, loss_sum / nb as f64)
-        .with(VAL_ACC, 100.0 * correct as f64 / total as f64))
+        .with(VAL_ACC, pct(cm.pixel_accuracy(), "pixels")?)
+        .with(VAL_BALANCED_ACC, pct(cm.balanced_accuracy(), "pixels")?)
+        .with(VAL_RGB_ERROR, err.mean_distance().unwrap_or(f64::NAN))
+        .with(VAL_PSNR, err.psnr().unwrap_or(f64::NAN))
+        .with(VAL_COLOURFULNESS, cf_pred / images)
+        .with(VAL_COLOURFULNESS_TRUTH, cf_truth / images))
 }
+
+/// Pixels per image.
+const IMAGE_HW: usize = pixclass_data::cifar::SIDE * pixclass_data::cifar::SIDE;
 
 pub(super) fn to_rgb_tiles(rgb: &Tensor) -> Result<Vec<RgbImage>> {
     // [N, 3, H, W] f32 on the 1/256 scale.
@@ -124,28 +250,49 @@ pub(super) fn grey_tiles(grey: &Tensor) -> Result<Vec<RgbImage>> {
     to_rgb_tiles(&rgb)
 }
 
-/// Writes a strip of the first `n` images of `split`: grey input, true
-/// quantised colours, predicted colours (one row each).
+/// The rows of [`write_samples`], top to bottom.
+pub const SAMPLE_ROWS: [&str; 5] = [
+    "grey input",
+    "true colours",
+    "true palette colours",
+    "argmax",
+    "annealed mean",
+];
+
+/// Writes a strip of the first `n` images of `split`, one row each: grey
+/// input, the true full colours, the true palette colours, the prediction
+/// decoded by argmax (the study) and by the annealed mean at `temperature`
+/// ([`SAMPLE_ROWS`]).
 pub fn write_samples(
     path: &Path,
     net: &ColourNet,
     split: &ColourSplit,
     palette: &Palette,
     n: usize,
+    temperature: f64,
     device: &Device,
 ) -> Result<()> {
     let (x, y) = split.batch(0, n, device)?;
     let logits = net.forward_t(&x, false)?;
-    let pred = logits
-        .argmax(1)?
-        .to_dtype(DType::U32)?
-        .to_device(&Device::Cpu)?;
+    let argmax = Decoding::default().decode(&logits, palette)?;
+    let annealed = Decoding {
+        temperature,
+        ..Decoding::annealed()
+    }
+    .decode(&logits, palette)?;
     let truth = palette.classes_to_rgb(&y.to_device(&Device::Cpu)?)?;
-    let predicted = palette.classes_to_rgb(&pred)?;
+    let k = y.dim(0)?;
+    let full: Vec<f32> = (0..k)
+        .flat_map(|i| split.image_bytes(i).iter().map(|&v| f32::from(v) / 256.0))
+        .collect();
+    let side = pixclass_data::cifar::SIDE;
+    let full = Tensor::from_vec(full, (k, 3, side, side), &Device::Cpu)?;
     let rows = vec![
         grey_tiles(&x)?,
+        to_rgb_tiles(&full)?,
         to_rgb_tiles(&truth)?,
-        to_rgb_tiles(&predicted)?,
+        to_rgb_tiles(&argmax)?,
+        to_rgb_tiles(&annealed)?,
     ];
     save_png(&tile_grid(&rows, 3, 2), path)
 }
@@ -159,16 +306,31 @@ impl TrainTask for ColourTask {
         self.train.num_batches(self.batch_size)
     }
 
-    fn train_loss(&mut self, _epoch: usize, batch: usize) -> Result<Tensor> {
-        let (x, y) = self
-            .train
-            .batch(batch * self.batch_size, self.batch_size, &self.device)?;
+    fn train_loss(&mut self, epoch: usize, batch: usize) -> Result<Tensor> {
+        let (x, y) = if self.extras.hflip || self.extras.reshuffle {
+            let (idx, flips) = self.batch_plan(epoch, batch);
+            self.train.gather(&idx, &flips, &self.device)?
+        } else {
+            // The study: one fixed order, no augmentation.
+            self.train
+                .batch(batch * self.batch_size, self.batch_size, &self.device)?
+        };
         let logits = self.net.forward_t(&x, true)?;
-        Ok(cross_entropy(&logits, &y)?)
+        Ok(match &self.weights {
+            Some(w) => weighted_cross_entropy(&logits, &y, w)?,
+            None => cross_entropy(&logits, &y)?,
+        })
     }
 
     fn evaluate(&mut self) -> Result<Metrics> {
-        evaluate_split(&self.net, &self.val, self.batch_size, &self.device)
+        evaluate_split(
+            &self.net,
+            &self.val,
+            &self.palette,
+            self.batch_size,
+            &self.extras.decode,
+            &self.device,
+        )
     }
 
     fn after_epoch(&mut self, epoch: usize, out_dir: &Path) -> Result<()> {
@@ -179,6 +341,7 @@ impl TrainTask for ColourTask {
             &self.val,
             &self.palette,
             n,
+            self.extras.decode.temperature,
             &self.device,
         )
     }
@@ -243,7 +406,8 @@ pub fn train_colouriser(
         embedded: matches!(source, CifarSource::Embedded),
     };
     let data_seconds = data_t0.elapsed().as_secs_f64();
-    let mut task = ColourTask::new(net, train, val, palette, cfg.batch_size, device);
+    let mut task = ColourTask::new(net, train, val, palette, cfg.batch_size, device)
+        .with_extras(cfg.extras, cfg.seed)?;
     let label = format!(
         "{} (batch {})",
         cfg.model.kind.display_name(),
@@ -255,12 +419,12 @@ pub fn train_colouriser(
         adam: cfg.adam,
         out_dir: out_dir.to_path_buf(),
         resume,
-        best: None,
+        best: cfg.extras.keep_best.then(|| VAL_ACC.to_string()),
         progress,
         // Epoch by epoch like the study (its curves start after epoch 1).
         eval_first: false,
         warmup_steps: 0,
-        schedule: LrSchedule::Constant,
+        schedule: cfg.extras.lr_schedule,
         record,
     };
     let record = fit(&mut task, &varmap, trainable, &fit_cfg)?;
