@@ -77,7 +77,10 @@ fn train_reload_evaluate_round_trip_with_a_partial_last_batch() {
         "val_colourfulness_truth",
     ] {
         let (a, b) = (m.get(name).unwrap(), last.get(name).unwrap());
-        assert!((a - b).abs() < 1e-6 * b.abs().max(1.0), "{name}: {a} vs {b}");
+        assert!(
+            (a - b).abs() < 1e-6 * b.abs().max(1.0),
+            "{name}: {a} vs {b}"
+        );
     }
     let (want_loss, want_acc) = (last.get(VAL_LOSS).unwrap(), last.get(VAL_ACC).unwrap());
     assert!((loss - want_loss).abs() < 1e-6, "{loss} vs {want_loss}");

@@ -49,13 +49,24 @@ fn eval(bin: &Path, dir: &Path, data_args: &[String], decode: &str) -> Result<Va
         }
     }
     let out = Command::new(bin)
-        .args(["--quiet", "colourize", "eval", "--json", "--decode", decode, "--checkpoint"])
+        .args([
+            "--quiet",
+            "colourize",
+            "eval",
+            "--json",
+            "--decode",
+            decode,
+            "--checkpoint",
+        ])
         .arg(dir)
         .args(&data)
         .stderr(std::process::Stdio::inherit())
         .output()?;
     if !out.status.success() {
-        bail!("pixclass colourize eval --checkpoint {} failed", dir.display());
+        bail!(
+            "pixclass colourize eval --checkpoint {} failed",
+            dir.display()
+        );
     }
     serde_json::from_slice(&out.stdout).context("colourize eval --json printed no JSON")
 }
@@ -65,8 +76,11 @@ fn get(v: &Value, name: &str) -> f64 {
 }
 
 fn from_epoch(e: &EpochRecord) -> Value {
-    let m: serde_json::Map<String, Value> =
-        e.metrics.iter().map(|(k, v)| (k.to_string(), json!(v))).collect();
+    let m: serde_json::Map<String, Value> = e
+        .metrics
+        .iter()
+        .map(|(k, v)| (k.to_string(), json!(v)))
+        .collect();
     Value::Object(m)
 }
 
@@ -87,7 +101,10 @@ fn cells(m: &Value) -> String {
 pub fn run(bin: &Path, out: &Path, plan: &Plan) -> Result<(String, Value)> {
     let root = out.join("colour-recipe");
     let mut md = String::new();
-    writeln!(md, "## Colourization beyond the study: measures of colour and an improved recipe\n")?;
+    writeln!(
+        md,
+        "## Colourization beyond the study: measures of colour and an improved recipe\n"
+    )?;
     writeln!(
         md,
         "Beside pixel accuracy: **balanced** = class-balanced accuracy (mean over the 24 colours of their recall, %); \
@@ -141,9 +158,14 @@ pub fn run(bin: &Path, out: &Path, plan: &Plan) -> Result<(String, Value)> {
         .find(|(n, _)| *n == "UNet")
         .context("the reference UNet run")?;
     let unet_rec = RunRecord::read(&unet.1)?;
-    let unet_last = unet_rec.last().context("the reference UNet has no epochs")?;
+    let unet_last = unet_rec
+        .last()
+        .context("the reference UNet has no epochs")?;
     let unet_secs = unet_rec.train_seconds();
-    writeln!(md, "### The reference UNet against pixclass's recipe (argmax decoding)\n")?;
+    writeln!(
+        md,
+        "### The reference UNet against pixclass's recipe (argmax decoding)\n"
+    )?;
     writeln!(md, "| run | epochs | epoch scored | pixel acc (%) | balanced (%) | RGB error | PSNR (dB) | colour ratio | wall time (s) | x reference |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")?;
     let unet_m = from_epoch(unet_last);
     writeln!(
@@ -157,10 +179,18 @@ pub fn run(bin: &Path, out: &Path, plan: &Plan) -> Result<(String, Value)> {
     let mut by_tag = std::collections::HashMap::new();
     for (what, tag, flags) in variants {
         let dir = root.join(tag);
-        let mut a: Vec<String> = ["--quiet", "colourize", "train", "--recipe", "pixclass", "--device", plan.device]
-            .into_iter()
-            .map(String::from)
-            .collect();
+        let mut a: Vec<String> = [
+            "--quiet",
+            "colourize",
+            "train",
+            "--recipe",
+            "pixclass",
+            "--device",
+            plan.device,
+        ]
+        .into_iter()
+        .map(String::from)
+        .collect();
         if let Some(e) = &epochs {
             a.extend(["--epochs".to_string(), e.clone()]);
         }
@@ -183,11 +213,17 @@ pub fn run(bin: &Path, out: &Path, plan: &Plan) -> Result<(String, Value)> {
             "| {what} | {} | {}{} | {} | {secs:.0} | {:.1} |",
             rec.last().map_or(0, |e| e.epoch),
             kept.epoch,
-            if rec.best.is_some() { " (best)" } else { " (last)" },
+            if rec.best.is_some() {
+                " (best)"
+            } else {
+                " (last)"
+            },
             cells(&m),
             secs / unet_secs
         )?;
-        rows.push(json!({"run": what, "tag": tag, "epoch": kept.epoch, "metrics": m, "seconds": secs}));
+        rows.push(
+            json!({"run": what, "tag": tag, "epoch": kept.epoch, "metrics": m, "seconds": secs}),
+        );
         if tag == "pixclass" {
             // Keeping the best epoch changes no training: the same run,
             // scored at its last epoch.
@@ -214,7 +250,10 @@ pub fn run(bin: &Path, out: &Path, plan: &Plan) -> Result<(String, Value)> {
     let runs = [
         ("reference UNet", unet.1.clone()),
         ("pixclass recipe", by_tag["pixclass"].0.clone()),
-        ("pixclass + rebalancing", by_tag["pixclass-rebalance"].0.clone()),
+        (
+            "pixclass + rebalancing",
+            by_tag["pixclass-rebalance"].0.clone(),
+        ),
     ];
     for (name, dir) in &runs {
         for decode in ["argmax", "annealed-mean"] {
@@ -235,7 +274,10 @@ pub fn run(bin: &Path, out: &Path, plan: &Plan) -> Result<(String, Value)> {
         .unwrap_or(f64::NAN);
     let time_x = by_tag["pixclass"].2 / unet_secs;
     writeln!(md, "### Against the targets\n")?;
-    writeln!(md, "| measure | reference UNet | pixclass | target | met |\n|---|---:|---:|---:|---|")?;
+    writeln!(
+        md,
+        "| measure | reference UNet | pixclass | target | met |\n|---|---:|---:|---:|---|"
+    )?;
     let yes = |b: bool| if b { "yes" } else { "**no**" };
     writeln!(
         md,

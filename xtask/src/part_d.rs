@@ -369,7 +369,9 @@ pub fn run(
 
     // Issue 19's targets for the default recipe.
     let get = |m: &std::collections::HashMap<(String, &str), f64>, loss: &str| {
-        m.get(&("default".to_string(), loss)).copied().unwrap_or(f64::NAN)
+        m.get(&("default".to_string(), loss))
+            .copied()
+            .unwrap_or(f64::NAN)
     };
     writeln!(
         md,
@@ -377,12 +379,27 @@ pub fn run(
         plan.seeds.len(),
         plan.epochs
     )?;
-    writeln!(md, "| measure | value | target | met |\n|---|---:|---:|---|")?;
+    writeln!(
+        md,
+        "| measure | value | target | met |\n|---|---:|---:|---|"
+    )?;
     let mut target_json = Vec::new();
     for (what, v, t) in [
-        ("cross-entropy, best thresholded mIOU", get(&medians, "ce"), 0.50),
-        ("soft IoU, best thresholded mIOU", get(&medians, "iou"), 0.50),
-        ("cross-entropy, foreground IoU", get(&fg_medians, "ce"), 0.75),
+        (
+            "cross-entropy, best thresholded mIOU",
+            get(&medians, "ce"),
+            0.50,
+        ),
+        (
+            "soft IoU, best thresholded mIOU",
+            get(&medians, "iou"),
+            0.50,
+        ),
+        (
+            "cross-entropy, foreground IoU",
+            get(&fg_medians, "ce"),
+            0.75,
+        ),
         ("soft IoU, foreground IoU", get(&fg_medians, "iou"), 0.75),
     ] {
         let met = if v >= t { "yes" } else { "**no**" };
@@ -552,7 +569,10 @@ fn size_study(
 ) -> Result<(String, Value)> {
     const SIZES: [u32; 3] = [224, 257, 385];
     let mut md = String::new();
-    writeln!(md, "### Input size: the study's 224, the model's native 257, the default's 385 (seed 0)\n")?;
+    writeln!(
+        md,
+        "### Input size: the study's 224, the model's native 257, the default's 385 (seed 0)\n"
+    )?;
     writeln!(md, "Best validation thresholded mIOU / foreground IoU; **bold** = the recipe's default size.\n")?;
     writeln!(
         md,
@@ -615,7 +635,10 @@ fn zero_shot_study(
 ) -> Result<(String, Value, Vec<String>)> {
     let mut md = String::new();
     let mut failures = Vec::new();
-    writeln!(md, "### Zero-shot baseline: the VOC model's \"potted plant\" vs the rest\n")?;
+    writeln!(
+        md,
+        "### Zero-shot baseline: the VOC model's \"potted plant\" vs the rest\n"
+    )?;
     writeln!(
         md,
         "| model | input | thresholded mIOU | foreground IoU | mIoU | pixel acc |\n|---|---:|---:|---:|---:|---:|"
@@ -666,7 +689,9 @@ fn zero_shot_study(
         "class:pottedplant",
     ];
     let class_run = finetune(bin, plan, &dir, &extra)?;
-    let start = class_run.start().context("class-init run without epoch 0")?;
+    let start = class_run
+        .start()
+        .context("class-init run without epoch 0")?;
     let b = class_run.best()?;
     writeln!(
         md,
@@ -733,20 +758,21 @@ fn recipe_ablations(
     main: &[MainRun],
 ) -> Result<(String, Value)> {
     let mut md = String::new();
-    writeln!(md, "### The default recipe, one part at a time (cross-entropy, seed 0)\n")?;
+    writeln!(
+        md,
+        "### The default recipe, one part at a time (cross-entropy, seed 0)\n"
+    )?;
     writeln!(
         md,
         "| variant | thresholded mIOU (best epoch) | foreground IoU | mIoU |\n|---|---:|---:|---:|"
     )?;
     let mut rows = Vec::new();
     let own = main_run(main, "default", "ce").context("default CE run")?;
-    let mut variants: Vec<(&str, &str, Vec<&str>)> = vec![
-        (
-            "without the cosine decay (`--lr-schedule constant`)",
-            "constant-lr",
-            vec!["--lr-schedule", "constant"],
-        ),
-    ];
+    let mut variants: Vec<(&str, &str, Vec<&str>)> = vec![(
+        "without the cosine decay (`--lr-schedule constant`)",
+        "constant-lr",
+        vec!["--lr-schedule", "constant"],
+    )];
     if plan.batch.is_none() {
         variants.insert(
             0,
@@ -789,6 +815,9 @@ fn recipe_ablations(
         )?;
         rows.push(json!({"variant": what, "miou_thr": val(b, THR), "iou_fg": val(b, IOU_FG), "best_epoch": b.epoch}));
     }
-    writeln!(md, "\nAt the native 257 instead of 385: the size table above.\n")?;
+    writeln!(
+        md,
+        "\nAt the native 257 instead of 385: the size table above.\n"
+    )?;
     Ok((md, json!(rows)))
 }

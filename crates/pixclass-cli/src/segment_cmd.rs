@@ -8,9 +8,9 @@ use pixclass_data::segment::{MaskResize, MaskRule, Preprocess, SegSet, SegSplits
 use pixclass_metrics::Loss;
 use pixclass_models::segment::{SegBackbone, SegModelKind};
 use pixclass_train::adam::AdamConfig;
+use pixclass_train::engine::LrSchedule;
 use pixclass_train::segment::task::{VAL_IOU_FG, VAL_MIOU, VAL_MIOU_THR};
 use pixclass_train::segment::{self, FeatureCache, FrozenMode, HeadInit, SegTrainConfig};
-use pixclass_train::engine::LrSchedule;
 use pixclass_train::{select_device, DeviceKind};
 
 use pixclass_data::SegSource;
@@ -266,7 +266,9 @@ impl FinetuneArgs {
             frozen_mode: self.frozen_mode,
             cache: self.cache,
             cache_dir: self.cache_dir.clone(),
-            preprocess: self.data.preprocess(SegTrainConfig::default_size(kind, self.reference))?,
+            preprocess: self
+                .data
+                .preprocess(SegTrainConfig::default_size(kind, self.reference))?,
             limit: self.data.limit,
             skip_bad: self.data.skip_bad,
             device: self.device,

@@ -133,7 +133,7 @@ fn short_training_run_learns_and_writes_every_output() {
         .collect();
     assert_eq!(
         csv.lines().next().unwrap(),
-        "epoch,train_loss,val_loss,val_acc,seconds"
+        "epoch,train_loss,val_loss,val_acc,val_balanced_acc,val_rgb_error,val_psnr,val_colourfulness,val_colourfulness_truth,seconds"
     );
     assert!(rows[1][1] < rows[0][1], "train loss must fall: {csv}");
     assert!(rows.iter().all(|r| r.iter().all(|v| v.is_finite())));
@@ -143,9 +143,10 @@ fn short_training_run_learns_and_writes_every_output() {
     assert_eq!(cfg["model"]["kind"], "unet");
     // The reference program's random streams by default.
     assert_eq!(cfg["rng"], "torch");
-    // The samples strip: 3 rows x 10 images of 32 px scaled x3.
+    // The samples strip: 5 rows (grey, truth, palette truth, argmax,
+    // annealed mean) x 10 images of 32 px scaled x3.
     let img = image::open(out.join("samples_epoch_02.png")).unwrap();
-    assert_eq!((img.width(), img.height()), (10 * 98 + 2, 3 * 98 + 2));
+    assert_eq!((img.width(), img.height()), (10 * 98 + 2, 5 * 98 + 2));
 
     // eval reproduces the last epoch's validation numbers.
     let e = ok(&[

@@ -249,7 +249,12 @@ impl ColourSplit {
     ///
     /// # Shapes
     /// grey `[B, 1, 32, 32]` f32, classes `[B, 32, 32]` u32, `B = idx.len()`.
-    pub fn gather(&self, idx: &[usize], flip: &[bool], device: &Device) -> Result<(Tensor, Tensor)> {
+    pub fn gather(
+        &self,
+        idx: &[usize],
+        flip: &[bool],
+        device: &Device,
+    ) -> Result<(Tensor, Tensor)> {
         if let Some(&i) = idx.iter().find(|&&i| i >= self.n) {
             return Err(DataError::Invalid(format!(
                 "image {i} is past the end of a split of {} images",

@@ -58,7 +58,11 @@ pub fn cross_entropy(logits: &Tensor, target: &Tensor) -> Result<Tensor> {
 /// # Shapes
 /// `logits` `[N, K, H, W]`, `target` `[N, H, W]` integer, `weights` `[K]`
 /// -> scalar.
-pub fn weighted_cross_entropy(logits: &Tensor, target: &Tensor, weights: &Tensor) -> Result<Tensor> {
+pub fn weighted_cross_entropy(
+    logits: &Tensor,
+    target: &Tensor,
+    weights: &Tensor,
+) -> Result<Tensor> {
     let (n, k, h, w) = logits.dims4()?;
     if weights.dims() != [k] {
         candle_core::bail!(

@@ -10,8 +10,7 @@ use pixclass_runs::{RunRecord, Start};
 use pixclass_train::colourize::task::rebalance_weights;
 use pixclass_train::colourize::{
     load_colouriser, prepare_data, train_colouriser, ColourRecipe, ColourTrainConfig, Decoding,
-    VAL_ACC, VAL_BALANCED_ACC, VAL_COLOURFULNESS, VAL_COLOURFULNESS_TRUTH, VAL_PSNR,
-    VAL_RGB_ERROR,
+    VAL_ACC, VAL_BALANCED_ACC, VAL_COLOURFULNESS, VAL_COLOURFULNESS_TRUTH, VAL_PSNR, VAL_RGB_ERROR,
 };
 use pixclass_train::DeviceKind;
 
@@ -44,7 +43,11 @@ fn rebalancing_weights_have_mean_one_and_favour_rare_colours() {
 
 #[test]
 fn annealed_mean_is_the_expected_colour_and_tends_to_argmax() {
-    let palette = Palette::new(vec![[1.0, 0.0, 0.0], [0.0, 0.5, 0.0], [0.0, 0.0, 0.25]], None).unwrap();
+    let palette = Palette::new(
+        vec![[1.0, 0.0, 0.0], [0.0, 0.5, 0.0], [0.0, 0.0, 0.25]],
+        None,
+    )
+    .unwrap();
     let dev = Device::Cpu;
     let logits = Tensor::new(&[1.0f32, 0.0, -1.0], &dev)
         .unwrap()
@@ -132,8 +135,14 @@ fn the_recipe_options_run_end_to_end_and_keep_the_best_epoch() {
     cfg.model.num_filters = 8;
     cfg.extras.rebalance = Some(0.5);
     cfg.extras.decode = Decoding::annealed();
-    let run = train_colouriser(&cfg, &CifarSource::Embedded, dir.path(), Start::Fresh, false)
-        .unwrap();
+    let run = train_colouriser(
+        &cfg,
+        &CifarSource::Embedded,
+        dir.path(),
+        Start::Fresh,
+        false,
+    )
+    .unwrap();
     let rec = RunRecord::read(dir.path()).unwrap();
     assert_eq!(rec.epochs.len(), 3);
     let best = rec.best.as_ref().unwrap();
@@ -177,8 +186,14 @@ fn the_recipe_options_run_end_to_end_and_keep_the_best_epoch() {
     assert_eq!(img.height(), 5 * (96 + 2) + 2);
     // An out-of-range rebalancing is refused before any work.
     cfg.extras.rebalance = Some(1.5);
-    let err = train_colouriser(&cfg, &CifarSource::Embedded, &dir.path().join("x"), Start::Fresh, false)
-        .err()
-        .unwrap();
+    let err = train_colouriser(
+        &cfg,
+        &CifarSource::Embedded,
+        &dir.path().join("x"),
+        Start::Fresh,
+        false,
+    )
+    .err()
+    .unwrap();
     assert!(err.to_string().contains("--rebalance"), "{err}");
 }

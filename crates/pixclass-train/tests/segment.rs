@@ -363,7 +363,10 @@ fn class_init_starts_at_the_zero_shot_score() {
             epochs: 1,
             ..base.clone()
         };
-        assert_eq!(cfg.head_init, pixclass_train::segment::HeadInit::Class(class));
+        assert_eq!(
+            cfg.head_init,
+            pixclass_train::segment::HeadInit::Class(class)
+        );
         let dir = tmp.path().join(format!("class-{feature_norm}"));
         let run = finetune(&cfg, splits(), &dir, Start::Fresh, false).unwrap();
         let got = &run.record.epochs[0];
@@ -376,14 +379,17 @@ fn class_init_starts_at_the_zero_shot_score() {
             );
         }
         // Saved and read back as text.
-        let saved: serde_json::Value = serde_json::from_str(
-            &std::fs::read_to_string(dir.join("config.json")).unwrap(),
-        )
-        .unwrap();
+        let saved: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap())
+                .unwrap();
         assert_eq!(saved["head_init"], "class:pottedplant");
     }
-    assert!("class:unicorn".parse::<pixclass_train::segment::HeadInit>().is_err());
-    assert!("zeros".parse::<pixclass_train::segment::HeadInit>().is_err());
+    assert!("class:unicorn"
+        .parse::<pixclass_train::segment::HeadInit>()
+        .is_err());
+    assert!("zeros"
+        .parse::<pixclass_train::segment::HeadInit>()
+        .is_err());
 }
 
 #[test]

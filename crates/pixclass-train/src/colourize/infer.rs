@@ -9,8 +9,8 @@ use candle_nn::VarMap;
 use pixclass_models::init::seeded_var_builder;
 use pixclass_models::ColourNet;
 
-use super::task::{grey_tiles, to_rgb_tiles};
 use super::decode::Decoding;
+use super::task::{grey_tiles, to_rgb_tiles};
 use super::{palette_for, ColourTrainConfig};
 use crate::checkpoint;
 use crate::device::{select_device, DeviceKind};

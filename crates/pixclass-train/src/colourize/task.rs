@@ -13,12 +13,12 @@ use pixclass_data::{ColourSplit, Palette, RngScheme};
 use pixclass_metrics::colour::{mean_colourfulness, ColourError};
 use pixclass_metrics::loss::weighted_cross_entropy;
 use pixclass_metrics::{cross_entropy, ConfusionMatrix};
-use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha8Rng;
 use pixclass_models::init::{seeded_var_builder, torch_var_builder};
 use pixclass_models::layers::trainable_vars;
 use pixclass_models::ColourNet;
 use pixclass_runs::{DataProvenance, MetricSpec, Metrics, RunRecord};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
 
 use super::decode::Decoding;
 use super::{palette_for, prepare_data, ColourExtras, ColourTrainConfig};
