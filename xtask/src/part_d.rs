@@ -722,10 +722,17 @@ fn zero_shot_study(
         val(pb, ACC)
     )?;
     let (zs_thr, zs_fg) = (zs[1].1, zs[1].2);
-    let same = (val(start, THR) - zs_thr).abs() < 1e-9 && (val(start, IOU_FG) - zs_fg).abs() < 1e-9;
+    // The fine-tuning run scores cached features through the standardised head, the zero-shot run
+    // the full forward: the same logits up to float rounding, which can flip a pixel whose two
+    // logits tie. 1e-5 of the foreground IoU is a few hundred of the 31 M validation pixels.
+    let gap = (val(start, THR) - zs_thr)
+        .abs()
+        .max((val(start, IOU_FG) - zs_fg).abs());
+    let same = gap < 1e-5;
     writeln!(
         md,
-        "Epoch 0 of the class-initialised head {} the zero-shot score at the same size: the head is the \
+        "Epoch 0 of the class-initialised head {} the zero-shot score at the same size (largest gap {gap:.1e}, \
+         float rounding on near-tied pixels): the head is the \
          pretrained classifier's background and potted-plant rows (`segment eval --model M --class NAME` \
          scores a pixel as that class when its logit beats background's). Flowers are not VOC potted plants, \
          so here fine-tuning gains {:+.3} foreground IoU over zero-shot.\n",

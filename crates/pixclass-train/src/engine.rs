@@ -216,7 +216,9 @@ fn bar(n: usize, epoch: usize, epochs: usize, show: bool) -> ProgressBar {
 /// The best epoch of `rows` by `spec` (the first on ties).
 fn best_of(spec: &MetricSpec, rows: &[EpochRecord]) -> Option<BestEpoch> {
     rows.iter().fold(None, |best: Option<BestEpoch>, r| {
-        let v = r.get(&spec.name)?;
+        let Some(v) = r.get(&spec.name) else {
+            return best;
+        };
         match best {
             Some(b) if !spec.better(v, b.value) => Some(b),
             _ => Some(BestEpoch {
@@ -240,8 +242,11 @@ pub fn fit(
     std::fs::create_dir_all(&cfg.out_dir).map_err(|e| TrainError::io(&cfg.out_dir, e))?;
     let mut record = cfg.record.clone();
     record.metrics = task.metrics();
-    let result = fit_epochs(task, varmap, trainable, cfg, &mut record);
-    if let Err(e) = &result {
+    let mut started = false;
+    let result = fit_epochs(task, varmap, trainable, cfg, &mut record, &mut started);
+    // A run refused before it starts (a bad resume) leaves the record that
+    // is there as it was: a finished run is not marked failed by it.
+    if let (Err(e), true) = (&result, started) {
         record.status = RunStatus::Failed;
         record.error = Some(e.to_string());
         // Best effort: the error being returned matters more.
@@ -256,6 +261,7 @@ fn fit_epochs(
     trainable: Vec<(String, Var)>,
     cfg: &FitConfig,
     record: &mut RunRecord,
+    started: &mut bool,
 ) -> Result<()> {
     let specs = record.metrics.clone();
     let names: Vec<String> = specs.iter().map(|s| s.name.clone()).collect();
@@ -278,13 +284,31 @@ fn fit_epochs(
     if cfg.resume {
         let loaded = checkpoint::load(&latest)?;
         if loaded.state.metrics != names {
-            return Err(TrainError::Checkpoint {
-                path: latest.clone(),
-                reason: format!(
-                    "metrics {:?} differ from this task's {names:?}",
-                    loaded.state.metrics
-                ),
-            });
+            // A finished run recorded by an earlier pixclass, with fewer
+            // metrics, is reused as it was recorded; one that would train
+            // on cannot mix rows with and without the new metrics.
+            let finished = loaded.state.epoch >= cfg.epochs;
+            let known = loaded.state.metrics.iter().all(|n| names.contains(n));
+            if !(finished && known) {
+                return Err(TrainError::Checkpoint {
+                    path: latest.clone(),
+                    reason: format!(
+                        "metrics {:?} differ from this task's {names:?} (recorded by another \
+                         version of pixclass?); start over with --overwrite",
+                        loaded.state.metrics
+                    ),
+                });
+            }
+            record.metrics = specs
+                .iter()
+                .filter(|s| loaded.state.metrics.contains(&s.name))
+                .cloned()
+                .collect();
+            tracing::info!(
+                "{}: reusing a finished run that recorded {:?} only",
+                record.label,
+                loaded.state.metrics
+            );
         }
         checkpoint::restore_vars(varmap, &loaded.model, &latest)?;
         adam.load_state(&loaded.extra, loaded.state.adam_step)?;
@@ -300,6 +324,7 @@ fn fit_epochs(
     }
     record.best = best_spec.as_ref().and_then(|s| best_of(s, &record.epochs));
     record.status = RunStatus::Running;
+    *started = true;
     record.write(&cfg.out_dir)?;
     let nb = task.num_train_batches();
     if nb == 0 {

@@ -288,3 +288,59 @@ fn eval_first_records_the_start_as_epoch_zero_and_resumes_from_it() {
     };
     assert_eq!(strip(&resumed), strip(&record));
 }
+
+/// The toy task as a later version would declare it: one more metric.
+struct Grown(Toy);
+
+impl TrainTask for Grown {
+    fn metrics(&self) -> Vec<MetricSpec> {
+        let mut m = self.0.metrics();
+        m.push(MetricSpec::minimise("w_gap", "distance to 3", 4));
+        m
+    }
+    fn num_train_batches(&self) -> usize {
+        self.0.num_train_batches()
+    }
+    fn train_loss(&mut self, epoch: usize, batch: usize) -> pixclass_train::Result<Tensor> {
+        self.0.train_loss(epoch, batch)
+    }
+    fn evaluate(&mut self) -> pixclass_train::Result<Metrics> {
+        let m = self.0.evaluate()?;
+        let gap = (m.get("w").unwrap() - 3.0).abs();
+        Ok(m.with("w_gap", gap))
+    }
+}
+
+#[test]
+fn a_finished_run_with_fewer_metrics_is_reused_and_an_unfinished_one_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (vm, mut task, vars) = toy(None);
+    let old = fit(&mut task, &vm, vars, &cfg(dir.path(), 3, false)).unwrap();
+    let csv_before = std::fs::read(dir.path().join("metrics.csv")).unwrap();
+
+    // Finished: reused as recorded, with the metrics it has.
+    let (vm, task, vars) = toy(None);
+    let mut grown = Grown(task);
+    let reused = fit(&mut grown, &vm, vars, &cfg(dir.path(), 3, true)).unwrap();
+    assert_eq!(reused.epochs, old.epochs);
+    let names: Vec<&str> = reused.metrics.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, ["val_loss", "w"]);
+    assert_eq!(reused.best, old.best);
+    assert_eq!(
+        std::fs::read(dir.path().join("metrics.csv")).unwrap(),
+        csv_before
+    );
+
+    // Extended: the new rows would lack the old ones' columns, so it is refused.
+    let (vm, task, vars) = toy(None);
+    let mut grown = Grown(task);
+    let err = fit(&mut grown, &vm, vars, &cfg(dir.path(), 5, true)).unwrap_err();
+    assert!(
+        err.to_string().contains("--overwrite") && err.to_string().contains("w_gap"),
+        "{err}"
+    );
+    // ... and the refusal leaves the finished run's record as it was.
+    let kept = RunRecord::read(dir.path()).unwrap();
+    assert_eq!(kept.status, pixclass_runs::RunStatus::Finished);
+    assert_eq!(kept.epochs, old.epochs);
+}
