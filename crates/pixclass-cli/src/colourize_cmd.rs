@@ -73,7 +73,8 @@ pub struct TrainArgs {
     /// (default: 1e-3; --recipe pixclass: 3e-3).
     #[arg(long)]
     lr: Option<f64>,
-    /// Learning-rate schedule (default: constant; --recipe pixclass: one-cycle).
+    /// Learning-rate schedule (default: constant; --recipe pixclass: one-cycle); its
+    /// horizon is epochs x batches, so extending a run with --epochs stretches the rest of it.
     #[arg(long, value_enum)]
     lr_schedule: Option<LrSchedule>,
     /// Mirror training images left-right at random (default: off; --recipe pixclass: on).

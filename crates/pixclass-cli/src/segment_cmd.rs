@@ -210,7 +210,8 @@ pub struct FinetuneArgs {
     /// Linear learning-rate warm-up steps (default: 0).
     #[arg(long)]
     warmup_steps: Option<u64>,
-    /// Learning-rate schedule over the run's steps (default: the recipe's).
+    /// Learning-rate schedule over the run's steps (default: the recipe's); its horizon is
+    /// epochs x batches, so extending a run with --epochs stretches the rest of it.
     #[arg(long, value_enum)]
     lr_schedule: Option<LrSchedule>,
     /// Everything exactly as the reference (batch 128, lr 0.05 constant,
