@@ -188,7 +188,17 @@ pub fn run(args: &ReproduceArgs) -> Result<()> {
     let mut md = String::new();
     writeln!(md, "# pixclass reproduction report\n")?;
     writeln!(md, "> **Data:** {}\n", mode.data_note)?;
-    let command: Vec<String> = std::env::args().skip(2).collect();
+    // A published report names no folder of the machine that made it.
+    let command: Vec<String> = std::env::args()
+        .skip(2)
+        .map(|a| {
+            if Path::new(&a).is_absolute() {
+                "DIR".to_string()
+            } else {
+                a
+            }
+        })
+        .collect();
     writeln!(
         md,
         "- Command: `cargo xtask reproduce {}`",
