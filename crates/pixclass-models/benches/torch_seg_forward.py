@@ -1,20 +1,21 @@
 """PyTorch side of the segmentation forward benchmark (pixclass side:
 `cargo run --release -p pixclass-models --example seg_forward_timing`):
-eval-mode forward of 1x3x224x224, median milliseconds of 10 runs after 2
-warm-ups, on `--threads` threads.
+eval-mode forwards over the same table of rows (`ROWS`: MobileNetV2 at 257
+and 224, ResNet-101 at 224 and 520, batch 1 and 8), median milliseconds of a
+fixed number of runs per row after one warm-up, on `--threads` threads
+(printed as `THREADS n`, read back from torch); then the head fine-tuning
+micro step.
 
 - torchvision `deeplabv3_resnet101` (untrained weights: the time does not
-  depend on them);
-- the DeepLabV3-MobileNetV2 VOC model in PyTorch ops, built from the same
-  graph.json and weights as pixclass's port (TF "SAME" padding with F.pad,
-  depthwise convs as grouped convs, align_corners=True resizing).
+  depend on them; no auxiliary head, which torchvision's forward would run);
+- the DeepLabV3-MobileNetV2 VOC model in PyTorch ops (`tflite_graph.py`).
 
     python crates/pixclass-models/benches/torch_seg_forward.py --threads 2 --data ../shared/data [--device cuda]
 
 On a GPU each timed run ends with `torch.cuda.synchronize()`.
 """
 import argparse
-import json
+import sys
 import statistics
 import time
 from pathlib import Path
@@ -22,15 +23,31 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 import torchvision
-from safetensors.torch import load_file
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import tflite_graph  # noqa: E402
 
 p = argparse.ArgumentParser()
 p.add_argument("--threads", type=int, default=2)
 p.add_argument("--data", default="../shared/data")
 p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+p.add_argument("--only", default=None, help="the rows whose name contains this text")
 args = p.parse_args()
 torch.set_num_threads(args.threads)
+print(f"THREADS {torch.get_num_threads()}", flush=True)
 dev = torch.device(args.device)
+
+# (model, side, batch, timed runs): the same table as seg_forward_timing.rs.
+ROWS = [
+    ("deeplabv3-mobilenetv2-voc", 257, 1, 10),
+    ("deeplabv3-mobilenetv2-voc", 224, 1, 10),
+    ("deeplabv3-mobilenetv2-voc", 257, 8, 5),
+    ("deeplabv3-mobilenetv2-voc", 224, 8, 5),
+    ("deeplabv3-resnet101", 224, 1, 5),
+    ("deeplabv3-resnet101", 520, 1, 3),
+    ("deeplabv3-resnet101", 224, 8, 3),
+    ("deeplabv3-resnet101", 520, 8, 2),
+]
 
 
 def sync():
@@ -38,13 +55,12 @@ def sync():
         torch.cuda.synchronize()
 
 
-def median_ms(f):
+def median_ms(f, runs=10):
     with torch.no_grad():
-        for _ in range(2):
-            f()
+        f()
         sync()
         ts = []
-        for _ in range(10):
+        for _ in range(runs):
             t = time.perf_counter()
             f()
             sync()
@@ -52,67 +68,20 @@ def median_ms(f):
     return statistics.median(ts)
 
 
-def same_pad(n, k, s, d):
-    eff = (k - 1) * d + 1
-    out = -(-n // s)
-    tot = max((out - 1) * s + eff - n, 0)
-    return tot // 2, tot - tot // 2
-
-
-class TfliteGraph(torch.nn.Module):
-    def __init__(self, graph, weights):
-        super().__init__()
-        self.g = graph
-        self.w = {}
-        for k, v in weights.items():
-            if k.endswith("/depthwise_weights"):
-                self.w[k] = v.permute(3, 0, 1, 2).contiguous().to(dev)
-            elif k.endswith("/weights"):
-                self.w[k] = v.permute(0, 3, 1, 2).contiguous().to(dev)
-            else:
-                self.w[k] = v.to(dev)
-
-    def forward(self, x):
-        T = self.g["tensors"]
-        vals = {self.g["inputs"][0]: x}
-        get = lambda i: vals[i] if i in vals else self.w[T[i]["name"]]
-        act = {"NONE": lambda v: v, "RELU": F.relu, "RELU6": lambda v: F.hardtanh(v, 0.0, 6.0)}
-        for op in self.g["ops"]:
-            o, ins, k = op["options"], op["inputs"], op["op"]
-            if k in ("CONV_2D", "DEPTHWISE_CONV_2D"):
-                x0, w, b = get(ins[0]), get(ins[1]), get(ins[2])
-                kh, kw = w.shape[2], w.shape[3]
-                (s, _), (d, _) = o["stride"], o["dilation"]
-                pt, pb = same_pad(x0.shape[2], kh, s, d)
-                pl, pr = same_pad(x0.shape[3], kw, s, d)
-                x0 = F.pad(x0, (pl, pr, pt, pb))
-                groups = x0.shape[1] if k == "DEPTHWISE_CONV_2D" else 1
-                y = F.conv2d(x0, w, b, stride=s, dilation=d, groups=groups)
-            elif k == "ADD":
-                y = get(ins[0]) + get(ins[1])
-            elif k == "AVERAGE_POOL_2D":
-                y = get(ins[0]).mean((2, 3), keepdim=True)
-            elif k == "CONCATENATION":
-                y = torch.cat([get(i) for i in ins], 1)
-            elif k == "RESIZE_BILINEAR":
-                # Sizes follow the input: output stride 8 inside, the input size last.
-                last = op is self.g["ops"][-1]
-                size = tuple(x.shape[2:]) if last else (-(-x.shape[2] // 8), -(-x.shape[3] // 8))
-                y = F.interpolate(get(ins[0]), size=size, mode="bilinear", align_corners=True)
-            else:
-                raise NotImplementedError(k)
-            vals[op["outputs"][0]] = act[o.get("activation", "NONE")](y)
-        return vals[self.g["outputs"][0]]
-
-
-x = (torch.rand(1, 3, 224, 224) * 2 - 1).to(dev)
 out = {}
-d = Path(args.data) / "pretrained" / "deeplabv3_mobilenetv2_voc"
-mb = TfliteGraph(json.load(open(d / "deeplabv3_257_mv_gpu.graph.json")), load_file(d / "deeplabv3_257_mv_gpu.weights.safetensors")).eval()
-assert mb(x).shape == (1, 21, 224, 224)
-out["deeplabv3-mobilenetv2-voc"] = median_ms(lambda: mb(x))
-r101 = torchvision.models.segmentation.deeplabv3_resnet101(weights=None, weights_backbone=None, aux_loss=True).eval().to(dev)
-out["deeplabv3-resnet101"] = median_ms(lambda: r101(x)["out"])
+mb = tflite_graph.load(args.data, dev)
+r101 = torchvision.models.segmentation.deeplabv3_resnet101(weights=None, weights_backbone=None, aux_loss=False).eval().to(dev)
+for model, side, batch, runs in ROWS:
+    name = f"{model} forward {side}x{side} batch {batch}"
+    if args.only is not None and args.only not in name:
+        continue
+    x = (torch.rand(batch, 3, side, side) * 2 - 1).to(dev)
+    if model == "deeplabv3-resnet101":
+        out[name] = median_ms(lambda: r101(x)["out"], runs)
+    else:
+        with torch.no_grad():
+            assert mb(x).shape == (batch, 21, side, side)
+        out[name] = median_ms(lambda: mb(x), runs)
 # One fine-tuning step of the 2-class head on cached features (batch 128).
 f = torch.rand(128, 256, 28, 28, device=dev)
 yy = torch.randint(0, 2, (128, 224, 224), device=dev)
@@ -128,6 +97,7 @@ def head_step():
         opt.step()
 
 
-out["deeplab head fine-tuning step"] = median_ms(head_step)
+if args.only is None or args.only in "deeplab head fine-tuning step":
+    out["deeplab head fine-tuning step"] = median_ms(head_step)
 for k, v in out.items():
-    print(f"BENCH {k if 'step' in k else k + ' forward 224'}\t{v}")
+    print(f"BENCH {k}\t{v}")

@@ -1,9 +1,14 @@
-//! Forward time of both DeepLabV3 models (eval mode, batch 1, 224x224):
-//! median of 10 runs after 2 warm-ups. ResNet-101 runs with seeded random
-//! weights (the time does not depend on the values).
+//! Eval-mode forward time of both DeepLabV3 models over the rows of
+//! [`ROWS`] (MobileNetV2 at 257 and 224, ResNet-101 at 224 and 520, batch 1
+//! and 8; the same table as `benches/torch_seg_forward.py`): median of a
+//! fixed number of runs per row after one warm-up. ResNet-101 runs with
+//! seeded random weights and no auxiliary head (the time does not depend on
+//! the values; torchvision's forward runs the auxiliary head when it is
+//! built, so both sides leave it out). Then the head fine-tuning micro step.
 //!
-//!     cargo run --release -p pixclass-models --example seg_forward_timing [-- --device cuda]
+//!     cargo run --release -p pixclass-models --example seg_forward_timing [-- --device cuda] [--only resnet101]
 //!
+//! Prints `THREADS n` (the kernels' rayon pool) and `BENCH name<TAB>ms` rows.
 //! On a GPU (`--device cuda`, a `--features cuda` build) each timed run ends
 //! with a device synchronisation.
 use std::time::Instant;
@@ -18,33 +23,45 @@ use pixclass_models::deeplab::{DeepLabConfig, DeepLabV3};
 use pixclass_models::init::seeded_var_builder;
 use pixclass_models::mobilenet::MobileNetV2DeepLab;
 
-fn median_ms(dev: &Device, f: &dyn Fn() -> anyhow::Result<()>) -> anyhow::Result<f64> {
-    for _ in 0..2 {
-        f()?;
-    }
+/// (model, side, batch, timed runs): the rows both sides time.
+const ROWS: [(&str, usize, usize, usize); 8] = [
+    ("deeplabv3-mobilenetv2-voc", 257, 1, 10),
+    ("deeplabv3-mobilenetv2-voc", 224, 1, 10),
+    ("deeplabv3-mobilenetv2-voc", 257, 8, 5),
+    ("deeplabv3-mobilenetv2-voc", 224, 8, 5),
+    ("deeplabv3-resnet101", 224, 1, 5),
+    ("deeplabv3-resnet101", 520, 1, 3),
+    ("deeplabv3-resnet101", 224, 8, 3),
+    ("deeplabv3-resnet101", 520, 8, 2),
+];
+
+fn median_ms(dev: &Device, runs: usize, f: &dyn Fn() -> anyhow::Result<()>) -> anyhow::Result<f64> {
+    f()?;
     dev.synchronize()?;
     let mut v = Vec::new();
-    for _ in 0..10 {
+    for _ in 0..runs {
         let t = Instant::now();
         f()?;
         dev.synchronize()?;
         v.push(t.elapsed().as_secs_f64() * 1e3);
     }
     v.sort_by(f64::total_cmp);
-    Ok((v[4] + v[5]) / 2.0)
+    let n = v.len();
+    Ok((v[(n - 1) / 2] + v[n / 2]) / 2.0)
+}
+
+/// The value after `name` on the command line.
+fn arg(name: &str) -> Option<String> {
+    let args: Vec<String> = std::env::args().collect();
+    let i = args.iter().position(|a| a == name)?;
+    args.get(i + 1).cloned()
 }
 
 /// The `--device` argument: cpu (default) or cuda.
 fn device_arg() -> anyhow::Result<Device> {
-    let args: Vec<String> = std::env::args().collect();
-    match args
-        .iter()
-        .position(|a| a == "--device")
-        .map(|i| args.get(i + 1))
-    {
-        None => Ok(Device::Cpu),
-        Some(Some(d)) if d == "cpu" => Ok(Device::Cpu),
-        Some(Some(d)) if d == "cuda" => Ok(Device::new_cuda(0)?),
+    match arg("--device").as_deref() {
+        None | Some("cpu") => Ok(Device::Cpu),
+        Some("cuda") => Ok(Device::new_cuda(0)?),
         Some(d) => anyhow::bail!("--device {d:?}: cpu or cuda"),
     }
 }
@@ -52,26 +69,42 @@ fn device_arg() -> anyhow::Result<Device> {
 fn main() -> anyhow::Result<()> {
     allocator::keep_freed_memory();
     let dev = device_arg()?;
-    let x = Tensor::rand(-1f32, 1.0, (1, 3, 224, 224), &dev)?;
+    println!("THREADS {}", pixclass_ops::cpu_threads());
+    // `--only TEXT`: the rows whose name contains TEXT.
+    let only = arg("--only");
     let mb = MobileNetV2DeepLab::pretrained(&dev, true)?;
-    let t = median_ms(&dev, &|| {
-        mb.forward(&x)?;
-        Ok(())
-    })?;
-    println!("deeplabv3-mobilenetv2-voc forward 1x3x224x224: {t:.1} ms");
-    println!("BENCH deeplabv3-mobilenetv2-voc forward 224\t{t}");
     let vm = VarMap::new();
     let r = DeepLabV3::new(
-        DeepLabConfig::default(),
+        DeepLabConfig {
+            aux: false,
+            ..DeepLabConfig::default()
+        },
         seeded_var_builder(&vm, 0, DType::F32, &dev),
     )?;
-    let t = median_ms(&dev, &|| {
-        r.forward_t(&x, false)?;
-        Ok(())
-    })?;
-    println!("deeplabv3-resnet101 forward 1x3x224x224: {t:.1} ms");
-    println!("BENCH deeplabv3-resnet101 forward 224\t{t}");
-    head_step(&dev)
+    for (model, side, batch, runs) in ROWS {
+        let name = format!("{model} forward {side}x{side} batch {batch}");
+        if only.as_ref().is_some_and(|o| !name.contains(o.as_str())) {
+            continue;
+        }
+        let x = Tensor::rand(-1f32, 1.0, (batch, 3, side, side), &dev)?;
+        let t = median_ms(&dev, runs, &|| {
+            if model == "deeplabv3-resnet101" {
+                r.forward_t(&x, false)?;
+            } else {
+                mb.forward(&x)?;
+            }
+            Ok(())
+        })?;
+        println!("{name}: {t:.1} ms");
+        println!("BENCH {name}\t{t}");
+    }
+    if only
+        .as_ref()
+        .is_none_or(|o| "deeplab head fine-tuning step".contains(o.as_str()))
+    {
+        head_step(&dev)?;
+    }
+    Ok(())
 }
 
 /// One fine-tuning step of the 2-class head on cached features: batch 128
@@ -91,7 +124,7 @@ fn head_step(dev: &Device) -> anyhow::Result<()> {
     let f = Tensor::rand(0f32, 1.0, (128, 256, 28, 28), dev)?;
     let y = Tensor::rand(0f32, 2.0, (128, 224, 224), dev)?.to_dtype(DType::U32)?;
     let vars = pixclass_models::layers::trainable_vars(&vm);
-    let t = median_ms(dev, &|| {
+    let t = median_ms(dev, 10, &|| {
         let m = head.forward_margin(&f, 224, 224)?;
         let loss = pixclass_ops::margin_loss(&m, &y, pixclass_ops::Loss::Ce)?;
         let g = loss.backward()?;

@@ -55,6 +55,12 @@ pub use pool::{
 };
 pub use resize::resize_bilinear;
 
+/// Threads the CPU kernels run on: the size of the rayon pool they use
+/// (`RAYON_NUM_THREADS`, else one per core).
+pub fn cpu_threads() -> usize {
+    rayon::current_num_threads()
+}
+
 use candle_core::{DType, Tensor};
 
 /// True for f32/f64 tensors on the CPU, where the kernels run.

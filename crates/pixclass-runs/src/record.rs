@@ -84,6 +84,10 @@ pub struct RunRecord {
     pub best: Option<BestEpoch>,
     /// Seconds spent loading and preprocessing the data (this process).
     pub data_seconds: f64,
+    /// Threads the CPU kernels ran on in this process (absent in records of
+    /// earlier versions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub threads: Option<usize>,
     /// When the run started (seconds since the Unix epoch).
     pub started_unix: u64,
     /// When the record was last written.
@@ -120,6 +124,7 @@ impl RunRecord {
             epochs: Vec::new(),
             best: None,
             data_seconds: 0.0,
+            threads: None,
             started_unix: now,
             updated_unix: now,
         }

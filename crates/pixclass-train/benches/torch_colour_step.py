@@ -39,6 +39,8 @@ def sync():
 golden = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(golden)  # defines the nets; generates nothing
 ns = vars(golden)
+# Read back after the import: `cargo xtask bench` fails unless this is --threads.
+print(f"THREADS {torch.get_num_threads()}", flush=True)
 
 for kind in ["pool-upsample", "conv-transpose", "unet"]:
     torch.manual_seed(0)

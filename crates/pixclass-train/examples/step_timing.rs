@@ -43,6 +43,7 @@ fn main() -> anyhow::Result<()> {
         .map_err(anyhow::Error::msg)?
         .unwrap_or(DeviceKind::Cpu);
     let dev = select_device(device, 0)?;
+    println!("THREADS {}", rayon_threads());
     // `--model NAME` times one net only (for profiling).
     let only = arg("--model");
     // `--steps N` timed steps (default 10) after 3 warm-ups.
@@ -101,7 +102,5 @@ fn main() -> anyhow::Result<()> {
 }
 
 fn rayon_threads() -> usize {
-    std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1)
+    pixclass_ops::cpu_threads()
 }

@@ -132,6 +132,7 @@ pub fn new_record<C: serde::Serialize>(
     let config = serde_json::to_value(cfg).map_err(|e| TrainError::Config(e.to_string()))?;
     let mut record = RunRecord::new(task, label, config, data, Vec::new());
     record.data_seconds = data_seconds;
+    record.threads = Some(pixclass_ops::cpu_threads());
     Ok(record)
 }
 
