@@ -135,6 +135,29 @@ struct Job {
     rename: Vec<(String, String)>,
 }
 
+/// The two processes of one workload: pixclass's and PyTorch's, named
+/// `name`; `run_dir` is pixclass's run record (a colourization run), `rename`
+/// maps the PyTorch rows to the shared names.
+fn pair(
+    section: Section,
+    name: &str,
+    (ours, run_dir): (Command, Option<PathBuf>),
+    (theirs, rename): (Command, Vec<(String, String)>),
+) -> (Job, Option<Job>) {
+    let job = |side, cmd, run_dir, rename| Job {
+        section,
+        name: name.to_string(),
+        side,
+        cmd,
+        run_dir,
+        rename,
+    };
+    (
+        job(Side::Pixclass, ours, run_dir, vec![]),
+        Some(job(Side::Torch, theirs, None, rename)),
+    )
+}
+
 /// Lines `PREFIX name<TAB>value` of a benchmark's output.
 fn tagged(stdout: &str, prefix: &str) -> BTreeMap<String, f64> {
     stdout
@@ -372,24 +395,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
                                 format!("{name} data preparation"),
                             ),
                         ];
-                        v.push((
-                            Job {
-                                section,
-                                name: name.clone(),
-                                side: Side::Pixclass,
-                                cmd: c,
-                                run_dir: Some(dir),
-                                rename: vec![],
-                            },
-                            Some(Job {
-                                section,
-                                name,
-                                side: Side::Torch,
-                                cmd: tc,
-                                run_dir: None,
-                                rename,
-                            }),
-                        ));
+                        v.push(pair(section, &name, (c, Some(dir)), (tc, rename)));
                     }
                 }
                 Section::Forward => {
@@ -399,24 +405,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
                     tc.args(["--device", &device, "--only", "forward", "--data"])
                         .arg(&data_abs);
                     let name = "DeepLab forwards".to_string();
-                    v.push((
-                        Job {
-                            section,
-                            name: name.clone(),
-                            side: Side::Pixclass,
-                            cmd: c,
-                            run_dir: None,
-                            rename: vec![],
-                        },
-                        Some(Job {
-                            section,
-                            name,
-                            side: Side::Torch,
-                            cmd: tc,
-                            run_dir: None,
-                            rename: vec![],
-                        }),
-                    ));
+                    v.push(pair(section, &name, (c, None), (tc, vec![])));
                 }
                 Section::Features if !gpu => {
                     let mut c = ours_cmd(&examples.join("feature_timing"));
@@ -424,24 +413,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
                     let mut tc = torch_cmd("crates/pixclass-train/benches/torch_seg_features.py");
                     tc.arg("--data").arg(&data_abs);
                     let name = "feature extraction".to_string();
-                    v.push((
-                        Job {
-                            section,
-                            name: name.clone(),
-                            side: Side::Pixclass,
-                            cmd: c,
-                            run_dir: None,
-                            rename: vec![],
-                        },
-                        Some(Job {
-                            section,
-                            name,
-                            side: Side::Torch,
-                            cmd: tc,
-                            run_dir: None,
-                            rename: vec![],
-                        }),
-                    ));
+                    v.push(pair(section, &name, (c, None), (tc, vec![])));
                 }
                 Section::Features => {}
                 Section::Micro => {
@@ -450,24 +422,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
                     let mut tc = torch_cmd("crates/pixclass-train/benches/torch_colour_step.py");
                     tc.args(["--device", &device]);
                     let name = "colourization steps".to_string();
-                    v.push((
-                        Job {
-                            section,
-                            name: name.clone(),
-                            side: Side::Pixclass,
-                            cmd: c,
-                            run_dir: None,
-                            rename: vec![],
-                        },
-                        Some(Job {
-                            section,
-                            name,
-                            side: Side::Torch,
-                            cmd: tc,
-                            run_dir: None,
-                            rename: vec![],
-                        }),
-                    ));
+                    v.push(pair(section, &name, (c, None), (tc, vec![])));
                     let mut c = ours_cmd(&examples.join("seg_forward_timing"));
                     c.args([
                         "--device",
@@ -485,24 +440,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
                     ])
                     .arg(&data_abs);
                     let name = "head step".to_string();
-                    v.push((
-                        Job {
-                            section,
-                            name: name.clone(),
-                            side: Side::Pixclass,
-                            cmd: c,
-                            run_dir: None,
-                            rename: vec![],
-                        },
-                        Some(Job {
-                            section,
-                            name,
-                            side: Side::Torch,
-                            cmd: tc,
-                            run_dir: None,
-                            rename: vec![],
-                        }),
-                    ));
+                    v.push(pair(section, &name, (c, None), (tc, vec![])));
                 }
             }
         }
