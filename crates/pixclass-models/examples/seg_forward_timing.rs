@@ -2,7 +2,8 @@
 //! [`ROWS`] (MobileNetV2 at 257 and 224, ResNet-101 at 224 and 520, batch 1
 //! and 8; the same table as `benches/torch_seg_forward.py`): median of a
 //! fixed number of runs per row after one warm-up. ResNet-101 runs with
-//! seeded random weights and no auxiliary head (the time does not depend on
+//! seeded random frozen weights (plain tensors, as a loaded checkpoint gives:
+//! no autograd graph) and no auxiliary head (the time does not depend on
 //! the values; torchvision's forward runs the auxiliary head when it is
 //! built, so both sides leave it out). Then the head fine-tuning micro step.
 //!
@@ -20,7 +21,7 @@ mod allocator;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarMap;
 use pixclass_models::deeplab::{DeepLabConfig, DeepLabV3};
-use pixclass_models::init::seeded_var_builder;
+use pixclass_models::init::{seeded_frozen_builder, seeded_var_builder};
 use pixclass_models::mobilenet::MobileNetV2DeepLab;
 
 /// (model, side, batch, timed runs): the rows both sides time.
@@ -73,13 +74,12 @@ fn main() -> anyhow::Result<()> {
     // `--only TEXT`: the rows whose name contains TEXT.
     let only = arg("--only");
     let mb = MobileNetV2DeepLab::pretrained(&dev, true)?;
-    let vm = VarMap::new();
     let r = DeepLabV3::new(
         DeepLabConfig {
             aux: false,
             ..DeepLabConfig::default()
         },
-        seeded_var_builder(&vm, 0, DType::F32, &dev),
+        seeded_frozen_builder(0, DType::F32, &dev),
     )?;
     for (model, side, batch, runs) in ROWS {
         let name = format!("{model} forward {side}x{side} batch {batch}");

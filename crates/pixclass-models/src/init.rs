@@ -151,6 +151,43 @@ pub fn seeded_var_builder(
     )
 }
 
+/// Seeded weights as plain tensors, not variables: a frozen network, like
+/// one loaded from a checkpoint (`VarBuilder::from_tensors`). Nothing is
+/// trainable, so candle records no autograd graph through it and an eval
+/// forward frees each activation as soon as the next layer has read it
+/// (with variables, every intermediate of the forward stays alive until the
+/// output is dropped). For benchmarks and tests of frozen backbones.
+pub fn seeded_frozen_builder(seed: u64, dtype: DType, device: &Device) -> VarBuilder<'static> {
+    VarBuilder::from_backend(
+        Box::new(Frozen {
+            draw: ChaChaDraw { seed },
+        }),
+        dtype,
+        device.clone(),
+    )
+}
+
+/// The backend of [`seeded_frozen_builder`]: every request draws the
+/// parameter's `(seed, name)` stream afresh, so a name always gives the
+/// same values.
+struct Frozen {
+    draw: ChaChaDraw,
+}
+
+impl SimpleBackend for Frozen {
+    fn get(&self, s: Shape, name: &str, h: Init, dtype: DType, dev: &Device) -> Result<Tensor> {
+        self.draw.draw(h, &s, name)?.to_dtype(dtype)?.to_device(dev)
+    }
+
+    fn get_unchecked(&self, name: &str, _dtype: DType, _dev: &Device) -> Result<Tensor> {
+        candle_core::bail!("parameter {name}: a seeded frozen builder needs the shape")
+    }
+
+    fn contains_tensor(&self, _name: &str) -> bool {
+        false
+    }
+}
+
 /// PyTorch's `uniform_(from, to)` for f32 tensors on the CPU: 24 random bits
 /// of one 32-bit draw, bounds rounded to f32, the affine map in f64 (its
 /// accumulation type), the result rounded to f32.

@@ -11,7 +11,7 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::VarMap;
 use common::golden;
 use pixclass_models::deeplab::{DeepLabConfig, DeepLabV3, ResNetDepth};
-use pixclass_models::init::seeded_var_builder;
+use pixclass_models::init::{seeded_frozen_builder, seeded_var_builder};
 use pixclass_models::segment::{load_resnet, load_resnet_with_classes};
 use pixclass_models::weights::{expected_tensors, read_tensors, save_safetensors, validate};
 
@@ -194,4 +194,35 @@ fn non_finite_weights_are_refused_naming_the_tensor() {
         err.contains("b.bias") && err.contains("2 non-finite") && err.contains("bad.safetensors"),
         "{err}"
     );
+}
+
+#[test]
+fn a_frozen_seeded_network_has_the_seeded_weights_and_records_no_graph() {
+    let dev = Device::Cpu;
+    let cfg = DeepLabConfig {
+        depth: ResNetDepth::ResNet50,
+        num_classes: 3,
+        aux: false,
+    };
+    let vm = VarMap::new();
+    let trainable = DeepLabV3::new(cfg, seeded_var_builder(&vm, 5, DType::F32, &dev)).unwrap();
+    let frozen = DeepLabV3::new(cfg, seeded_frozen_builder(5, DType::F32, &dev)).unwrap();
+    let x = Tensor::rand(-1f32, 1.0, (1, 3, 32, 40), &dev).unwrap();
+    let (a, b) = (
+        trainable.forward_t(&x, false).unwrap(),
+        frozen.forward_t(&x, false).unwrap(),
+    );
+    let diff = (&a - &b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    assert_eq!(diff, 0.0);
+    // Through variables the output carries the autograd graph (and with it
+    // every activation); through frozen weights it carries nothing.
+    assert!(a.track_op());
+    assert!(!b.track_op());
 }

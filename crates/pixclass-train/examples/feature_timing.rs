@@ -4,7 +4,8 @@
 //! and normalised, and the frozen backbone computes their 256-channel
 //! features in chunks of 16, as `pixclass segment finetune` builds its
 //! feature cache. MobileNetV2 at its native 257, ResNet-101 at 224 (seeded
-//! random weights: the time does not depend on them). Median of a fixed
+//! random frozen weights, plain tensors as a checkpoint gives: the time does
+//! not depend on the values). Median of a fixed
 //! number of runs after a warm-up of one chunk.
 //!
 //!     cargo run --release -p pixclass-train --example feature_timing -- --data ../shared/data [--only resnet101]
@@ -19,10 +20,9 @@ mod allocator;
 
 use anyhow::Context;
 use candle_core::{DType, Device};
-use candle_nn::VarMap;
 use pixclass_data::segment::{Blob, Preprocess, SegSample, SegSet};
 use pixclass_models::deeplab::{DeepLabConfig, DeepLabV3};
-use pixclass_models::init::seeded_var_builder;
+use pixclass_models::init::seeded_frozen_builder;
 use pixclass_models::segment::SegBackbone;
 
 /// Images per run.
@@ -98,13 +98,12 @@ fn main() -> anyhow::Result<()> {
         None,
         &dev,
     )?;
-    let vm = VarMap::new();
     let resnet = SegBackbone::ResNet(Box::new(DeepLabV3::new(
         DeepLabConfig {
             aux: false,
             ..DeepLabConfig::default()
         },
-        seeded_var_builder(&vm, 0, DType::F32, &dev),
+        seeded_frozen_builder(0, DType::F32, &dev),
     )?));
     for (name, backbone, size, runs) in [
         ("deeplabv3-mobilenetv2-voc", &mobilenet, 257, 3),
