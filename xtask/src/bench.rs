@@ -83,6 +83,8 @@ pub enum Section {
     Features,
     /// Training steps, inference and the head step.
     Micro,
+    /// The per-op time of one UNet training step on both sides (run once).
+    Profile,
 }
 
 impl Section {
@@ -92,6 +94,7 @@ impl Section {
             Section::Forward => "forward",
             Section::Features => "features",
             Section::Micro => "micro",
+            Section::Profile => "profile",
         }
     }
 
@@ -101,6 +104,7 @@ impl Section {
             Section::Forward => "DeepLab eval forwards",
             Section::Features => "Part D feature extraction (decode + resize + forward, 64 Oxford-17 images)",
             Section::Micro => "Micro benchmarks (one step, synthetic batch)",
+            Section::Profile => "Where a UNet training step's time goes (ms per step)",
         }
     }
 }
@@ -120,6 +124,8 @@ struct Report {
     flops: BTreeMap<String, f64>,
     /// Peak resident memory in MB.
     peak: Option<f64>,
+    /// `OP` rows of a profile: op -> ms per step.
+    ops: BTreeMap<String, f64>,
 }
 
 /// One process of one side: how to start it and how to read what it did.
@@ -181,6 +187,7 @@ fn threads_line(stdout: &str) -> Option<usize> {
 /// Runs `job` under `/usr/bin/time` (when present), checks its thread count
 /// and reads its rows.
 fn run_job(job: Job, threads: usize) -> Result<Report> {
+    let section = job.section;
     let Job {
         name,
         side,
@@ -232,6 +239,11 @@ fn run_job(job: Job, threads: usize) -> Result<Report> {
         .next_back()
         .map(|kb| kb / 1024.0);
     let (mut rows, flops) = (tagged(&stdout, "BENCH "), tagged(&stdout, "FLOPS "));
+    let ops = tagged(&stdout, "OP ");
+    if section == Section::Profile {
+        // A profiled step is slower than a timed one: only its breakdown counts.
+        rows.clear();
+    }
     let seen = match &run_dir {
         Some(dir) => {
             let path = dir.join("run.json");
@@ -267,7 +279,12 @@ fn run_job(job: Job, threads: usize) -> Result<Report> {
     if name.ends_with(" run") {
         rows.insert(format!("{name} whole process"), wall_ms);
     }
-    Ok(Report { rows, flops, peak })
+    Ok(Report {
+        rows,
+        flops,
+        peak,
+        ops,
+    })
 }
 
 /// A row's times on both sides, every round.
@@ -292,6 +309,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             Section::Forward,
             Section::Features,
             Section::Micro,
+            Section::Profile,
         ]
     } else {
         let mut s = args.only.clone();
@@ -442,6 +460,15 @@ pub fn run(args: &BenchArgs) -> Result<()> {
                     let name = "head step".to_string();
                     v.push(pair(section, &name, (c, None), (tc, vec![])));
                 }
+                // A breakdown, not a ratio: once.
+                Section::Profile if round == 1 && !gpu => {
+                    let mut c = ours_cmd(&examples.join("step_timing"));
+                    c.args(["--model", "unet", "--profile"]);
+                    let tc = torch_cmd("crates/pixclass-train/benches/torch_unet_profile.py");
+                    let name = "UNet step profile".to_string();
+                    v.push(pair(section, &name, (c, None), (tc, vec![])));
+                }
+                Section::Profile => {}
             }
         }
         if python.is_none() {
@@ -457,6 +484,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let mut rows: BTreeMap<String, Row> = BTreeMap::new();
     let mut peaks: BTreeMap<(Section, String), (Option<f64>, Option<f64>)> = BTreeMap::new();
     let mut flops = BTreeMap::new();
+    let mut profile: [BTreeMap<String, f64>; 2] = Default::default();
     for round in 1..=rounds {
         for (ours, theirs) in pairs(round) {
             println!("round {round}/{rounds}: {}", ours.name);
@@ -479,6 +507,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
                     (a, b) => a.or(b),
                 };
                 flops.extend(rep.flops);
+                profile[usize::from(side == Side::Torch)].extend(rep.ops);
                 for (k, v) in rep.rows {
                     let row = rows.entry(k).or_default();
                     row.section = Some(section);
@@ -555,7 +584,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         "\n## Peak resident memory (MB, the largest over the rounds)\n\n| process | pixclass | PyTorch | pixclass / PyTorch |\n|---|---:|---:|---:|"
     )?;
     let mut json_peaks = Vec::new();
-    for ((section, name), (a, b)) in &peaks {
+    for ((section, name), (a, b)) in peaks.iter().filter(|((s, _), _)| *s != Section::Profile) {
         let fmt = |v: &Option<f64>| v.map_or("-".into(), |v| format!("{v:.0}"));
         let ratio = a.zip(*b).map(|(a, b)| a / b);
         if *section == Section::Colour {
@@ -573,6 +602,9 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         json_peaks.push(
             json!({"section": section.key(), "process": name, "pixclass_mb": a, "pytorch_mb": b}),
         );
+    }
+    if !profile[0].is_empty() {
+        md.push_str(&profile_tables(&profile[0], &profile[1]));
     }
     if let Some(peak) = peak_flops {
         writeln!(
@@ -641,6 +673,85 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         println!("published to docs/{page}");
     }
     Ok(())
+}
+
+/// The category of a kernel (pixclass) or aten op (PyTorch) in the step
+/// breakdown. pixclass's forward convolutions carry the layer's bias
+/// (`-bias`); the unbiased ones run in the backward (a transposed
+/// convolution's input gradient is a convolution).
+fn op_category(op: &str) -> &'static str {
+    let has = |s: &str| op.contains(s);
+    if op == "total" {
+        "total"
+    } else if has("convolution_backward")
+        || has("bwd-filter")
+        || has("bwd-data")
+        || has("channel-sum")
+    {
+        "convolution backward (input, weight and bias gradients)"
+    } else if has("pixclass-conv") && !op.ends_with("-bias") {
+        "convolution backward (input, weight and bias gradients)"
+    } else if has("conv") {
+        "convolution forward (+ bias)"
+    } else if has("batch")
+        || has("channel-stats")
+        || has("channel-affine")
+        || has("clamp_min")
+        || has("threshold")
+        || has("relu")
+    {
+        "BatchNorm + ReLU (forward and backward)"
+    } else if has("pool") || has("upsample") || has("block-sum") {
+        "pooling / upsampling"
+    } else if has("cross-entropy") || has("softmax") || has("nll_loss") {
+        "cross-entropy (forward and backward)"
+    } else {
+        "other (concatenation, Adam, copies, allocation, framework)"
+    }
+}
+
+/// The per-op breakdown of one UNet step: by category side by side, then
+/// each side's own ops.
+fn profile_tables(ours: &BTreeMap<String, f64>, theirs: &BTreeMap<String, f64>) -> String {
+    let by_cat = |ops: &BTreeMap<String, f64>| {
+        let mut m: BTreeMap<&'static str, f64> = BTreeMap::new();
+        for (k, v) in ops {
+            *m.entry(op_category(k)).or_default() += v;
+        }
+        m
+    };
+    let (a, b) = (by_cat(ours), by_cat(theirs));
+    let mut cats: Vec<&str> = a
+        .keys()
+        .chain(b.keys())
+        .copied()
+        .filter(|c| *c != "total")
+        .collect();
+    cats.sort();
+    cats.dedup();
+    cats.sort_by(|x, y| b.get(y).unwrap_or(&0.0).total_cmp(b.get(x).unwrap_or(&0.0)));
+    cats.push("total");
+    let mut md = format!(
+        "\n## {}\n\nOne UNet training step, batch 100 (forward + cross-entropy + backward + Adam), each op's own time \
+         per step: pixclass's kernels timed by `pixclass_ops::profile` (`step_timing --model unet --profile`; \
+         \"other\" is the rest of the step: candle's own ops, allocation), PyTorch's by `torch.profiler` (self CPU \
+         time, `torch_unet_profile.py`; its total is the ops' sum, with the profiler's overhead). Both profiled \
+         steps are slower than the timed ones above.\n\n| category | pixclass | PyTorch |\n|---|---:|---:|\n",
+        Section::Profile.title()
+    );
+    let fmt = |v: Option<&f64>| v.map_or("-".into(), |v| format!("{v:.1}"));
+    for c in cats {
+        let _ = writeln!(md, "| {c} | {} | {} |", fmt(a.get(c)), fmt(b.get(c)));
+    }
+    for (side, ops) in [("pixclass kernels", ours), ("PyTorch ops", theirs)] {
+        let mut v: Vec<_> = ops.iter().filter(|(k, _)| *k != "total").collect();
+        v.sort_by(|x, y| y.1.total_cmp(x.1));
+        let _ = write!(md, "\n{side}: ");
+        let list: Vec<String> = v.iter().map(|(k, t)| format!("`{k}` {t:.1}")).collect();
+        md.push_str(&list.join(", "));
+        md.push('\n');
+    }
+    md
 }
 
 /// The targets of the speed work against the measured ratios (the whole

@@ -25,6 +25,7 @@
 //! / [`upsample_nearest`], [`cross_entropy`] and the two-class
 //! [`margin_loss`] (with the workspace's one [`Loss`] enum), [`softmax`],
 //! [`add_relu`] / [`add_channel_bias`], and [`resize_bilinear`].
+//! [`profile`] times the kernels per op, when asked to.
 //!
 //! This crate never defines layers, reads data or writes files.
 
@@ -34,6 +35,7 @@ mod kernels;
 mod loss;
 mod norm;
 mod pool;
+pub mod profile;
 mod resize;
 
 pub use conv::{

@@ -606,3 +606,73 @@ fn fused_add_relu_matches_add_then_relu_and_finite_differences() {
     ));
     assert!(ops::add_relu(&a, &r.narrow(0, 0, 1).unwrap()).is_err());
 }
+
+#[test]
+fn winograd_3x3_path_matches_portable_and_finite_differences() {
+    // 3x3, stride 1, padding 1, >= 8 channels each side, a batch of several
+    // images: the Winograd kernels (forward, backward-data and the weight
+    // gradient). Odd x even planes; one 32x32 plane (a
+    // block of one image) and small ones (several images per block).
+    for (dims, o) in [
+        ([6usize, 8usize, 5usize, 6usize], 9usize),
+        ([3, 9, 32, 32], 8),
+    ] {
+        let x = rand_tensor(&dims, 90);
+        let w = rand_tensor(&[o, dims[1], 3, 3], 91);
+        let ours = ops::conv2d(&x, &w, (1, 1), (1, 1), 1, 1, 1).unwrap();
+        let portable = ops::conv2d_portable(&x, &w, (1, 1), (1, 1), 1, 1, 1).unwrap();
+        assert!(max_rel(&ours, &portable) < 1e-12, "forward {dims:?}");
+        let r = rand_tensor(ours.dims(), 92);
+        let fx = |t: &Tensor| weighted_sum(&ops::conv2d(t, &w, (1, 1), (1, 1), 1, 1, 1)?, &r);
+        assert!(gradient_ok(&fx, &x, 1e-6), "input gradient {dims:?}");
+        let fw = |t: &Tensor| weighted_sum(&ops::conv2d(&x, t, (1, 1), (1, 1), 1, 1, 1)?, &r);
+        assert!(gradient_ok(&fw, &w, 1e-6), "weight gradient {dims:?}");
+    }
+    // A stride-1 transposed convolution (its forward is backward-data).
+    let x = rand_tensor(&[4, 8, 6, 5], 93);
+    let w = rand_tensor(&[8, 10, 3, 3], 94);
+    let ours = ops::conv_transpose2d(&x, &w, 1, 0, 1, 1).unwrap();
+    let candle = x.conv_transpose2d(&w, 1, 0, 1, 1).unwrap();
+    assert!(max_rel(&ours, &candle) < 1e-12, "transposed forward");
+    let r = rand_tensor(ours.dims(), 95);
+    let fx = |t: &Tensor| weighted_sum(&ops::conv_transpose2d(t, &w, 1, 0, 1, 1)?, &r);
+    assert!(gradient_ok(&fx, &x, 1e-6), "transposed input gradient");
+    let fw = |t: &Tensor| weighted_sum(&ops::conv_transpose2d(&x, t, 1, 0, 1, 1)?, &r);
+    assert!(gradient_ok(&fw, &w, 1e-6), "transposed weight gradient");
+}
+
+#[test]
+fn winograd_weight_gradient_is_bitwise_independent_of_thread_count() {
+    // The Winograd weight gradient sums over fixed chunks of images, like
+    // the im2col one. 41 images of 16x16: several chunks, a ragged last one.
+    let x = rand_tensor(&[41, 8, 16, 16], 96)
+        .to_dtype(DType::F32)
+        .unwrap();
+    let w = rand_tensor(&[8, 8, 3, 3], 97).to_dtype(DType::F32).unwrap();
+    let r = rand_tensor(&[41, 8, 16, 16], 98)
+        .to_dtype(DType::F32)
+        .unwrap();
+    let grad = |threads: usize| {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        pool.install(|| {
+            let wv = candle_core::Var::from_tensor(&w).unwrap();
+            let y = ops::conv2d(&x, wv.as_tensor(), (1, 1), (1, 1), 1, 1, 1).unwrap();
+            let g = y.mul(&r).unwrap().sum_all().unwrap().backward().unwrap();
+            let gw: Vec<f32> = g
+                .get(wv.as_tensor())
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            gw
+        })
+    };
+    let two = grad(2);
+    for t in [3, 5] {
+        assert_eq!(grad(t), two, "{t} threads");
+    }
+}

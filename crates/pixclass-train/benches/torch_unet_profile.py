@@ -2,9 +2,10 @@
 study's UNet (`torch_colour_reference.py`'s definition), batch 100 of 1x32x32,
 24 colours, forward + cross-entropy + backward + Adam, on `--threads` threads.
 Prints the ops' self CPU time per step, largest first, as
-`OP name<TAB>ms per step` rows (the pixclass side comes from `perf` on
-`cargo run --release -p pixclass-train --example step_timing -- --model unet`;
-docs/PERFORMANCE.md puts both side by side).
+`OP name<TAB>ms per step` rows (the pixclass side:
+`cargo run --release -p pixclass-train --example step_timing -- --model unet --profile`;
+`cargo xtask bench --only profile` runs both and docs/PERFORMANCE.md puts them
+side by side).
 
     python crates/pixclass-train/benches/torch_unet_profile.py --threads 2
 """

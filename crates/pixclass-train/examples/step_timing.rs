@@ -4,7 +4,13 @@
 //! the training step (forward + loss + backward + Adam) and of inference
 //! (eval forward + argmax).
 //!
-//!     cargo run --release -p pixclass-train --example step_timing [-- --device cuda] [--model unet] [--steps 10]
+//!     cargo run --release -p pixclass-train --example step_timing [-- --device cuda] [--model unet] [--steps 10] [--profile]
+//!
+//! `--profile` then times the same number of training steps again with the
+//! kernels' per-op timing on (`pixclass_ops::profile`) and prints `OP
+//! name<TAB>ms per step` rows, `OP other (candle ops, allocation)` for the
+//! rest of the step and `OP total` (the PyTorch side:
+//! `benches/torch_unet_profile.py`).
 //!
 //! On a GPU (`--device cuda`, a `--features cuda` build) every timed step ends
 //! with a device synchronisation, so the times are the kernels' and not the
@@ -97,6 +103,30 @@ fn main() -> anyhow::Result<()> {
         let macs = (net.summary(32, 32)?.total_connections() * 100) as f64;
         println!("FLOPS {kind} train step\t{}", 6.0 * macs);
         println!("FLOPS {kind} inference\t{}", 2.0 * macs);
+        if std::env::args().any(|a| a == "--profile") {
+            let mut step = || -> anyhow::Result<()> {
+                let loss = pixclass_metrics::cross_entropy(&net.forward_t(&x, true)?, &y)?;
+                adam.step(&loss.backward()?)?;
+                Ok(dev.synchronize()?)
+            };
+            pixclass_ops::profile::take();
+            pixclass_ops::profile::enable(true);
+            let t0 = Instant::now();
+            for _ in 0..steps {
+                step()?;
+            }
+            let total = t0.elapsed().as_secs_f64() * 1e3 / steps as f64;
+            pixclass_ops::profile::enable(false);
+            let mut ops = pixclass_ops::profile::take();
+            ops.sort_by_key(|o| std::cmp::Reverse(o.total));
+            let per_step = |d: std::time::Duration| d.as_secs_f64() * 1e3 / steps as f64;
+            let kernels: f64 = ops.iter().map(|o| per_step(o.total)).sum();
+            for o in &ops {
+                println!("OP {}\t{:.2}", o.name, per_step(o.total));
+            }
+            println!("OP other (candle ops, allocation)\t{:.2}", total - kernels);
+            println!("OP total\t{total:.2}");
+        }
     }
     Ok(())
 }

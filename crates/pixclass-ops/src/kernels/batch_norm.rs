@@ -45,6 +45,7 @@ impl CustomOp1 for ChannelStats {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let _time = crate::profile::scope(self.name());
         let (n, c, h, w) = dims4(l)?;
         let out = match s {
             CpuStorage::F32(_) => channel_stats(contiguous_slice::<f32>(s, l)?, n, c, h * w),
@@ -169,6 +170,7 @@ impl CustomOp3 for BnTrain {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
+        let _time = crate::profile::scope(self.name());
         let (_, c, h, w) = dims4(l1)?;
         let out =
             dispatch!((s1, l1) => x, (s2, l2) => g, (s3, l3) => b; bn_fwd(self, x, g, b, c, h * w));
@@ -212,6 +214,7 @@ impl CustomOp3 for BnTrainBwd {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
+        let _time = crate::profile::scope(self.name());
         let (n, c, h, w) = dims4(l1)?;
         let out = dispatch!((s1, l1) => x, (s2, l2) => dy, (s3, l3) => gb; bn_bwd(&self.0, x, dy, gb, n, c, h * w));
         Ok((out, Shape::from(l1.shape().elem_count() + 2 * c)))
@@ -348,6 +351,7 @@ impl CustomOp3 for ChannelAffine {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
+        let _time = crate::profile::scope(self.name());
         let (_, c, h, w) = dims4(l1)?;
         if l2.shape().elem_count() != c || l3.shape().elem_count() != c {
             candle_core::bail!(
@@ -406,6 +410,7 @@ impl CustomOp3 for ChannelAffineBwd {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
+        let _time = crate::profile::scope(self.name());
         let (n, c, h, w) = dims4(l1)?;
         let out = dispatch!((s1, l1) => x, (s2, l2) => dy, (s3, l3) => ss;
             affine_bwd(self.0, x, dy, ss, n, c, h * w));

@@ -7,19 +7,25 @@
 //! - backward-filter: `dW = Σ_n dY_n · im2col(X_n)ᵀ`.
 //!
 //! Working per image keeps the column matrix small (it stays in cache) and
-//! writes outputs in `[N, C, H, W]` order with no transposes.
+//! writes outputs in `[N, C, H, W]` order with no transposes. Stride-1 3x3
+//! convolutions take the Winograd kernels instead (all three passes;
+//! [`super::winograd`]).
 
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor, WithDType};
 use rayon::prelude::*;
 
 use super::gemm::{col_ld, gemm_into, inner_threads};
 use super::im2col::{add_bias, all_taps, col2im_image, im2col_taps, live_taps};
+use super::winograd::{self, Filters};
 use super::{contiguous_slice, dispatch, Geometry};
 
 /// `Y[n] = W · im2col(X[n]) (+ bias)`: x `[N, C, H, W]`, w `[O, C, kh, kw]`,
 /// bias `[O]` -> `[N, O, ho, wo]`.
 fn fwd<T: WithDType>(x: &[T], w: &[T], bias: Option<&[T]>, g: &Geometry, o: usize) -> Vec<T> {
     let (ckk, ohw, chw) = (g.rows(), g.ho * g.wo, g.c * g.h * g.w);
+    if winograd::applies(g, g.c, o) {
+        return winograd::conv3x3(x, w, bias, Filters::Forward, (g.n, g.c, o), (g.h, g.w));
+    }
     let mut y = vec![T::zero(); g.n * o * ohw];
     let threads = inner_threads(g.n);
     if g.is_pointwise() {
@@ -87,6 +93,16 @@ fn fwd<T: WithDType>(x: &[T], w: &[T], bias: Option<&[T]>, g: &Geometry, o: usiz
 /// bias `[C]` (a transposed convolution's) -> `[N, C, H, W]`.
 fn bwd_data<T: WithDType>(dy: &[T], w: &[T], bias: Option<&[T]>, g: &Geometry, o: usize) -> Vec<T> {
     let (ckk, ohw, chw) = (g.rows(), g.ho * g.wo, g.c * g.h * g.w);
+    if winograd::applies(g, o, g.c) {
+        return winograd::conv3x3(
+            dy,
+            w,
+            bias,
+            Filters::BackwardData,
+            (g.n, o, g.c),
+            (g.h, g.w),
+        );
+    }
     let mut dx = vec![T::zero(); g.n * chw];
     let threads = inner_threads(g.n);
     if g.is_pointwise() {
@@ -136,6 +152,9 @@ const FILTER_CHUNK: usize = 8;
 
 /// `dW = Σ_n dY[n] · im2col(X[n])ᵀ`: x `[N, C, H, W]`, dy `[N, O, ho, wo]` -> `[O, C, kh, kw]`.
 fn bwd_filter<T: WithDType>(x: &[T], dy: &[T], g: &Geometry, o: usize) -> Vec<T> {
+    if winograd::applies(g, g.c, o) {
+        return winograd::filter_grad3x3(x, dy, (g.n, g.c, o), (g.h, g.w));
+    }
     let (ckk, ohw, chw) = (g.rows(), g.ho * g.wo, g.c * g.h * g.w);
     let chunks = g.n.div_ceil(FILTER_CHUNK);
     let threads = inner_threads(chunks);
@@ -247,6 +266,7 @@ impl CustomOp2 for ConvKernel {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
+        let _time = crate::profile::scope(self.name());
         let out = dispatch!((s1, l1) => a, (s2, l2) => b; self.run(a, b, None));
         Ok((out, self.shape()))
     }
@@ -309,6 +329,7 @@ impl CustomOp3 for ConvBias {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
+        let _time = crate::profile::scope(self.name());
         let c = self.0.out_channels();
         if l3.shape().elem_count() != c {
             candle_core::bail!(

@@ -132,6 +132,7 @@ impl candle_core::CustomOp2 for Depthwise {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
+        let _time = crate::profile::scope(self.name());
         let g = self.0;
         let out = dispatch!((s1, l1) => x, (s2, l2) => w; depthwise_fwd(&g, x, w));
         Ok((out, Shape::from((g.n, g.c, g.ho, g.wo))))
@@ -170,6 +171,7 @@ impl candle_core::CustomOp2 for DepthwiseBwdInput {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
+        let _time = crate::profile::scope(self.name());
         let g = self.0;
         let out = dispatch!((s1, l1) => grad, (s2, l2) => w; depthwise_bwd_input(&g, grad, w));
         Ok((out, Shape::from((g.n, g.c, g.h, g.w))))
@@ -188,6 +190,7 @@ impl candle_core::CustomOp2 for DepthwiseBwdFilter {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
+        let _time = crate::profile::scope(self.name());
         let g = self.0;
         let out = dispatch!((s1, l1) => x, (s2, l2) => grad; depthwise_bwd_filter(&g, x, grad));
         Ok((out, Shape::from((g.c, 1, g.kh, g.kw))))

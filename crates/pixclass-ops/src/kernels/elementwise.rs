@@ -30,6 +30,7 @@ impl CustomOp1 for ChannelSum {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let _time = crate::profile::scope(self.name());
         let (n, c, h, w) = dims4(l)?;
         let out = dispatch!((s, l) => x; channel_sum(x, n, c, h * w));
         Ok((out, Shape::from(c)))
@@ -62,6 +63,7 @@ impl candle_core::CustomOp2 for ChannelBias {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
+        let _time = crate::profile::scope(self.name());
         let (_, c, h, w) = dims4(l1)?;
         if l2.shape().elem_count() != c {
             candle_core::bail!(
@@ -154,6 +156,7 @@ impl candle_core::CustomOp2 for AddRelu {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
+        let _time = crate::profile::scope(self.name());
         same_shape(l1, l2, self.name())?;
         let out = dispatch!((s1, l1) => a, (s2, l2) => b; add_relu_fwd(a, b));
         Ok((out, l1.shape().clone()))
@@ -191,6 +194,7 @@ impl candle_core::CustomOp2 for ReluMask {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
+        let _time = crate::profile::scope(self.name());
         same_shape(l1, l2, self.name())?;
         let out = dispatch!((s1, l1) => y, (s2, l2) => g; relu_mask(y, g));
         Ok((out, l1.shape().clone()))

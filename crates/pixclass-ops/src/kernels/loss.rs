@@ -138,6 +138,7 @@ impl candle_core::CustomOp2 for CrossEntropy {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
+        let _time = crate::profile::scope(self.name());
         let (n, k, h, w) = dims4(l1)?;
         if l2.shape().dims() != [n, h, w] {
             candle_core::bail!(
@@ -201,6 +202,7 @@ impl candle_core::CustomOp2 for CrossEntropyBwd {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
+        let _time = crate::profile::scope(self.name());
         let (_, k, h, w) = dims4(l1)?;
         let t = targets(s2, l2)?;
         let lse = self.lse.as_deref().map(Vec::as_slice);
@@ -413,6 +415,7 @@ impl candle_core::CustomOp2 for BinaryLoss {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
+        let _time = crate::profile::scope(self.name());
         check_binary(l1, l2)?;
         let t = binary_targets(s2, l2)?;
         let m = l1.shape().elem_count();
@@ -467,6 +470,7 @@ impl candle_core::CustomOp2 for BinaryLossBwd {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
+        let _time = crate::profile::scope(self.name());
         check_binary(l1, l2)?;
         let t = binary_targets(s2, l2)?;
         let out = dispatch!((s1, l1) => d; binary_bwd(self, d, t));

@@ -8,6 +8,8 @@
 //!   per-image GEMMs (the transposed convolution is backward-data), with
 //!   [`im2col`] building column matrices and [`gemm`] holding the crate's
 //!   one `unsafe` call;
+//!   [`winograd`] computing the stride-1 3x3 ones (all three passes) with
+//!   2.25x fewer multiplications;
 //! - [`depthwise`]: direct depthwise convolution;
 //! - [`batch_norm`]: train-mode BatchNorm (+ReLU) and the eval-mode
 //!   per-channel affine map;
@@ -31,6 +33,7 @@ pub(crate) mod im2col;
 pub(crate) mod loss;
 pub(crate) mod pool;
 pub(crate) mod simd;
+pub(crate) mod winograd;
 
 /// Geometry of a convolution seen from its input image: an `n x c x h x w`
 /// image, a `kh x kw` kernel, stride, dilation, top/left padding, and the

@@ -118,6 +118,7 @@ impl CustomOp1 for MaxPool {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let _time = crate::profile::scope(self.name());
         let (n, c, h, w) = dims4(l)?;
         let k = self.0;
         let out = dispatch!((s, l) => x; maxpool_fwd(x, h, w, k));
@@ -144,6 +145,7 @@ impl candle_core::CustomOp2 for MaxPoolBwd {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
+        let _time = crate::profile::scope(self.name());
         let (_, _, h, w) = dims4(l1)?;
         let k = self.0;
         let out = dispatch!((s1, l1) => x, (s2, l2) => g; maxpool_bwd(x, g, h, w, k));
@@ -238,6 +240,7 @@ impl CustomOp1 for Upsample {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let _time = crate::profile::scope(self.name());
         let (n, c, h, w) = dims4(l)?;
         let f = self.0;
         let out = dispatch!((s, l) => x; upsample_fwd(x, h, w, f));
@@ -257,6 +260,7 @@ impl CustomOp1 for BlockSum {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let _time = crate::profile::scope(self.name());
         let (n, c, gh, gw) = dims4(l)?;
         let f = self.0;
         let (h, w) = (gh / f, gw / f);
@@ -323,6 +327,7 @@ impl CustomOp1 for MaxPoolStrided {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let _time = crate::profile::scope(self.name());
         let (n, c, h, w) = dims4(l)?;
         if h + 2 * self.p < self.k || w + 2 * self.p < self.k || self.p * 2 > self.k {
             candle_core::bail!("max-pool {:?} does not fit a {h}x{w} input", self);
@@ -387,6 +392,7 @@ impl candle_core::CustomOp2 for MaxPoolStridedBwd {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
+        let _time = crate::profile::scope(self.name());
         let (_, _, h, w) = dims4(l1)?;
         let out = dispatch!((s1, l1) => x, (s2, l2) => g; maxpool_strided_bwd(&self.0, x, g, h, w));
         Ok((out, l1.shape().clone()))

@@ -1,0 +1,736 @@
+//! Winograd F(2x2, 3x3) for the stride-1, padding-1, 3x3 convolutions
+//! (every convolution of PoolUpsampleNet, the UNet's last layer, the 3x3
+//! convolutions of ResNet's first two stages): 16 multiplications per 2x2
+//! output tile and channel pair instead of 36, so 2.25x fewer FLOPs in the
+//! GEMMs, which is where the time of those layers goes.
+//!
+//! Lavin & Gray, "Fast Algorithms for Convolutional Neural Networks" (2016):
+//! with the 4x4 input tile `d`, the 3x3 filter `g` and
+//! `Bᵀ = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1]`,
+//! `G = [1 0 0; ½ ½ ½; ½ -½ ½; 0 0 1]`, `Aᵀ = [1 1 1 0; 0 1 -1 -1]`, the
+//! 2x2 output tile is `Aᵀ [Σ_c (G g Gᵀ) ⊙ (Bᵀ d B)] A`. The channel sum of
+//! each of the 16 positions ξ of the transformed tile is one GEMM,
+//! `M_ξ = U_ξ · V_ξ` (`U_ξ` `[O, C]` filters, `V_ξ` `[C, tiles]` inputs), over
+//! the tiles of a block of images at once: a 32x32 image has only 256 tiles,
+//! a block of several gives the GEMMs a long dimension, and its transformed
+//! inputs and outputs still stay in the last-level cache.
+//!
+//! The same kernel computes the backward-data pass of such a convolution:
+//! `dX = conv(dY, W')` with `W'[c][o] = W[o][c]` rotated by 180° and the same
+//! padding; [`filter_grad3x3`] is the weight gradient, the forward's adjoint
+//! over the same tiles. The arithmetic differs from the direct sum only in rounding
+//! (the transforms add and halve; the tests bound the difference).
+
+use candle_core::WithDType;
+use rayon::prelude::*;
+
+use super::gemm::{gemm_into, inner_threads};
+use super::Geometry;
+
+/// Tiles per block of images (at most: a block holds at least one image;
+/// a 32x32 image has 272 as laid out): the transformed inputs and outputs of
+/// a block of the colourization nets' layers stay within a core's L2.
+const BLOCK_TILES: usize = 256;
+
+/// Fewer channels than this on either side (the 1-channel first layer):
+/// the GEMMs are too thin for the transforms to pay.
+const MIN_CHANNELS: usize = 8;
+
+/// Whether `g` (with `cin` input and `cout` output channels) is a convolution
+/// this kernel computes: 3x3, stride 1, dilation 1, padding 1, output the
+/// size of the input; and a batch of at least one image per thread (the
+/// blocks of images run in parallel; a single image's 16 thin GEMMs do not
+/// split well across threads, and the im2col kernel is faster there).
+pub(crate) fn applies(g: &Geometry, cin: usize, cout: usize) -> bool {
+    g.kh == 3
+        && g.kw == 3
+        && g.stride == 1
+        && g.dilation == 1
+        && g.pad_top == 1
+        && g.pad_left == 1
+        && (g.ho, g.wo) == (g.h, g.w)
+        && g.h > 0
+        && g.w > 0
+        && cin >= MIN_CHANNELS
+        && cout >= MIN_CHANNELS
+        && g.n >= rayon::current_num_threads()
+}
+
+/// The filter between input channel `c` and output channel `o`, row-major
+/// 3x3, of a forward convolution (`w` `[O, C, 3, 3]`) or of the backward-data
+/// pass of one (`w` `[C, O, 3, 3]` read transposed and rotated).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Filters {
+    /// `w[o][c]` as it is.
+    Forward,
+    /// `w[c][o]` rotated by 180°.
+    BackwardData,
+}
+
+/// `G g Gᵀ` of every filter: `U[ξ][o][c]`.
+fn transform_filters<T: WithDType>(w: &[T], cin: usize, cout: usize, filters: Filters) -> Vec<T> {
+    let half = T::from_f64(0.5);
+    let mut u = vec![T::zero(); 16 * cout * cin];
+    for o in 0..cout {
+        for c in 0..cin {
+            let g: [T; 9] = std::array::from_fn(|i| match filters {
+                Filters::Forward => w[(o * cin + c) * 9 + i],
+                Filters::BackwardData => w[(c * cout + o) * 9 + 8 - i],
+            });
+            // G g: 4x3.
+            let mut t = [[T::zero(); 3]; 4];
+            for j in 0..3 {
+                let (a, b, e) = (g[j], g[3 + j], g[6 + j]);
+                t[0][j] = a;
+                t[1][j] = (a + b + e) * half;
+                t[2][j] = (a - b + e) * half;
+                t[3][j] = e;
+            }
+            // (G g) Gᵀ: 4x4.
+            for (i, row) in t.iter().enumerate() {
+                let [a, b, e] = *row;
+                let r = [a, (a + b + e) * half, (a - b + e) * half, e];
+                for (j, v) in r.into_iter().enumerate() {
+                    u[((i * 4 + j) * cout + o) * cin + c] = v;
+                }
+            }
+        }
+    }
+    u
+}
+
+/// The 3x3 convolution (padding 1) of `x` `[N, cin, h, w]` with the filters
+/// of `w` read as `filters` says, plus `bias[o]`: `[N, cout, h, w]`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn conv3x3<T: WithDType>(
+    x: &[T],
+    w: &[T],
+    bias: Option<&[T]>,
+    filters: Filters,
+    (n, cin, cout): (usize, usize, usize),
+    (h, wd): (usize, usize),
+) -> Vec<T> {
+    let u = transform_filters(w, cin, cout, filters);
+    let (th, tw) = (h.div_ceil(2), wd.div_ceil(2));
+    let per_image = tiles_per_image(th, tw);
+    // Blocks of whole images, at least one per thread.
+    let images =
+        (BLOCK_TILES / per_image).clamp(1, n.div_ceil(rayon::current_num_threads()).max(1));
+    let blocks = n.div_ceil(images);
+    let threads = inner_threads(blocks);
+    let mut y = vec![T::zero(); n * cout * h * wd];
+    y.par_chunks_mut(images * cout * h * wd)
+        .enumerate()
+        .for_each(|(b, yb)| {
+            let nb = yb.len() / (cout * h * wd);
+            let xb = &x[b * images * cin * h * wd..][..nb * cin * h * wd];
+            let tb = nb * per_image;
+            let v = transform_inputs(xb, (nb, cin), (h, wd), (th, tw));
+            let mut m = vec![T::zero(); 16 * cout * tb];
+            for xi in 0..16 {
+                gemm_into(
+                    cout,
+                    tb,
+                    cin,
+                    (&mut m[xi * cout * tb..(xi + 1) * cout * tb], tb),
+                    (&u[xi * cout * cin..(xi + 1) * cout * cin], cin, 1),
+                    (&v[xi * cin * tb..(xi + 1) * cin * tb], tb, 1),
+                    false,
+                    threads,
+                );
+            }
+            transform_outputs(&m, bias, yb, (nb, cout), (h, wd), (th, tw));
+        });
+    y
+}
+
+/// `a - b`, `a + b` into `out` (equal lengths: the loops vectorise).
+#[inline(always)]
+fn sub_into<T: WithDType>(out: &mut [T], a: &[T], b: &[T]) {
+    for ((o, &x), &y) in out.iter_mut().zip(a).zip(b) {
+        *o = x - y;
+    }
+}
+
+#[inline(always)]
+fn add_into<T: WithDType>(out: &mut [T], a: &[T], b: &[T]) {
+    for ((o, &x), &y) in out.iter_mut().zip(a).zip(b) {
+        *o = x + y;
+    }
+}
+
+/// `out = a + b + c` and `out = a - b - c`.
+#[inline(always)]
+fn add3_into<T: WithDType>(out: &mut [T], a: &[T], b: &[T], c: &[T]) {
+    for (((o, &x), &y), &z) in out.iter_mut().zip(a).zip(b).zip(c) {
+        *o = x + y + z;
+    }
+}
+
+#[inline(always)]
+fn sub3_into<T: WithDType>(out: &mut [T], a: &[T], b: &[T], c: &[T]) {
+    for (((o, &x), &y), &z) in out.iter_mut().zip(a).zip(b).zip(c) {
+        *o = x - y - z;
+    }
+}
+
+/// Images per partial sum of [`filter_grad3x3`], in blocks of
+/// [`BLOCK_TILES`]: a fixed partition, so that the weight gradient is the
+/// same bit for bit whatever the number of threads.
+const FILTER_BLOCKS: usize = 4;
+
+/// The weight gradient of [`conv3x3`] (forward filters): x `[N, cin, h, w]`,
+/// dy `[N, cout, h, w]` -> dW `[cout, cin, 3, 3]`.
+///
+/// The forward is `y_t = Aᵀ [Σ_c U ⊙ V_t] A` per tile `t`, linear in
+/// `U = G g Gᵀ`; its adjoint is `dU_ξ = Σ_t (A dy_t Aᵀ)_ξ · V_ξ,t` (one GEMM
+/// per ξ, the tiles the long inner dimension) and `dW = Gᵀ dU G`.
+pub(crate) fn filter_grad3x3<T: WithDType>(
+    x: &[T],
+    dy: &[T],
+    (n, cin, cout): (usize, usize, usize),
+    (h, wd): (usize, usize),
+) -> Vec<T> {
+    let (th, tw) = (h.div_ceil(2), wd.div_ceil(2));
+    let per_image = tiles_per_image(th, tw);
+    let images = (BLOCK_TILES / per_image).max(1);
+    let chunk = images * FILTER_BLOCKS;
+    let chunks = n.div_ceil(chunk);
+    let threads = inner_threads(chunks);
+    let (xs, ys) = (cin * h * wd, cout * h * wd);
+    let partials: Vec<Vec<T>> = (0..chunks)
+        .into_par_iter()
+        .map(|k| {
+            let mut du = vec![T::zero(); 16 * cout * cin];
+            let end = ((k + 1) * chunk).min(n);
+            for (i, b0) in (k * chunk..end).step_by(images).enumerate() {
+                let nb = images.min(end - b0);
+                let tb = nb * per_image;
+                let v = transform_inputs(&x[b0 * xs..][..nb * xs], (nb, cin), (h, wd), (th, tw));
+                let g = transform_output_grads(
+                    &dy[b0 * ys..][..nb * ys],
+                    (nb, cout),
+                    (h, wd),
+                    (th, tw),
+                );
+                for xi in 0..16 {
+                    // Vᵀ: (row stride 1, column stride tb).
+                    gemm_into(
+                        cout,
+                        cin,
+                        tb,
+                        (&mut du[xi * cout * cin..(xi + 1) * cout * cin], cin),
+                        (&g[xi * cout * tb..(xi + 1) * cout * tb], tb, 1),
+                        (&v[xi * cin * tb..(xi + 1) * cin * tb], 1, tb),
+                        i > 0,
+                        threads,
+                    );
+                }
+            }
+            du
+        })
+        .collect();
+    // The chunks' sums in chunk order.
+    let mut du = vec![T::zero(); 16 * cout * cin];
+    for p in &partials {
+        for (a, b) in du.iter_mut().zip(p) {
+            *a += *b;
+        }
+    }
+    // dW = Gᵀ dU G, G = [1 0 0; ½ ½ ½; ½ -½ ½; 0 0 1].
+    let half = T::from_f64(0.5);
+    let mut dw = vec![T::zero(); cout * cin * 9];
+    for o in 0..cout {
+        for c in 0..cin {
+            let u = |i: usize, j: usize| du[((i * 4 + j) * cout + o) * cin + c];
+            let t: [[T; 4]; 3] = std::array::from_fn(|r| {
+                std::array::from_fn(|j| match r {
+                    0 => u(0, j) + (u(1, j) + u(2, j)) * half,
+                    1 => (u(1, j) - u(2, j)) * half,
+                    _ => (u(1, j) + u(2, j)) * half + u(3, j),
+                })
+            });
+            for (r, row) in t.iter().enumerate() {
+                let g = [
+                    row[0] + (row[1] + row[2]) * half,
+                    (row[1] - row[2]) * half,
+                    (row[1] + row[2]) * half + row[3],
+                ];
+                dw[(o * cin + c) * 9 + r * 3..][..3].copy_from_slice(&g);
+            }
+        }
+    }
+    dw
+}
+
+/// `A dy_t Aᵀ` of every tile of a block of `nb` images: `[ξ][o][t]`, zero for
+/// the junk tiles (they must add nothing to the weight gradient).
+fn transform_output_grads<T: WithDType>(
+    dy: &[T],
+    (nb, cout): (usize, usize),
+    (h, w): (usize, usize),
+    (th, tw): (usize, usize),
+) -> Vec<T> {
+    let mut g = vec![T::zero(); 16 * cout * nb * tiles_per_image(th, tw)];
+    pulp::Arch::new().dispatch(OutputGradTransform {
+        dy,
+        g: &mut g,
+        nb,
+        cout,
+        h,
+        w,
+        th,
+        tw,
+    });
+    g
+}
+
+/// [`transform_output_grads`] compiled for the CPU's SIMD instruction set:
+/// the 2x2 tile values `dy[2ty + r][2tx + s]` are gathered into four runs
+/// over the tiles (zero past the edges and in the junk tiles), then both
+/// stages of `A · Aᵀ` (`A = [1 0; 1 1; 1 -1; 0 -1]`) are flat loops.
+struct OutputGradTransform<'a, T> {
+    dy: &'a [T],
+    g: &'a mut [T],
+    nb: usize,
+    cout: usize,
+    h: usize,
+    w: usize,
+    th: usize,
+    tw: usize,
+}
+
+/// `out = -a`.
+#[inline(always)]
+fn neg_into<T: WithDType>(out: &mut [T], a: &[T]) {
+    for (o, &x) in out.iter_mut().zip(a) {
+        *o = T::zero() - x;
+    }
+}
+
+impl<T: WithDType> pulp::WithSimd for OutputGradTransform<'_, T> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: pulp::Simd>(self, _: S) {
+        let Self {
+            dy,
+            g,
+            nb,
+            cout,
+            h,
+            w,
+            th,
+            tw,
+        } = self;
+        let w1 = tw + 1;
+        let l = tiles_per_image(th, tw);
+        let tb = nb * l;
+        // d[r][s]: the tile value at row r, column s, over the tiles.
+        let mut d = vec![T::zero(); 4 * l];
+        // A dy: a[k][s].
+        let mut a = vec![T::zero(); 8 * l];
+        for i in 0..nb {
+            for o in 0..cout {
+                let plane = &dy[(i * cout + o) * h * w..][..h * w];
+                for (oy, src) in plane.chunks_exact(w).enumerate() {
+                    let (ty, r) = (oy / 2, oy % 2);
+                    let (d0, d1) = d[2 * r * l..(2 * r + 2) * l].split_at_mut(l);
+                    let (d0, d1) = (&mut d0[ty * w1..][..tw], &mut d1[ty * w1..][..tw]);
+                    let mut pairs = src.chunks_exact(2);
+                    for ((e, od), pair) in d0.iter_mut().zip(d1.iter_mut()).zip(&mut pairs) {
+                        *e = pair[0];
+                        *od = pair[1];
+                    }
+                    if let [last] = pairs.remainder() {
+                        d0[w / 2] = *last;
+                    }
+                }
+                let dd = |r: usize, s: usize| &d[(2 * r + s) * l..][..l];
+                for (idx, row) in a.chunks_exact_mut(l).enumerate() {
+                    let (k, s) = (idx / 2, idx % 2);
+                    match k {
+                        0 => row.copy_from_slice(dd(0, s)),
+                        1 => add_into(row, dd(0, s), dd(1, s)),
+                        2 => sub_into(row, dd(0, s), dd(1, s)),
+                        _ => neg_into(row, dd(1, s)),
+                    }
+                }
+                for k in 0..4 {
+                    let (a0, a1) = (&a[2 * k * l..][..l], &a[(2 * k + 1) * l..][..l]);
+                    for j in 0..4 {
+                        let xi = k * 4 + j;
+                        let dst = &mut g[(xi * cout + o) * tb + i * l..][..l];
+                        match j {
+                            0 => dst.copy_from_slice(a0),
+                            1 => add_into(dst, a0, a1),
+                            2 => sub_into(dst, a0, a1),
+                            _ => neg_into(dst, a1),
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Tiles of one image as the transforms lay them out: `th` rows of `tw + 1`
+/// (the last of each row is junk, computed and dropped, so that every tile
+/// value is a run of memory shifted by a constant; see [`InputTransform`]).
+fn tiles_per_image(th: usize, tw: usize) -> usize {
+    th * (tw + 1)
+}
+
+/// `V[ξ][c][t]` of a block of `nb` images: tile `t = (image, ty, tx)`.
+fn transform_inputs<T: WithDType>(
+    x: &[T],
+    (nb, cin): (usize, usize),
+    (h, w): (usize, usize),
+    (th, tw): (usize, usize),
+) -> Vec<T> {
+    let mut v = vec![T::zero(); 16 * cin * nb * tiles_per_image(th, tw)];
+    pulp::Arch::new().dispatch(InputTransform {
+        x,
+        v: &mut v,
+        nb,
+        cin,
+        h,
+        w,
+        th,
+        tw,
+    });
+    v
+}
+
+/// [`transform_inputs`] compiled for the CPU's SIMD instruction set (see
+/// `im2col::Im2colChannel`).
+///
+/// The zero-padded plane is split by row and column parity into four
+/// planes `P[rp][cp][y][x] = padded[2y + rp][2x + cp]` with rows `tw + 1`
+/// long. Tile `t = ty·(tw + 1) + tx` reads `padded[2ty + k][2tx + s]` =
+/// `P[k % 2][s % 2][t + (k / 2)·(tw + 1) + s / 2]`: for all tiles at once,
+/// each of the 16 values is a contiguous run, and both transform stages are
+/// flat loops over the whole image.
+struct InputTransform<'a, T> {
+    x: &'a [T],
+    v: &'a mut [T],
+    nb: usize,
+    cin: usize,
+    h: usize,
+    w: usize,
+    th: usize,
+    tw: usize,
+}
+
+impl<T: WithDType> pulp::WithSimd for InputTransform<'_, T> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: pulp::Simd>(self, _: S) {
+        let Self {
+            x,
+            v,
+            nb,
+            cin,
+            h,
+            w,
+            th,
+            tw,
+        } = self;
+        let w1 = tw + 1;
+        let l = tiles_per_image(th, tw);
+        let tb = nb * l;
+        // Each parity plane: th + 1 rows, and one value more for the
+        // shifted reads of the junk tile.
+        let size = (th + 1) * w1 + 1;
+        let mut planes = vec![T::zero(); 4 * size];
+        // Bᵀ over the tile rows k, per column parity: l + 1 values each.
+        let mut p = vec![T::zero(); 8 * (l + 1)];
+        for i in 0..nb {
+            for c in 0..cin {
+                let img = &x[(i * cin + c) * h * w..][..h * w];
+                // padded[r][q] = img[r - 1][q - 1]: input column 2m goes to
+                // odd padded column 2m + 1 (parity 1, index m), 2m + 1 to
+                // even column 2m + 2 (parity 0, index m + 1).
+                for (y, src) in img.chunks_exact(w).enumerate() {
+                    let r = y + 1;
+                    let (rp, yy) = (r % 2, r / 2);
+                    let (even, odd) = planes[2 * rp * size..(2 * rp + 2) * size].split_at_mut(size);
+                    let even = &mut even[yy * w1 + 1..][..tw];
+                    let odd = &mut odd[yy * w1..][..tw];
+                    let mut pairs = src.chunks_exact(2);
+                    for ((o, e), pair) in odd.iter_mut().zip(even.iter_mut()).zip(&mut pairs) {
+                        *o = pair[0];
+                        *e = pair[1];
+                    }
+                    if let [last] = pairs.remainder() {
+                        odd[w / 2] = *last;
+                    }
+                }
+                // d(k, parity)[t] = P[k % 2][parity][t + (k / 2)·w1].
+                let d = |k: usize, par: usize| {
+                    &planes[(k % 2 * 2 + par) * size + (k / 2) * w1..][..l + 1]
+                };
+                for (idx, row) in p.chunks_exact_mut(l + 1).enumerate() {
+                    let (kk, par) = (idx / 2, idx % 2);
+                    match kk {
+                        0 => sub_into(row, d(0, par), d(2, par)),
+                        1 => add_into(row, d(1, par), d(2, par)),
+                        2 => sub_into(row, d(2, par), d(1, par)),
+                        _ => sub_into(row, d(1, par), d(3, par)),
+                    }
+                }
+                // ·B over the tile columns s: p(kk, s)[t] = p(kk, s % 2)[t + s / 2].
+                for kk in 0..4 {
+                    let (e, o) = p[kk * 2 * (l + 1)..(kk + 1) * 2 * (l + 1)].split_at(l + 1);
+                    let (e0, e1, o0, o1) = (&e[..l], &e[1..], &o[..l], &o[1..]);
+                    for j in 0..4 {
+                        let xi = kk * 4 + j;
+                        let dst = &mut v[(xi * cin + c) * tb + i * l..][..l];
+                        match j {
+                            0 => sub_into(dst, e0, e1),
+                            1 => add_into(dst, o0, e1),
+                            2 => sub_into(dst, e1, o0),
+                            _ => sub_into(dst, o0, o1),
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `y = Aᵀ M A + bias` for a block of `nb` images (the outputs past an odd
+/// image's edge and the junk tiles are dropped).
+fn transform_outputs<T: WithDType>(
+    m: &[T],
+    bias: Option<&[T]>,
+    y: &mut [T],
+    (nb, cout): (usize, usize),
+    (h, w): (usize, usize),
+    (th, tw): (usize, usize),
+) {
+    pulp::Arch::new().dispatch(OutputTransform {
+        m,
+        bias,
+        y,
+        nb,
+        cout,
+        h,
+        w,
+        th,
+        tw,
+    })
+}
+
+/// [`transform_outputs`] compiled for the CPU's SIMD instruction set: both
+/// stages are flat loops over an image's tiles, then one pass writes the
+/// 2x2 outputs of each tile row into two image rows.
+struct OutputTransform<'a, T> {
+    m: &'a [T],
+    bias: Option<&'a [T]>,
+    y: &'a mut [T],
+    nb: usize,
+    cout: usize,
+    h: usize,
+    w: usize,
+    th: usize,
+    tw: usize,
+}
+
+impl<T: WithDType> pulp::WithSimd for OutputTransform<'_, T> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: pulp::Simd>(self, _: S) {
+        let Self {
+            m,
+            bias,
+            y,
+            nb,
+            cout,
+            h,
+            w,
+            th,
+            tw,
+        } = self;
+        let w1 = tw + 1;
+        let l = tiles_per_image(th, tw);
+        let tb = nb * l;
+        // Aᵀ M: a(r, s) for r = 0, 1 and s = 0..4.
+        let mut a = vec![T::zero(); 8 * l];
+        // ·A: out(r, q) for the tile's row r and column q.
+        let mut out = vec![T::zero(); 4 * l];
+        for i in 0..nb {
+            for o in 0..cout {
+                let b = bias.map_or(T::zero(), |b| b[o]);
+                let mrow = |xi: usize| &m[(xi * cout + o) * tb + i * l..][..l];
+                {
+                    let (a0, a1) = a.split_at_mut(4 * l);
+                    for s in 0..4 {
+                        let (m0, m1, m2, m3) = (mrow(s), mrow(4 + s), mrow(8 + s), mrow(12 + s));
+                        add3_into(&mut a0[s * l..][..l], m0, m1, m2);
+                        sub3_into(&mut a1[s * l..][..l], m1, m2, m3);
+                    }
+                }
+                for r in 0..2 {
+                    let ar = |s: usize| &a[(r * 4 + s) * l..][..l];
+                    let (o0, o1) = out[2 * r * l..(2 * r + 2) * l].split_at_mut(l);
+                    add3_into(o0, ar(0), ar(1), ar(2));
+                    sub3_into(o1, ar(1), ar(2), ar(3));
+                }
+                let plane = &mut y[(i * cout + o) * h * w..][..h * w];
+                for (oy, dst) in plane.chunks_exact_mut(w).enumerate() {
+                    let (ty, r) = (oy / 2, oy % 2);
+                    let even = &out[2 * r * l + ty * w1..][..tw];
+                    let odd = &out[(2 * r + 1) * l + ty * w1..][..tw];
+                    let mut pairs = dst.chunks_exact_mut(2);
+                    for ((pair, &e), &od) in (&mut pairs).zip(even).zip(odd) {
+                        pair[0] = e + b;
+                        pair[1] = od + b;
+                    }
+                    if let [last] = pairs.into_remainder() {
+                        *last = even[tw - 1] + b;
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The direct sum, in f64.
+    fn direct(
+        x: &[f64],
+        w: &[f64],
+        (n, cin, cout): (usize, usize, usize),
+        (h, wd): (usize, usize),
+    ) -> Vec<f64> {
+        let mut y = vec![0.0; n * cout * h * wd];
+        for i in 0..n {
+            for o in 0..cout {
+                for oy in 0..h {
+                    for ox in 0..wd {
+                        let mut s = 0.0;
+                        for c in 0..cin {
+                            for ky in 0..3 {
+                                for kx in 0..3 {
+                                    let (iy, ix) = ((oy + ky) as isize - 1, (ox + kx) as isize - 1);
+                                    if iy >= 0 && ix >= 0 && (iy as usize) < h && (ix as usize) < wd
+                                    {
+                                        s += w[((o * cin + c) * 3 + ky) * 3 + kx]
+                                            * x[((i * cin + c) * h + iy as usize) * wd
+                                                + ix as usize];
+                                    }
+                                }
+                            }
+                        }
+                        y[((i * cout + o) * h + oy) * wd + ox] = s;
+                    }
+                }
+            }
+        }
+        y
+    }
+
+    /// Deterministic values in [-1, 1).
+    fn values(n: usize, seed: u64) -> Vec<f64> {
+        let mut s = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+        (0..n)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                (s >> 11) as f64 / (1u64 << 52) as f64 - 1.0
+            })
+            .collect()
+    }
+
+    #[test]
+    fn matches_the_direct_sum_forward_and_backward_data() {
+        // Odd and even sizes, one and several blocks, a partial last block.
+        for &(n, cin, cout, h, w) in &[
+            (1, 8, 9, 5, 7),
+            (3, 10, 8, 6, 6),
+            (9, 8, 12, 16, 16),
+            (2, 9, 8, 1, 3),
+        ] {
+            let x = values(n * cin * h * w, 1);
+            let wt = values(cout * cin * 9, 2);
+            let bias = values(cout, 3);
+            let want = direct(&x, &wt, (n, cin, cout), (h, w));
+            let got = conv3x3(
+                &x,
+                &wt,
+                Some(&bias),
+                Filters::Forward,
+                (n, cin, cout),
+                (h, w),
+            );
+            for (k, (g, e)) in got.iter().zip(&want).enumerate() {
+                let o = (k / (h * w)) % cout;
+                assert!(
+                    (g - e - bias[o]).abs() < 1e-12,
+                    "forward {n}x{cin}x{h}x{w} -> {cout}: {g} vs {e}"
+                );
+            }
+            // Backward-data: the adjoint. <conv(x), dy> = <x, bwd(dy)>.
+            let dy = values(n * cout * h * w, 4);
+            let dx = conv3x3(
+                &dy,
+                &wt,
+                None,
+                Filters::BackwardData,
+                (n, cout, cin),
+                (h, w),
+            );
+            let lhs: f64 = want.iter().zip(&dy).map(|(a, b)| a * b).sum();
+            let rhs: f64 = x.iter().zip(&dx).map(|(a, b)| a * b).sum();
+            assert!(
+                (lhs - rhs).abs() < 1e-9 * lhs.abs().max(1.0),
+                "adjoint {lhs} vs {rhs}"
+            );
+        }
+    }
+
+    #[test]
+    fn weight_gradient_is_the_adjoint_of_the_forward() {
+        // <conv(x, w), dy> is linear in w: its gradient is dW, so
+        // <dW, w'> = <conv(x, w'), dy> for every w'. Odd sizes, partial
+        // blocks, several chunks.
+        for &(n, cin, cout, h, w) in &[(1, 8, 9, 5, 7), (40, 9, 8, 3, 4), (3, 8, 8, 16, 15)] {
+            let x = values(n * cin * h * w, 7);
+            let dy = values(n * cout * h * w, 8);
+            let probe = values(cout * cin * 9, 9);
+            let dw = filter_grad3x3(&x, &dy, (n, cin, cout), (h, w));
+            let lhs: f64 = dw.iter().zip(&probe).map(|(a, b)| a * b).sum();
+            let y = direct(&x, &probe, (n, cin, cout), (h, w));
+            let rhs: f64 = y.iter().zip(&dy).map(|(a, b)| a * b).sum();
+            assert!(
+                (lhs - rhs).abs() < 1e-9 * rhs.abs().max(1.0),
+                "{n}x{cin}x{h}x{w}: {lhs} vs {rhs}"
+            );
+        }
+    }
+
+    #[test]
+    fn f32_rounding_stays_close_to_the_direct_sum() {
+        let (n, cin, cout, h, w) = (2, 64, 32, 12, 12);
+        let x = values(n * cin * h * w, 5);
+        let wt = values(cout * cin * 9, 6);
+        let want = direct(&x, &wt, (n, cin, cout), (h, w));
+        let x32: Vec<f32> = x.iter().map(|&v| v as f32).collect();
+        let w32: Vec<f32> = wt.iter().map(|&v| v as f32).collect();
+        let got = conv3x3(&x32, &w32, None, Filters::Forward, (n, cin, cout), (h, w));
+        let scale = want.iter().map(|v| v.abs()).fold(0.0, f64::max);
+        let err = got
+            .iter()
+            .zip(&want)
+            .map(|(g, e)| (f64::from(*g) - e).abs())
+            .fold(0.0, f64::max);
+        assert!(err < 1e-5 * scale, "max error {err} of {scale}");
+    }
+}
