@@ -684,12 +684,9 @@ fn op_category(op: &str) -> &'static str {
     if op == "total" {
         "total"
     } else if has("convolution_backward")
-        || has("bwd-filter")
-        || has("bwd-data")
         || has("channel-sum")
+        || (has("pixclass-conv") && !op.ends_with("-bias"))
     {
-        "convolution backward (input, weight and bias gradients)"
-    } else if has("pixclass-conv") && !op.ends_with("-bias") {
         "convolution backward (input, weight and bias gradients)"
     } else if has("conv") {
         "convolution forward (+ bias)"
