@@ -854,3 +854,65 @@ fn peak_gflops(threads: usize) -> Option<f64> {
         .ok()?;
     Some(threads as f64 * mhz / 1e3 * 32.0)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ops_of_both_sides_fall_into_the_same_categories() {
+        let conv_bwd = "convolution backward (input, weight and bias gradients)";
+        for (op, want) in [
+            ("pixclass-conv2d-bwd-filter", conv_bwd),
+            ("pixclass-conv2d-bwd-data", conv_bwd),
+            // A transposed convolution's input gradient: an unbiased conv.
+            ("pixclass-conv2d", conv_bwd),
+            ("pixclass-channel-sum", conv_bwd),
+            ("aten::convolution_backward", conv_bwd),
+            ("pixclass-conv2d-bias", "convolution forward (+ bias)"),
+            (
+                "pixclass-conv-transpose2d-bias",
+                "convolution forward (+ bias)",
+            ),
+            ("aten::mkldnn_convolution", "convolution forward (+ bias)"),
+            (
+                "pixclass-batchnorm-train-bwd",
+                "BatchNorm + ReLU (forward and backward)",
+            ),
+            (
+                "aten::threshold_backward",
+                "BatchNorm + ReLU (forward and backward)",
+            ),
+            (
+                "pixclass-cross-entropy",
+                "cross-entropy (forward and backward)",
+            ),
+            (
+                "aten::_log_softmax_backward_data",
+                "cross-entropy (forward and backward)",
+            ),
+            ("pixclass-maxpool-bwd", "pooling / upsampling"),
+            (
+                "aten::cat",
+                "other (concatenation, Adam, copies, allocation, framework)",
+            ),
+            ("total", "total"),
+        ] {
+            assert_eq!(op_category(op), want, "{op}");
+        }
+        let ours = BTreeMap::from([
+            ("pixclass-conv2d-bias".to_string(), 2.0),
+            ("total".to_string(), 5.0),
+        ]);
+        let theirs = BTreeMap::from([
+            ("aten::mkldnn_convolution".to_string(), 3.0),
+            ("total".to_string(), 4.0),
+        ]);
+        let md = profile_tables(&ours, &theirs);
+        assert!(
+            md.contains("| convolution forward (+ bias) | 2.0 | 3.0 |"),
+            "{md}"
+        );
+        assert!(md.contains("| total | 5.0 | 4.0 |"), "{md}");
+    }
+}

@@ -1,8 +1,9 @@
 //! Winograd F(2x2, 3x3) for the stride-1, padding-1, 3x3 convolutions
-//! (every convolution of PoolUpsampleNet, the UNet's last layer, the 3x3
-//! convolutions of ResNet's first two stages): 16 multiplications per 2x2
-//! output tile and channel pair instead of 36, so 2.25x fewer FLOPs in the
-//! GEMMs, which is where the time of those layers goes.
+//! (PoolUpsampleNet's but the 1-channel first, the UNet's last layer, the
+//! 3x3 convolutions of ResNet's first two stages; DeepLab dilates the rest):
+//! 16 multiplications per 2x2 output tile and channel pair instead of 36, so
+//! 2.25x fewer FLOPs in the GEMMs, which is where the time of those layers
+//! goes.
 //!
 //! Lavin & Gray, "Fast Algorithms for Convolutional Neural Networks" (2016):
 //! with the 4x4 input tile `d`, the 3x3 filter `g` and
@@ -11,15 +12,17 @@
 //! 2x2 output tile is `Aᵀ [Σ_c (G g Gᵀ) ⊙ (Bᵀ d B)] A`. The channel sum of
 //! each of the 16 positions ξ of the transformed tile is one GEMM,
 //! `M_ξ = U_ξ · V_ξ` (`U_ξ` `[O, C]` filters, `V_ξ` `[C, tiles]` inputs), over
-//! the tiles of a block of images at once: a 32x32 image has only 256 tiles,
-//! a block of several gives the GEMMs a long dimension, and its transformed
-//! inputs and outputs still stay in the last-level cache.
+//! the tiles of a block of images at once: small images have few tiles, a
+//! block of several gives the GEMMs a long dimension, and its transformed
+//! inputs and outputs still stay in a core's L2. The transforms run as flat
+//! loops over whole images (see [`InputTransform`]).
 //!
 //! The same kernel computes the backward-data pass of such a convolution:
 //! `dX = conv(dY, W')` with `W'[c][o] = W[o][c]` rotated by 180° and the same
 //! padding; [`filter_grad3x3`] is the weight gradient, the forward's adjoint
-//! over the same tiles. The arithmetic differs from the direct sum only in rounding
-//! (the transforms add and halve; the tests bound the difference).
+//! over the same tiles. The arithmetic differs from the direct sum only in
+//! rounding (the transforms add and halve; the tests bound the difference),
+//! and which kernel runs never depends on the number of threads.
 
 use candle_core::WithDType;
 use rayon::prelude::*;
@@ -36,11 +39,14 @@ const BLOCK_TILES: usize = 256;
 /// the GEMMs are too thin for the transforms to pay.
 const MIN_CHANNELS: usize = 8;
 
+/// A single image goes to the im2col kernel: its 16 thin GEMMs do not split
+/// well across threads. (A fixed rule, not the thread count: the same
+/// convolution takes the same kernel, and rounds the same, on every machine.)
+const MIN_BATCH: usize = 2;
+
 /// Whether `g` (with `cin` input and `cout` output channels) is a convolution
 /// this kernel computes: 3x3, stride 1, dilation 1, padding 1, output the
-/// size of the input; and a batch of at least one image per thread (the
-/// blocks of images run in parallel; a single image's 16 thin GEMMs do not
-/// split well across threads, and the im2col kernel is faster there).
+/// size of the input, [`MIN_CHANNELS`] and [`MIN_BATCH`] met.
 pub(crate) fn applies(g: &Geometry, cin: usize, cout: usize) -> bool {
     g.kh == 3
         && g.kw == 3
@@ -53,7 +59,7 @@ pub(crate) fn applies(g: &Geometry, cin: usize, cout: usize) -> bool {
         && g.w > 0
         && cin >= MIN_CHANNELS
         && cout >= MIN_CHANNELS
-        && g.n >= rayon::current_num_threads()
+        && g.n >= MIN_BATCH
 }
 
 /// The filter between input channel `c` and output channel `o`, row-major
