@@ -117,8 +117,7 @@ pub(crate) fn conv3x3<T: WithDType>(
     (h, wd): (usize, usize),
 ) -> Vec<T> {
     let u = transform_filters(w, cin, cout, filters);
-    let (th, tw) = (h.div_ceil(2), wd.div_ceil(2));
-    let per_image = tiles_per_image(th, tw);
+    let per_image = Tiles::new(1, h, wd).per_image();
     // Blocks of whole images, at least one per thread.
     let images =
         (BLOCK_TILES / per_image).clamp(1, n.div_ceil(rayon::current_num_threads()).max(1));
@@ -130,8 +129,9 @@ pub(crate) fn conv3x3<T: WithDType>(
         .for_each(|(b, yb)| {
             let nb = yb.len() / (cout * h * wd);
             let xb = &x[b * images * cin * h * wd..][..nb * cin * h * wd];
-            let tb = nb * per_image;
-            let v = transform_inputs(xb, (nb, cin), (h, wd), (th, tw));
+            let t = Tiles::new(nb, h, wd);
+            let tb = t.len();
+            let v = transform_inputs(xb, cin, t);
             let mut m = vec![T::zero(); 16 * cout * tb];
             for xi in 0..16 {
                 gemm_into(
@@ -145,7 +145,7 @@ pub(crate) fn conv3x3<T: WithDType>(
                     threads,
                 );
             }
-            transform_outputs(&m, bias, yb, (nb, cout), (h, wd), (th, tw));
+            transform_outputs(&m, bias, yb, cout, t);
         });
     y
 }
@@ -197,9 +197,7 @@ pub(crate) fn filter_grad3x3<T: WithDType>(
     (n, cin, cout): (usize, usize, usize),
     (h, wd): (usize, usize),
 ) -> Vec<T> {
-    let (th, tw) = (h.div_ceil(2), wd.div_ceil(2));
-    let per_image = tiles_per_image(th, tw);
-    let images = (BLOCK_TILES / per_image).max(1);
+    let images = (BLOCK_TILES / Tiles::new(1, h, wd).per_image()).max(1);
     let chunk = images * FILTER_BLOCKS;
     let chunks = n.div_ceil(chunk);
     let threads = inner_threads(chunks);
@@ -211,14 +209,10 @@ pub(crate) fn filter_grad3x3<T: WithDType>(
             let end = ((k + 1) * chunk).min(n);
             for (i, b0) in (k * chunk..end).step_by(images).enumerate() {
                 let nb = images.min(end - b0);
-                let tb = nb * per_image;
-                let v = transform_inputs(&x[b0 * xs..][..nb * xs], (nb, cin), (h, wd), (th, tw));
-                let g = transform_output_grads(
-                    &dy[b0 * ys..][..nb * ys],
-                    (nb, cout),
-                    (h, wd),
-                    (th, tw),
-                );
+                let t = Tiles::new(nb, h, wd);
+                let tb = t.len();
+                let v = transform_inputs(&x[b0 * xs..][..nb * xs], cin, t);
+                let g = transform_output_grads(&dy[b0 * ys..][..nb * ys], cout, t);
                 for xi in 0..16 {
                     // Vᵀ: (row stride 1, column stride tb).
                     gemm_into(
@@ -271,22 +265,13 @@ pub(crate) fn filter_grad3x3<T: WithDType>(
 
 /// `A dy_t Aᵀ` of every tile of a block of `nb` images: `[ξ][o][t]`, zero for
 /// the junk tiles (they must add nothing to the weight gradient).
-fn transform_output_grads<T: WithDType>(
-    dy: &[T],
-    (nb, cout): (usize, usize),
-    (h, w): (usize, usize),
-    (th, tw): (usize, usize),
-) -> Vec<T> {
-    let mut g = vec![T::zero(); 16 * cout * nb * tiles_per_image(th, tw)];
+fn transform_output_grads<T: WithDType>(dy: &[T], cout: usize, t: Tiles) -> Vec<T> {
+    let mut g = vec![T::zero(); 16 * cout * t.len()];
     pulp::Arch::new().dispatch(OutputGradTransform {
         dy,
         g: &mut g,
-        nb,
         cout,
-        h,
-        w,
-        th,
-        tw,
+        t,
     });
     g
 }
@@ -298,12 +283,8 @@ fn transform_output_grads<T: WithDType>(
 struct OutputGradTransform<'a, T> {
     dy: &'a [T],
     g: &'a mut [T],
-    nb: usize,
     cout: usize,
-    h: usize,
-    w: usize,
-    th: usize,
-    tw: usize,
+    t: Tiles,
 }
 
 /// `out = -a`.
@@ -319,19 +300,9 @@ impl<T: WithDType> pulp::WithSimd for OutputGradTransform<'_, T> {
 
     #[inline(always)]
     fn with_simd<S: pulp::Simd>(self, _: S) {
-        let Self {
-            dy,
-            g,
-            nb,
-            cout,
-            h,
-            w,
-            th,
-            tw,
-        } = self;
-        let w1 = tw + 1;
-        let l = tiles_per_image(th, tw);
-        let tb = nb * l;
+        let Self { dy, g, cout, t } = self;
+        let Tiles { nb, h, w, tw, .. } = t;
+        let (w1, l, tb) = (t.w1(), t.per_image(), t.len());
         // d[r][s]: the tile value at row r, column s, over the tiles.
         let mut d = vec![T::zero(); 4 * l];
         // A dy: a[k][s].
@@ -380,30 +351,54 @@ impl<T: WithDType> pulp::WithSimd for OutputGradTransform<'_, T> {
     }
 }
 
-/// Tiles of one image as the transforms lay them out: `th` rows of `tw + 1`
-/// (the last of each row is junk, computed and dropped, so that every tile
-/// value is a run of memory shifted by a constant; see [`InputTransform`]).
-fn tiles_per_image(th: usize, tw: usize) -> usize {
-    th * (tw + 1)
+/// How a block of `nb` images of `h x w` is cut into 2x2 output tiles, as
+/// the transforms lay them out: per image `th` rows of `tw + 1` tiles (the
+/// last of each row is junk, computed and dropped, so that every tile value
+/// is a run of memory shifted by a constant; see [`InputTransform`]).
+#[derive(Debug, Clone, Copy)]
+struct Tiles {
+    nb: usize,
+    h: usize,
+    w: usize,
+    th: usize,
+    tw: usize,
+}
+
+impl Tiles {
+    fn new(nb: usize, h: usize, w: usize) -> Self {
+        Self {
+            nb,
+            h,
+            w,
+            th: h.div_ceil(2),
+            tw: w.div_ceil(2),
+        }
+    }
+
+    /// Tiles per row of the grid (one of them junk).
+    fn w1(self) -> usize {
+        self.tw + 1
+    }
+
+    /// Tiles of one image.
+    fn per_image(self) -> usize {
+        self.th * self.w1()
+    }
+
+    /// Tiles of the block: the long dimension of its GEMMs.
+    fn len(self) -> usize {
+        self.nb * self.per_image()
+    }
 }
 
 /// `V[ξ][c][t]` of a block of `nb` images: tile `t = (image, ty, tx)`.
-fn transform_inputs<T: WithDType>(
-    x: &[T],
-    (nb, cin): (usize, usize),
-    (h, w): (usize, usize),
-    (th, tw): (usize, usize),
-) -> Vec<T> {
-    let mut v = vec![T::zero(); 16 * cin * nb * tiles_per_image(th, tw)];
+fn transform_inputs<T: WithDType>(x: &[T], cin: usize, t: Tiles) -> Vec<T> {
+    let mut v = vec![T::zero(); 16 * cin * t.len()];
     pulp::Arch::new().dispatch(InputTransform {
         x,
         v: &mut v,
-        nb,
         cin,
-        h,
-        w,
-        th,
-        tw,
+        t,
     });
     v
 }
@@ -420,12 +415,8 @@ fn transform_inputs<T: WithDType>(
 struct InputTransform<'a, T> {
     x: &'a [T],
     v: &'a mut [T],
-    nb: usize,
     cin: usize,
-    h: usize,
-    w: usize,
-    th: usize,
-    tw: usize,
+    t: Tiles,
 }
 
 impl<T: WithDType> pulp::WithSimd for InputTransform<'_, T> {
@@ -433,19 +424,9 @@ impl<T: WithDType> pulp::WithSimd for InputTransform<'_, T> {
 
     #[inline(always)]
     fn with_simd<S: pulp::Simd>(self, _: S) {
-        let Self {
-            x,
-            v,
-            nb,
-            cin,
-            h,
-            w,
-            th,
-            tw,
-        } = self;
-        let w1 = tw + 1;
-        let l = tiles_per_image(th, tw);
-        let tb = nb * l;
+        let Self { x, v, cin, t } = self;
+        let Tiles { nb, h, w, th, tw } = t;
+        let (w1, l, tb) = (t.w1(), t.per_image(), t.len());
         // Each parity plane: th + 1 rows, and one value more for the
         // shifted reads of the junk tile.
         let size = (th + 1) * w1 + 1;
@@ -512,20 +493,15 @@ fn transform_outputs<T: WithDType>(
     m: &[T],
     bias: Option<&[T]>,
     y: &mut [T],
-    (nb, cout): (usize, usize),
-    (h, w): (usize, usize),
-    (th, tw): (usize, usize),
+    cout: usize,
+    t: Tiles,
 ) {
     pulp::Arch::new().dispatch(OutputTransform {
         m,
         bias,
         y,
-        nb,
         cout,
-        h,
-        w,
-        th,
-        tw,
+        t,
     })
 }
 
@@ -536,12 +512,8 @@ struct OutputTransform<'a, T> {
     m: &'a [T],
     bias: Option<&'a [T]>,
     y: &'a mut [T],
-    nb: usize,
     cout: usize,
-    h: usize,
-    w: usize,
-    th: usize,
-    tw: usize,
+    t: Tiles,
 }
 
 impl<T: WithDType> pulp::WithSimd for OutputTransform<'_, T> {
@@ -553,16 +525,11 @@ impl<T: WithDType> pulp::WithSimd for OutputTransform<'_, T> {
             m,
             bias,
             y,
-            nb,
             cout,
-            h,
-            w,
-            th,
-            tw,
+            t,
         } = self;
-        let w1 = tw + 1;
-        let l = tiles_per_image(th, tw);
-        let tb = nb * l;
+        let Tiles { nb, h, w, tw, .. } = t;
+        let (w1, l, tb) = (t.w1(), t.per_image(), t.len());
         // Aᵀ M: a(r, s) for r = 0, 1 and s = 0..4.
         let mut a = vec![T::zero(); 8 * l];
         // ·A: out(r, q) for the tile's row r and column q.
