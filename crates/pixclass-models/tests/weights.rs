@@ -15,6 +15,18 @@ use pixclass_models::init::{seeded_frozen_builder, seeded_var_builder};
 use pixclass_models::segment::{load_resnet, load_resnet_with_classes};
 use pixclass_models::weights::{expected_tensors, read_tensors, save_safetensors, validate};
 
+/// The largest absolute difference of two f32 tensors.
+fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
 #[test]
 fn reads_a_pytorch_zip_checkpoint() {
     let t = read_tensors(&golden("tiny.pth"), &Device::Cpu).unwrap();
@@ -136,15 +148,7 @@ fn deeplab_round_trip_and_new_class_count() {
     assert_eq!(loaded.config().num_classes, 21);
     assert!(loaded.config().aux);
     let got = loaded.forward_t(&x, false).unwrap();
-    let diff = (got - &want)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
-    assert_eq!(diff, 0.0);
+    assert_eq!(max_abs_diff(&got, &want), 0.0);
     // The wrong depth: a clear error.
     let err = load_resnet(&path, ResNetDepth::ResNet101, &dev)
         .err()
@@ -164,15 +168,7 @@ fn deeplab_round_trip_and_new_class_count() {
     let m2 = load_resnet_with_classes(&path, two, 0, &dev).unwrap();
     let f1 = model.features_t(&x, false).unwrap();
     let f2 = m2.features_t(&x, false).unwrap();
-    let diff = (f1 - f2)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
-    assert_eq!(diff, 0.0);
+    assert_eq!(max_abs_diff(&f1, &f2), 0.0);
     assert_eq!(m2.forward_t(&x, false).unwrap().dims(), &[1, 2, 40, 48]);
 }
 
@@ -212,15 +208,7 @@ fn a_frozen_seeded_network_has_the_seeded_weights_and_records_no_graph() {
         trainable.forward_t(&x, false).unwrap(),
         frozen.forward_t(&x, false).unwrap(),
     );
-    let diff = (&a - &b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
-    assert_eq!(diff, 0.0);
+    assert_eq!(max_abs_diff(&a, &b), 0.0);
     // Through variables the output carries the autograd graph (and with it
     // every activation); through frozen weights it carries nothing.
     assert!(a.track_op());

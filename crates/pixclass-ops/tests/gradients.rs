@@ -255,44 +255,43 @@ fn ops_match_pytorch() {
 fn conv_gradients_are_bitwise_independent_of_thread_count() {
     // The weight gradient sums over images; its partition is fixed, so the
     // result must not depend on how many threads run it (or how they are
-    // scheduled). 37 images: several partial sums and a ragged last one.
-    let x = rand_tensor(&[37, 3, 9, 7], 80)
-        .to_dtype(DType::F32)
-        .unwrap();
-    let w = rand_tensor(&[4, 3, 3, 3], 81).to_dtype(DType::F32).unwrap();
-    let r = rand_tensor(&[37, 4, 5, 4], 82)
-        .to_dtype(DType::F32)
-        .unwrap();
-    let grads = |threads: usize| {
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .build()
-            .unwrap();
-        pool.install(|| {
-            let wv = candle_core::Var::from_tensor(&w).unwrap();
-            let xv = candle_core::Var::from_tensor(&x).unwrap();
-            let y = ops::conv2d(xv.as_tensor(), wv.as_tensor(), (1, 1), (1, 1), 2, 1, 1).unwrap();
-            let g = y.mul(&r).unwrap().sum_all().unwrap().backward().unwrap();
-            let gw: Vec<f32> = g
-                .get(wv.as_tensor())
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .to_vec1()
+    // scheduled). Both kernels: im2col (37 images, stride 2) and Winograd
+    // (41 images of 16x16, stride 1, 8 channels); several partial sums and a
+    // ragged last one each.
+    for (xd, wd, stride) in [
+        ([37, 3, 9, 7], [4, 3, 3, 3], 2),
+        ([41, 8, 16, 16], [8, 8, 3, 3], 1),
+    ] {
+        let x = rand_tensor(&xd, 80).to_dtype(DType::F32).unwrap();
+        let w = rand_tensor(&wd, 81).to_dtype(DType::F32).unwrap();
+        let y0 = ops::conv2d(&x, &w, (1, 1), (1, 1), stride, 1, 1).unwrap();
+        let r = rand_tensor(y0.dims(), 82).to_dtype(DType::F32).unwrap();
+        let grads = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
                 .unwrap();
-            let gx: Vec<f32> = g
-                .get(xv.as_tensor())
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .to_vec1()
-                .unwrap();
-            (gw, gx)
-        })
-    };
-    let one = grads(1);
-    for t in [2, 3, 5] {
-        assert_eq!(grads(t), one, "{t} threads");
+            pool.install(|| {
+                let wv = candle_core::Var::from_tensor(&w).unwrap();
+                let xv = candle_core::Var::from_tensor(&x).unwrap();
+                let y = ops::conv2d(xv.as_tensor(), wv.as_tensor(), (1, 1), (1, 1), stride, 1, 1)
+                    .unwrap();
+                let g = y.mul(&r).unwrap().sum_all().unwrap().backward().unwrap();
+                let flat = |v: &candle_core::Var| -> Vec<f32> {
+                    g.get(v.as_tensor())
+                        .unwrap()
+                        .flatten_all()
+                        .unwrap()
+                        .to_vec1()
+                        .unwrap()
+                };
+                (flat(&wv), flat(&xv))
+            })
+        };
+        let one = grads(1);
+        for t in [2, 3, 5] {
+            assert_eq!(grads(t), one, "stride {stride}: {t} threads");
+        }
     }
 }
 
@@ -639,40 +638,4 @@ fn winograd_3x3_path_matches_portable_and_finite_differences() {
     assert!(gradient_ok(&fx, &x, 1e-6), "transposed input gradient");
     let fw = |t: &Tensor| weighted_sum(&ops::conv_transpose2d(&x, t, 1, 0, 1, 1)?, &r);
     assert!(gradient_ok(&fw, &w, 1e-6), "transposed weight gradient");
-}
-
-#[test]
-fn winograd_weight_gradient_is_bitwise_independent_of_thread_count() {
-    // The Winograd weight gradient sums over fixed chunks of images, like
-    // the im2col one. 41 images of 16x16: several chunks, a ragged last one.
-    let x = rand_tensor(&[41, 8, 16, 16], 96)
-        .to_dtype(DType::F32)
-        .unwrap();
-    let w = rand_tensor(&[8, 8, 3, 3], 97).to_dtype(DType::F32).unwrap();
-    let r = rand_tensor(&[41, 8, 16, 16], 98)
-        .to_dtype(DType::F32)
-        .unwrap();
-    let grad = |threads: usize| {
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .build()
-            .unwrap();
-        pool.install(|| {
-            let wv = candle_core::Var::from_tensor(&w).unwrap();
-            let y = ops::conv2d(&x, wv.as_tensor(), (1, 1), (1, 1), 1, 1, 1).unwrap();
-            let g = y.mul(&r).unwrap().sum_all().unwrap().backward().unwrap();
-            let gw: Vec<f32> = g
-                .get(wv.as_tensor())
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .to_vec1()
-                .unwrap();
-            gw
-        })
-    };
-    let two = grad(2);
-    for t in [3, 5] {
-        assert_eq!(grad(t), two, "{t} threads");
-    }
 }
