@@ -299,7 +299,7 @@ pub fn run(args: &ReproduceArgs) -> Result<()> {
         NumPy's `npr.seed(0); npr.shuffle` and the initial weights are PyTorch's after `torch.manual_seed(0)`, as in \
         the reference program, so these runs start exactly where a PyTorch run with seed 0 starts \
         (`cargo xtask crosscheck` compares them epoch by epoch: docs/CROSSCHECK.md). \
-        Rows: grey input / true quantised colours / predicted colours.\n\n{pictures}")?;
+        Rows: grey input / true colours / true palette colours / predicted colours by argmax (the study), annealed mean (T = 0.38) and balanced decoding (see below).\n\n{pictures}")?;
 
     // Part B: batch-size study. Its batch-100 run has exactly the settings
     // of Part A's ConvTransposeNet (deterministic), so that run is reused.

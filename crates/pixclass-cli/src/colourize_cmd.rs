@@ -155,8 +155,10 @@ impl TrainArgs {
 /// How logits become colours.
 #[derive(Args, Clone)]
 pub struct DecodeArgs {
-    /// Decoding of the predicted colours: argmax (the study) or annealed-mean
-    /// (the expected colour at --temperature; Zhang et al. 2016).
+    /// Decoding of the predicted colours: argmax (the study), annealed-mean
+    /// (the expected colour at --temperature; Zhang et al. 2016) or balanced
+    /// (the argmax after dividing out the colour prior the training fitted;
+    /// raises class-balanced accuracy, Menon et al. 2021).
     #[arg(long, value_enum, default_value = "argmax")]
     decode: DecodeKind,
     /// Temperature of the annealed mean, in [0.01, 10].
@@ -388,7 +390,7 @@ pub fn run(cmd: ColourizeCmd, progress: bool, matches: Option<&clap::ArgMatches>
             let model = colourize::load_colouriser(&checkpoint, device)?;
             let source = data.cifar()?;
             let palette = colourize::palette_for(&model.config.model)?;
-            let (_, val) = colourize::prepare_data(
+            let (train, val) = colourize::prepare_data(
                 &source,
                 model.config.class,
                 model.config.limit,
@@ -398,12 +400,21 @@ pub fn run(cmd: ColourizeCmd, progress: bool, matches: Option<&clap::ArgMatches>
             )?;
             let decoding = decode.decoding();
             decoding.validate()?;
+            // Runs written before class_prior.json existed: the same prior
+            // from the training split.
+            let prior = match model.prior.clone() {
+                Some(p) => p,
+                None => {
+                    colourize::training_prior(&train, palette.len(), model.config.extras.rebalance)?
+                }
+            };
             let m = colourize::evaluate_split(
                 &model.net,
                 &val,
                 &palette,
                 model.config.batch_size,
                 &decoding,
+                Some(&prior),
                 &model.device,
             )?;
             if json {

@@ -67,8 +67,14 @@ where
 
 /// Writes `cfg` as `out_dir/config.json` (atomically).
 pub fn write_config<C: Serialize>(out_dir: &Path, cfg: &C) -> Result<()> {
-    let json = serde_json::to_string_pretty(cfg).map_err(|e| TrainError::Config(e.to_string()))?;
-    checkpoint::write_atomic(&out_dir.join(CONFIG_JSON), json.as_bytes())
+    write_json(&out_dir.join(CONFIG_JSON), cfg)
+}
+
+/// Writes `value` as pretty JSON to `path` (atomically).
+pub fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
+    let json =
+        serde_json::to_string_pretty(value).map_err(|e| TrainError::Config(e.to_string()))?;
+    checkpoint::write_atomic(path, json.as_bytes())
 }
 
 /// `name` must lie in `lo..=hi`.

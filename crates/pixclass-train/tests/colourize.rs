@@ -9,8 +9,9 @@ use pixclass_data::Palette;
 use pixclass_runs::{RunRecord, Start};
 use pixclass_train::colourize::task::rebalance_weights;
 use pixclass_train::colourize::{
-    load_colouriser, prepare_data, train_colouriser, ColourRecipe, ColourTrainConfig, Decoding,
-    VAL_ACC, VAL_BALANCED_ACC, VAL_COLOURFULNESS, VAL_COLOURFULNESS_TRUTH, VAL_PSNR, VAL_RGB_ERROR,
+    load_colouriser, prepare_data, train_colouriser, training_prior, ClassPrior, ColourRecipe,
+    ColourTrainConfig, Decoding, CLASS_PRIOR_JSON, VAL_ACC, VAL_BALANCED_ACC, VAL_COLOURFULNESS,
+    VAL_COLOURFULNESS_TRUTH, VAL_PSNR, VAL_RGB_ERROR,
 };
 use pixclass_train::DeviceKind;
 
@@ -54,7 +55,7 @@ fn annealed_mean_is_the_expected_colour_and_tends_to_argmax() {
         .reshape((1, 3, 1, 1))
         .unwrap();
     let rgb = |d: Decoding| -> Vec<f32> {
-        d.decode(&logits, &palette)
+        d.decode(&logits, &palette, None)
             .unwrap()
             .flatten_all()
             .unwrap()
@@ -85,6 +86,66 @@ fn annealed_mean_is_the_expected_colour_and_tends_to_argmax() {
     }
     .validate()
     .is_err());
+}
+
+#[test]
+fn balanced_decoding_divides_out_the_training_prior() {
+    // Histogram 899 / 99 / 0 with a pseudo-count each: prior 900 / 100 / 1.
+    let prior = ClassPrior::new(&[899, 99, 0], None).unwrap();
+    let want = [900.0 / 1001.0, 100.0 / 1001.0, 1.0 / 1001.0];
+    for (p, w) in prior.probabilities.iter().zip(want) {
+        assert!((p - w).abs() < 1e-15, "{:?}", prior.probabilities);
+    }
+    // Loss weights multiply in: w = (1, 9, 2) gives 900 / 900 / 2.
+    let weighted = ClassPrior::new(&[899, 99, 0], Some(&[1.0, 9.0, 2.0])).unwrap();
+    let want = [900.0 / 1802.0, 900.0 / 1802.0, 2.0 / 1802.0];
+    for (p, w) in weighted.probabilities.iter().zip(want) {
+        assert!((p - w).abs() < 1e-15, "{:?}", weighted.probabilities);
+    }
+    // Weights must be positive and one per colour.
+    assert!(ClassPrior::new(&[1, 2], Some(&[1.0])).is_err());
+    assert!(ClassPrior::new(&[1, 2], Some(&[1.0, 0.0])).is_err());
+    assert!(ClassPrior::new(&[1, 2], Some(&[1.0, f64::NAN])).is_err());
+    assert!(ClassPrior::new(&[], None).is_err());
+    let dev = Device::Cpu;
+    // Two pixels: class 0 leads by 1 (its prior is 9x class 1's, log 9 =
+    // 2.2) and class 0 leads by 3 (more than log 9).
+    let logits = Tensor::new(&[1.0f32, 3.0, 0.0, 0.0, -5.0, -5.0], &dev)
+        .unwrap()
+        .reshape((1, 3, 1, 2))
+        .unwrap();
+    let classes = |d: Decoding, p: Option<&ClassPrior>| -> Vec<u32> {
+        d.classes(&logits, p)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap()
+    };
+    assert_eq!(classes(Decoding::default(), None), vec![0, 0]);
+    assert_eq!(classes(Decoding::balanced(), Some(&prior)), vec![1, 0]);
+    // The uniform prior changes nothing.
+    let uniform = ClassPrior::new(&[5, 5, 5], None).unwrap();
+    assert_eq!(classes(Decoding::balanced(), Some(&uniform)), vec![0, 0]);
+    // Without a prior, or with one of another length, an error, not a guess.
+    let err = Decoding::balanced().classes(&logits, None).unwrap_err();
+    assert!(err.to_string().contains("class prior"), "{err}");
+    let two = ClassPrior::new(&[1, 1], None).unwrap();
+    assert!(Decoding::balanced().classes(&logits, Some(&two)).is_err());
+    // Its colours are the palette colours of its classes.
+    let palette = Palette::new(
+        vec![[1.0, 0.0, 0.0], [0.0, 0.5, 0.0], [0.0, 0.0, 0.25]],
+        None,
+    )
+    .unwrap();
+    let rgb: Vec<f32> = Decoding::balanced()
+        .decode(&logits, &palette, Some(&prior))
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    assert_eq!(rgb, vec![0.0, 1.0, 0.5, 0.0, 0.0, 0.0]);
 }
 
 #[test]
@@ -176,14 +237,54 @@ fn the_recipe_options_run_end_to_end_and_keep_the_best_epoch() {
         &palette,
         cfg.batch_size,
         &cfg.extras.decode,
+        loaded.prior.as_ref(),
         &Device::Cpu,
     )
     .unwrap();
     assert!((m.get(VAL_ACC).unwrap() - best.value).abs() < 1e-9);
-    // The strip: 5 rows (grey, truth, palette truth, argmax, annealed mean)
-    // of 10 tiles of 32 px at scale 3 with 2-px gaps.
+    // The run saved the prior its rebalanced loss fitted, and loading
+    // brings it back.
+    let (train, _) = prepare_data(
+        &CifarSource::Embedded,
+        cfg.class,
+        cfg.limit,
+        &palette,
+        cfg.seed,
+        cfg.rng,
+    )
+    .unwrap();
+    let want = training_prior(&train, 24, Some(0.5)).unwrap();
+    assert!(dir.path().join(CLASS_PRIOR_JSON).is_file());
+    assert_eq!(loaded.prior.as_ref(), Some(&want));
+    // The balanced decoding scores its own classes: its pixel accuracy is
+    // that of argmax(logits - log prior), not the argmax's.
+    let bal = pixclass_train::colourize::evaluate_split(
+        &loaded.net,
+        &val,
+        &palette,
+        cfg.batch_size,
+        &Decoding::balanced(),
+        loaded.prior.as_ref(),
+        &Device::Cpu,
+    )
+    .unwrap();
+    let (x, y) = val.batch(0, val.len(), &Device::Cpu).unwrap();
+    let logits = candle_nn::ModuleT::forward_t(&loaded.net, &x, false).unwrap();
+    let classes: Vec<u32> = Decoding::balanced()
+        .classes(&logits, Some(&want))
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    let truth: Vec<u32> = y.flatten_all().unwrap().to_vec1().unwrap();
+    let right = classes.iter().zip(&truth).filter(|(a, b)| a == b).count();
+    let acc = 100.0 * right as f64 / truth.len() as f64;
+    assert!((bal.get(VAL_ACC).unwrap() - acc).abs() < 1e-9);
+    // The strip: 6 rows (grey, truth, palette truth, argmax, annealed mean,
+    // balanced) of 10 tiles of 32 px at scale 3 with 2-px gaps.
     let img = image::open(dir.path().join("samples_epoch_03.png")).unwrap();
-    assert_eq!(img.height(), 5 * (96 + 2) + 2);
+    assert_eq!(img.height(), 6 * (96 + 2) + 2);
     // An out-of-range rebalancing is refused before any work.
     cfg.extras.rebalance = Some(1.5);
     let err = train_colouriser(

@@ -9,8 +9,8 @@ use candle_nn::VarMap;
 use pixclass_models::init::seeded_var_builder;
 use pixclass_models::ColourNet;
 
-use super::decode::Decoding;
-use super::task::{grey_tiles, to_rgb_tiles};
+use super::decode::{ClassPrior, Decoding};
+use super::task::{grey_tiles, to_rgb_tiles, CLASS_PRIOR_JSON};
 use super::{palette_for, ColourTrainConfig};
 use crate::checkpoint;
 use crate::device::{select_device, DeviceKind};
@@ -26,6 +26,10 @@ pub struct LoadedColouriser {
     pub net: ColourNet,
     /// The device it lives on.
     pub device: Device,
+    /// The colour prior its training fitted (`class_prior.json`; `None`
+    /// for runs written before that file existed: `colourize eval` then
+    /// computes it from the training split).
+    pub prior: Option<ClassPrior>,
 }
 
 /// Loads a run directory's weights onto `device`: the best epoch's when the
@@ -46,10 +50,17 @@ pub fn load_colouriser(dir: &Path, device: DeviceKind) -> Result<LoadedColourise
         seeded_var_builder(&varmap, 0, DType::F32, &device),
     )?;
     checkpoint::restore_vars(&varmap, &loaded.model, &path)?;
+    let prior_path = dir.join(CLASS_PRIOR_JSON);
+    let prior = if prior_path.is_file() {
+        Some(read_json(&prior_path)?)
+    } else {
+        None
+    };
     Ok(LoadedColouriser {
         config,
         net,
         device,
+        prior,
     })
 }
 
@@ -107,7 +118,7 @@ pub fn colourize_image(
     let logits = model.net.forward_t(&x, false)?;
     let palette = palette_for(&model.config.model)?;
     let rgb = decoding
-        .decode(&logits, &palette)?
+        .decode(&logits, &palette, model.prior.as_ref())?
         .to_device(&Device::Cpu)?;
     let tiles = vec![vec![
         grey_tiles(&x)?.remove(0),

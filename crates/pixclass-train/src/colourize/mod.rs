@@ -18,13 +18,13 @@ pub mod infer;
 pub mod sweep;
 pub mod task;
 
-pub use decode::{DecodeKind, Decoding};
+pub use decode::{ClassPrior, DecodeKind, Decoding};
 pub use infer::{colourize_image, load_colouriser, LoadedColouriser};
 pub use sweep::{sweep, write_sweep, SweepRow};
 pub use task::{
-    evaluate_split, train_colouriser, write_samples, ColourRun, ColourTask, VAL_ACC,
-    VAL_BALANCED_ACC, VAL_COLOURFULNESS, VAL_COLOURFULNESS_TRUTH, VAL_LOSS, VAL_PSNR,
-    VAL_RGB_ERROR,
+    evaluate_split, train_colouriser, training_prior, write_samples, ColourRun, ColourTask,
+    StripDecoding, CLASS_PRIOR_JSON, VAL_ACC, VAL_BALANCED_ACC, VAL_COLOURFULNESS,
+    VAL_COLOURFULNESS_TRUTH, VAL_LOSS, VAL_PSNR, VAL_RGB_ERROR,
 };
 
 /// Everything that defines a colourization run (saved as `config.json`).

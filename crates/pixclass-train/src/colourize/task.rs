@@ -20,7 +20,7 @@ use pixclass_runs::{DataProvenance, MetricSpec, Metrics, RunRecord};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use super::decode::Decoding;
+use super::decode::{ClassPrior, Decoding};
 use super::{palette_for, prepare_data, ColourExtras, ColourTrainConfig};
 use pixclass_runs::{RunDir, Start};
 
@@ -28,7 +28,7 @@ use crate::device::select_device;
 use crate::engine::{fit, new_record, FitConfig, TrainTask};
 use crate::error::Result;
 use crate::plot::{save_png, tile_grid};
-use crate::run_dir::{check_resume, write_config};
+use crate::run_dir::{check_resume, write_config, write_json};
 
 /// Validation loss: the mean of per-batch mean cross-entropies.
 pub const VAL_LOSS: &str = "val_loss";
@@ -46,6 +46,22 @@ pub const VAL_PSNR: &str = "val_psnr";
 pub const VAL_COLOURFULNESS: &str = "val_colourfulness";
 /// The same of the true full-colour images (a constant of the split).
 pub const VAL_COLOURFULNESS_TRUTH: &str = "val_colourfulness_truth";
+
+/// File of a run directory holding the run's [`ClassPrior`] (what the
+/// balanced decoding divides out).
+pub const CLASS_PRIOR_JSON: &str = "class_prior.json";
+
+/// The colour prior the training loss fits on `train`: its colour
+/// histogram, weighted by the rebalancing weights of `rebalance` when set.
+pub fn training_prior(
+    train: &ColourSplit,
+    num_colours: usize,
+    rebalance: Option<f64>,
+) -> Result<ClassPrior> {
+    let histogram = train.class_histogram(num_colours);
+    let weights = rebalance.map(|lambda| rebalance_weights(&histogram, lambda));
+    ClassPrior::new(&histogram, weights.as_deref())
+}
 
 /// The metrics of a colourization run, in column order.
 pub fn metric_specs() -> Vec<MetricSpec> {
@@ -74,6 +90,8 @@ pub struct ColourTask {
     seed: u64,
     /// Per-colour weights of the training loss (rebalancing), `[K]`.
     weights: Option<Tensor>,
+    /// The colour prior the training loss fits.
+    prior: ClassPrior,
 }
 
 impl ColourTask {
@@ -85,8 +103,9 @@ impl ColourTask {
         palette: Palette,
         batch_size: usize,
         device: Device,
-    ) -> Self {
-        Self {
+    ) -> Result<Self> {
+        let prior = training_prior(&train, palette.len(), None)?;
+        Ok(Self {
             net,
             train,
             val,
@@ -96,7 +115,8 @@ impl ColourTask {
             extras: ColourExtras::default(),
             seed: 0,
             weights: None,
-        }
+            prior,
+        })
     }
 
     /// With the options beyond the study: flips and reshuffles drawn from
@@ -104,6 +124,7 @@ impl ColourTask {
     pub fn with_extras(mut self, extras: ColourExtras, seed: u64) -> Result<Self> {
         self.extras = extras;
         self.seed = seed;
+        self.prior = training_prior(&self.train, self.palette.len(), extras.rebalance)?;
         self.weights = match extras.rebalance {
             Some(lambda) => {
                 let k = self.palette.len();
@@ -145,6 +166,11 @@ impl ColourTask {
     pub fn net(&self) -> &ColourNet {
         &self.net
     }
+
+    /// The colour prior the training loss fits ([`training_prior`]).
+    pub fn prior(&self) -> &ClassPrior {
+        &self.prior
+    }
 }
 
 /// Per-colour weights of Zhang et al.'s class rebalancing from a class
@@ -165,16 +191,19 @@ pub fn rebalance_weights(histogram: &[usize], lambda: f64) -> Vec<f64> {
 
 /// The validation metrics of `net` on `split` in eval mode: [`VAL_LOSS`]
 /// (mean of per-batch mean losses, unweighted), [`VAL_ACC`] (percent of
-/// pixels), [`VAL_BALANCED_ACC`] (mean per-colour recall, %), and the
-/// colour measures of the images decoded with `decoding` against the true
-/// full-colour images: [`VAL_RGB_ERROR`], [`VAL_PSNR`],
-/// [`VAL_COLOURFULNESS`] (and [`VAL_COLOURFULNESS_TRUTH`] of the truth).
+/// pixels), [`VAL_BALANCED_ACC`] (mean per-colour recall, %) of the colour
+/// classes `decoding` chooses ([`Decoding::classes`]: the argmax's but for
+/// the balanced decoding), and the colour measures of the images decoded
+/// with `decoding` against the true full-colour images: [`VAL_RGB_ERROR`],
+/// [`VAL_PSNR`], [`VAL_COLOURFULNESS`] (and [`VAL_COLOURFULNESS_TRUTH`] of
+/// the truth). `prior` is needed by the balanced decoding only.
 pub fn evaluate_split(
     net: &ColourNet,
     split: &ColourSplit,
     palette: &Palette,
     batch_size: usize,
     decoding: &Decoding,
+    prior: Option<&ClassPrior>,
     device: &Device,
 ) -> Result<Metrics> {
     let nb = split.num_batches(batch_size);
@@ -191,9 +220,10 @@ pub fn evaluate_split(
         loss_sum += cross_entropy(&logits, &y)?
             .to_dtype(DType::F64)?
             .to_scalar::<f64>()?;
-        cm.add_logits(&logits, &y)?;
+        let classes = decoding.classes(&logits, prior)?;
+        cm.add(&to_u32(&y)?, &to_u32(&classes)?);
         let rgb: Vec<f32> = decoding
-            .decode(&logits, palette)?
+            .decode(&logits, palette, prior)?
             .to_device(&Device::Cpu)?
             .flatten_all()?
             .to_vec1()?;
@@ -219,6 +249,11 @@ pub fn evaluate_split(
         .with(VAL_PSNR, err.psnr().unwrap_or(f64::NAN))
         .with(VAL_COLOURFULNESS, cf_pred / images)
         .with(VAL_COLOURFULNESS_TRUTH, cf_truth / images))
+}
+
+/// The values of an integer tensor, flattened.
+fn to_u32(t: &Tensor) -> Result<Vec<u32>> {
+    Ok(t.to_dtype(DType::U32)?.flatten_all()?.to_vec1()?)
 }
 
 /// Pixels per image.
@@ -251,35 +286,48 @@ pub(super) fn grey_tiles(grey: &Tensor) -> Result<Vec<RgbImage>> {
 }
 
 /// The rows of [`write_samples`], top to bottom.
-pub const SAMPLE_ROWS: [&str; 5] = [
+pub const SAMPLE_ROWS: [&str; 6] = [
     "grey input",
     "true colours",
     "true palette colours",
     "argmax",
     "annealed mean",
+    "balanced",
 ];
+
+/// What the decoded rows of a sample strip need beyond the logits.
+#[derive(Debug, Clone, Copy)]
+pub struct StripDecoding<'a> {
+    /// Temperature of the annealed-mean row.
+    pub temperature: f64,
+    /// The run's colour prior, for the balanced row.
+    pub prior: &'a ClassPrior,
+}
 
 /// Writes a strip of the first `n` images of `split`, one row each: grey
 /// input, the true full colours, the true palette colours, the prediction
-/// decoded by argmax (the study) and by the annealed mean at `temperature`
-/// ([`SAMPLE_ROWS`]).
+/// decoded by argmax (the study), by the annealed mean and by the balanced
+/// decision ([`SAMPLE_ROWS`]; `decoding` says at what temperature and
+/// against which prior).
 pub fn write_samples(
     path: &Path,
     net: &ColourNet,
     split: &ColourSplit,
     palette: &Palette,
     n: usize,
-    temperature: f64,
+    decoding: StripDecoding,
     device: &Device,
 ) -> Result<()> {
+    let StripDecoding { temperature, prior } = decoding;
     let (x, y) = split.batch(0, n, device)?;
     let logits = net.forward_t(&x, false)?;
-    let argmax = Decoding::default().decode(&logits, palette)?;
+    let argmax = Decoding::default().decode(&logits, palette, None)?;
     let annealed = Decoding {
         temperature,
         ..Decoding::annealed()
     }
-    .decode(&logits, palette)?;
+    .decode(&logits, palette, None)?;
+    let balanced = Decoding::balanced().decode(&logits, palette, Some(prior))?;
     let truth = palette.classes_to_rgb(&y.to_device(&Device::Cpu)?)?;
     let k = y.dim(0)?;
     let full: Vec<f32> = (0..k)
@@ -293,6 +341,7 @@ pub fn write_samples(
         to_rgb_tiles(&truth)?,
         to_rgb_tiles(&argmax)?,
         to_rgb_tiles(&annealed)?,
+        to_rgb_tiles(&balanced)?,
     ];
     save_png(&tile_grid(&rows, 3, 2), path)
 }
@@ -329,6 +378,7 @@ impl TrainTask for ColourTask {
             &self.palette,
             self.batch_size,
             &self.extras.decode,
+            Some(&self.prior),
             &self.device,
         )
     }
@@ -341,7 +391,10 @@ impl TrainTask for ColourTask {
             &self.val,
             &self.palette,
             n,
-            self.extras.decode.temperature,
+            StripDecoding {
+                temperature: self.extras.decode.temperature,
+                prior: &self.prior,
+            },
             &self.device,
         )
     }
@@ -406,8 +459,9 @@ pub fn train_colouriser(
         embedded: matches!(source, CifarSource::Embedded),
     };
     let data_seconds = data_t0.elapsed().as_secs_f64();
-    let mut task = ColourTask::new(net, train, val, palette, cfg.batch_size, device)
+    let mut task = ColourTask::new(net, train, val, palette, cfg.batch_size, device)?
         .with_extras(cfg.extras, cfg.seed)?;
+    write_json(&out_dir.join(CLASS_PRIOR_JSON), task.prior())?;
     let label = format!(
         "{} (batch {})",
         cfg.model.kind.display_name(),
