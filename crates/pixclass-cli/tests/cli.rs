@@ -122,6 +122,7 @@ fn short_training_run_learns_and_writes_every_output() {
         "samples_epoch_01.png",
         "samples_epoch_02.png",
         "checkpoint.safetensors",
+        "class_prior.json",
     ] {
         assert!(out.join(f).is_file(), "{f} missing");
     }
@@ -143,10 +144,10 @@ fn short_training_run_learns_and_writes_every_output() {
     assert_eq!(cfg["model"]["kind"], "unet");
     // The reference program's random streams by default.
     assert_eq!(cfg["rng"], "torch");
-    // The samples strip: 5 rows (grey, truth, palette truth, argmax,
-    // annealed mean) x 10 images of 32 px scaled x3.
+    // The samples strip: 6 rows (grey, truth, palette truth, argmax,
+    // annealed mean, balanced) x 10 images of 32 px scaled x3.
     let img = image::open(out.join("samples_epoch_02.png")).unwrap();
-    assert_eq!((img.width(), img.height()), (10 * 98 + 2, 5 * 98 + 2));
+    assert_eq!((img.width(), img.height()), (10 * 98 + 2, 6 * 98 + 2));
 
     // eval reproduces the last epoch's validation numbers.
     let e = ok(&[
@@ -183,6 +184,44 @@ fn short_training_run_learns_and_writes_every_output() {
     ]);
     let img = image::open(&result).unwrap();
     assert_eq!((img.width(), img.height()), (4 + 2 * (68 + 4), 44 + 8));
+
+    // The balanced decoding needs the run's class prior: image reads it
+    // from the run directory, and refuses, naming it, when it is missing.
+    let balanced = dir.path().join("balanced.png");
+    let image_args = |output: &std::path::Path| {
+        vec![
+            "colourize".to_string(),
+            "image".into(),
+            "--decode".into(),
+            "balanced".into(),
+            "--checkpoint".into(),
+            out.to_str().unwrap().into(),
+            "--input".into(),
+            photo.to_str().unwrap().into(),
+            "--output".into(),
+            output.to_str().unwrap().into(),
+        ]
+    };
+    let a = image_args(&balanced);
+    ok(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(balanced.is_file());
+    std::fs::remove_file(out.join("class_prior.json")).unwrap();
+    let a = image_args(&dir.path().join("refused.png"));
+    let o = run(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("class_prior.json"), "{err}");
+    // eval computes the same prior from the training split instead.
+    let e = ok(&[
+        "colourize",
+        "eval",
+        "--embedded",
+        "--decode",
+        "balanced",
+        "--checkpoint",
+        out.to_str().unwrap(),
+    ]);
+    assert!(e.contains("decoded by balanced"), "{e}");
 }
 
 #[test]
