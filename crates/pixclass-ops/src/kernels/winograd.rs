@@ -124,30 +124,43 @@ pub(crate) fn conv3x3<T: WithDType>(
     let blocks = n.div_ceil(images);
     let threads = inner_threads(blocks);
     let mut y = vec![T::zero(); n * cout * h * wd];
+    // Each job's transformed inputs and GEMM outputs, reused from block to
+    // block (both are overwritten entirely).
     y.par_chunks_mut(images * cout * h * wd)
         .enumerate()
-        .for_each(|(b, yb)| {
-            let nb = yb.len() / (cout * h * wd);
-            let xb = &x[b * images * cin * h * wd..][..nb * cin * h * wd];
-            let t = Tiles::new(nb, h, wd);
-            let tb = t.len();
-            let v = transform_inputs(xb, cin, t);
-            let mut m = vec![T::zero(); 16 * cout * tb];
-            for xi in 0..16 {
-                gemm_into(
-                    cout,
-                    tb,
-                    cin,
-                    (&mut m[xi * cout * tb..(xi + 1) * cout * tb], tb),
-                    (&u[xi * cout * cin..(xi + 1) * cout * cin], cin, 1),
-                    (&v[xi * cin * tb..(xi + 1) * cin * tb], tb, 1),
-                    false,
-                    threads,
-                );
-            }
-            transform_outputs(&m, bias, yb, cout, t);
-        });
+        .for_each_init(
+            || (Vec::new(), Vec::new()),
+            |(v, m), (b, yb)| {
+                let nb = yb.len() / (cout * h * wd);
+                let xb = &x[b * images * cin * h * wd..][..nb * cin * h * wd];
+                let t = Tiles::new(nb, h, wd);
+                let tb = t.len();
+                let v = transform_inputs(xb, cin, t, v);
+                let m = scratch(m, 16 * cout * tb);
+                for xi in 0..16 {
+                    gemm_into(
+                        cout,
+                        tb,
+                        cin,
+                        (&mut m[xi * cout * tb..(xi + 1) * cout * tb], tb),
+                        (&u[xi * cout * cin..(xi + 1) * cout * cin], cin, 1),
+                        (&v[xi * cin * tb..(xi + 1) * cin * tb], tb, 1),
+                        false,
+                        threads,
+                    );
+                }
+                transform_outputs(m, bias, yb, cout, t);
+            },
+        );
     y
+}
+
+/// `buf` as a slice of `len` values whose contents are unspecified (left
+/// from an earlier use, zero where it grew): scratch for a caller that
+/// overwrites every value before reading it.
+fn scratch<T: WithDType>(buf: &mut Vec<T>, len: usize) -> &mut [T] {
+    buf.resize(len, T::zero());
+    buf
 }
 
 /// `a - b`, `a + b` into `out` (equal lengths: the loops vectorise).
@@ -204,31 +217,34 @@ pub(crate) fn filter_grad3x3<T: WithDType>(
     let (xs, ys) = (cin * h * wd, cout * h * wd);
     let partials: Vec<Vec<T>> = (0..chunks)
         .into_par_iter()
-        .map(|k| {
-            let mut du = vec![T::zero(); 16 * cout * cin];
-            let end = ((k + 1) * chunk).min(n);
-            for (i, b0) in (k * chunk..end).step_by(images).enumerate() {
-                let nb = images.min(end - b0);
-                let t = Tiles::new(nb, h, wd);
-                let tb = t.len();
-                let v = transform_inputs(&x[b0 * xs..][..nb * xs], cin, t);
-                let g = transform_output_grads(&dy[b0 * ys..][..nb * ys], cout, t);
-                for xi in 0..16 {
-                    // Vᵀ: (row stride 1, column stride tb).
-                    gemm_into(
-                        cout,
-                        cin,
-                        tb,
-                        (&mut du[xi * cout * cin..(xi + 1) * cout * cin], cin),
-                        (&g[xi * cout * tb..(xi + 1) * cout * tb], tb, 1),
-                        (&v[xi * cin * tb..(xi + 1) * cin * tb], 1, tb),
-                        i > 0,
-                        threads,
-                    );
+        .map_init(
+            || (Vec::new(), Vec::new()),
+            |(vbuf, gbuf), k| {
+                let mut du = vec![T::zero(); 16 * cout * cin];
+                let end = ((k + 1) * chunk).min(n);
+                for (i, b0) in (k * chunk..end).step_by(images).enumerate() {
+                    let nb = images.min(end - b0);
+                    let t = Tiles::new(nb, h, wd);
+                    let tb = t.len();
+                    let v = transform_inputs(&x[b0 * xs..][..nb * xs], cin, t, vbuf);
+                    let g = transform_output_grads(&dy[b0 * ys..][..nb * ys], cout, t, gbuf);
+                    for xi in 0..16 {
+                        // Vᵀ: (row stride 1, column stride tb).
+                        gemm_into(
+                            cout,
+                            cin,
+                            tb,
+                            (&mut du[xi * cout * cin..(xi + 1) * cout * cin], cin),
+                            (&g[xi * cout * tb..(xi + 1) * cout * tb], tb, 1),
+                            (&v[xi * cin * tb..(xi + 1) * cin * tb], 1, tb),
+                            i > 0,
+                            threads,
+                        );
+                    }
                 }
-            }
-            du
-        })
+                du
+            },
+        )
         .collect();
     // The chunks' sums in chunk order.
     let mut du = vec![T::zero(); 16 * cout * cin];
@@ -264,15 +280,16 @@ pub(crate) fn filter_grad3x3<T: WithDType>(
 }
 
 /// `A dy_t Aᵀ` of every tile of a block of `nb` images: `[ξ][o][t]`, zero for
-/// the junk tiles (they must add nothing to the weight gradient).
-fn transform_output_grads<T: WithDType>(dy: &[T], cout: usize, t: Tiles) -> Vec<T> {
-    let mut g = vec![T::zero(); 16 * cout * t.len()];
-    pulp::Arch::new().dispatch(OutputGradTransform {
-        dy,
-        g: &mut g,
-        cout,
-        t,
-    });
+/// the junk tiles (they must add nothing to the weight gradient), written
+/// over all of `buf` (resized).
+fn transform_output_grads<'b, T: WithDType>(
+    dy: &[T],
+    cout: usize,
+    t: Tiles,
+    buf: &'b mut Vec<T>,
+) -> &'b [T] {
+    let g = scratch(buf, 16 * cout * t.len());
+    pulp::Arch::new().dispatch(OutputGradTransform { dy, g, cout, t });
     g
 }
 
@@ -391,15 +408,16 @@ impl Tiles {
     }
 }
 
-/// `V[ξ][c][t]` of a block of `nb` images: tile `t = (image, ty, tx)`.
-fn transform_inputs<T: WithDType>(x: &[T], cin: usize, t: Tiles) -> Vec<T> {
-    let mut v = vec![T::zero(); 16 * cin * t.len()];
-    pulp::Arch::new().dispatch(InputTransform {
-        x,
-        v: &mut v,
-        cin,
-        t,
-    });
+/// `V[ξ][c][t]` of a block of `nb` images: tile `t = (image, ty, tx)`,
+/// written over all of `buf` (resized).
+fn transform_inputs<'b, T: WithDType>(
+    x: &[T],
+    cin: usize,
+    t: Tiles,
+    buf: &'b mut Vec<T>,
+) -> &'b [T] {
+    let v = scratch(buf, 16 * cin * t.len());
+    pulp::Arch::new().dispatch(InputTransform { x, v, cin, t });
     v
 }
 
