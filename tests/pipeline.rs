@@ -63,6 +63,7 @@ fn train_reload_evaluate_round_trip_with_a_partial_last_batch() {
         &palette,
         cfg.batch_size,
         &pixclass_train::colourize::Decoding::default(),
+        loaded.prior.as_ref(),
         &Device::Cpu,
     )
     .unwrap();
