@@ -222,7 +222,7 @@ fn the_recipe_options_run_end_to_end_and_keep_the_best_epoch() {
     // The loaded run is the best epoch's: its accuracy is the best's.
     let loaded = load_colouriser(dir.path(), DeviceKind::Cpu).unwrap();
     let palette = Palette::reference(24).unwrap();
-    let (_, val) = prepare_data(
+    let (train, val) = prepare_data(
         &CifarSource::Embedded,
         cfg.class,
         cfg.limit,
@@ -244,15 +244,6 @@ fn the_recipe_options_run_end_to_end_and_keep_the_best_epoch() {
     assert!((m.get(VAL_ACC).unwrap() - best.value).abs() < 1e-9);
     // The run saved the prior its rebalanced loss fitted, and loading
     // brings it back.
-    let (train, _) = prepare_data(
-        &CifarSource::Embedded,
-        cfg.class,
-        cfg.limit,
-        &palette,
-        cfg.seed,
-        cfg.rng,
-    )
-    .unwrap();
     let want = training_prior(&train, 24, Some(0.5)).unwrap();
     assert!(dir.path().join(CLASS_PRIOR_JSON).is_file());
     assert_eq!(loaded.prior.as_ref(), Some(&want));
