@@ -659,7 +659,11 @@ pub fn run(args: &BenchArgs) -> Result<()> {
          measures then); data preparation is reading, grey conversion and colour quantisation; the whole process \
          adds start-up, imports, records, pictures and checkpoints. *Forwards*: eval mode, random input, seeded \
          random ResNet-101 weights without the auxiliary head on both sides (`seg_forward_timing.rs` / \
-         `torch_seg_forward.py`, MobileNetV2 in PyTorch ops from the same graph: `tflite_graph.py`). *Feature \
+         `torch_seg_forward.py`, MobileNetV2 in PyTorch ops from the same graph: `tflite_graph.py`); ResNet-101's \
+         dilated 3x3 convolutions run as Winograd F(2x2,3x3) on their undilated phase images where those are large \
+         enough (batch 8 at 224, every size at 520: `kernels/dilated.rs`), and the ASPP branches (dilations 12, 24, \
+         36) leave out the products with padding, one GEMM per live tap over where it reads pixels \
+         (`kernels/bands.rs`). *Feature \
          extraction*: the first 64 Oxford-17 images with a trimap, photo and mask decoded and resized bilinearly, \
          normalised, 256-channel features in chunks of 16 (`feature_timing.rs` / `torch_seg_features.py`). \
          *Micro*: one training step (forward + cross-entropy + backward + Adam) and inference of each net at batch \

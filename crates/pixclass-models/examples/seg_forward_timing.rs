@@ -7,9 +7,11 @@
 //! the values; torchvision's forward runs the auxiliary head when it is
 //! built, so both sides leave it out). Then the head fine-tuning micro step.
 //!
-//!     cargo run --release -p pixclass-models --example seg_forward_timing [-- --device cuda] [--only resnet101]
+//!     cargo run --release -p pixclass-models --example seg_forward_timing [-- --device cuda] [--only resnet101] [--profile]
 //!
-//! Prints `THREADS n` (the kernels' rayon pool) and `BENCH name<TAB>ms` rows.
+//! Prints `THREADS n` (the kernels' rayon pool) and `BENCH name<TAB>ms` rows;
+//! `--profile` adds, after each row, one more forward with the kernels'
+//! per-op timing on (`OP name<TAB>calls<TAB>ms` rows).
 //! On a GPU (`--device cuda`, a `--features cuda` build) each timed run ends
 //! with a device synchronisation.
 use std::time::Instant;
@@ -97,6 +99,31 @@ fn main() -> anyhow::Result<()> {
         })?;
         println!("{name}: {t:.1} ms");
         println!("BENCH {name}\t{t}");
+        if std::env::args().any(|a| a == "--profile") {
+            // One more forward with the kernels' per-op timing on.
+            pixclass_ops::profile::take();
+            pixclass_ops::profile::enable(true);
+            let t0 = Instant::now();
+            if model == "deeplabv3-resnet101" {
+                r.forward_t(&x, false)?;
+            } else {
+                mb.forward(&x)?;
+            }
+            let total = t0.elapsed().as_secs_f64() * 1e3;
+            pixclass_ops::profile::enable(false);
+            let mut ops = pixclass_ops::profile::take();
+            ops.sort_by_key(|o| std::cmp::Reverse(o.total));
+            let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
+            for o in &ops {
+                println!("OP {}\t{} calls\t{:.1}", o.name, o.calls, ms(o.total));
+            }
+            let kernels: f64 = ops.iter().map(|o| ms(o.total)).sum();
+            println!(
+                "OP other (candle ops, allocation)\t\t{:.1}",
+                total - kernels
+            );
+            println!("OP total\t\t{total:.1}");
+        }
     }
     if only
         .as_ref()

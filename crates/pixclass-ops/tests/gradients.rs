@@ -147,10 +147,24 @@ fn dilated_conv_whose_taps_fall_in_the_padding() {
     // One image (the column matrix built by all threads) with dilations that
     // leave some taps live (3: rows, 4: columns too) or only the centre (6).
     let x1 = rand_tensor(&[1, 3, 5, 4], 73);
+    // (3 and 4 take the per-tap GEMMs over each tap's live rectangle, whose
+    // gradients are the im2col kernels': checked against finite differences.)
     for dil in [3, 4, 6] {
         let a = ops::conv2d(&x1, &w, (dil, dil), (dil, dil), 1, dil, 1).unwrap();
         let b = ops::conv2d_portable(&x1, &w, (dil, dil), (dil, dil), 1, dil, 1).unwrap();
         assert!(max_rel(&a, &b) < 1e-12, "dilation {dil}");
+        let r1 = rand_tensor(a.dims(), 76);
+        let p = (dil, dil);
+        let fx = |x: &Tensor| weighted_sum(&ops::conv2d(x, &w, p, p, 1, dil, 1)?, &r1);
+        assert!(
+            gradient_ok(&fx, &x1, 1e-6),
+            "input gradient, dilation {dil}"
+        );
+        let fw = |w: &Tensor| weighted_sum(&ops::conv2d(&x1, w, p, p, 1, dil, 1)?, &r1);
+        assert!(
+            gradient_ok(&fw, &w, 1e-6),
+            "weight gradient, dilation {dil}"
+        );
     }
     // No live tap at all (a 1x1 kernel, stride 3, reading only padding): zeros.
     let x0 = rand_tensor(&[1, 3, 1, 1], 74);
@@ -164,6 +178,59 @@ fn dilated_conv_whose_taps_fall_in_the_padding() {
         assert!(gradient_ok(&fx, &x, 1e-6));
         let fw = |w: &Tensor| weighted_sum(&conv(&x, w, (6, 6), (6, 6), 1, 6, 1)?, &r);
         assert!(gradient_ok(&fw, &w, 1e-6));
+    }
+}
+
+#[test]
+fn dilated_same_convs_taken_by_winograd_match_the_portable_ones() {
+    // Big enough for the phase-split Winograd kernel (DeepLab's dilated
+    // stages): dilation 2 with an odd height (phases of unequal sizes) and
+    // dilation 3 over two images. Forward with bias, and both gradients,
+    // against candle's own convolution (its gradients are the ones the
+    // finite-difference tests above check at small sizes).
+    for (i, (shape, d)) in [([1, 8, 63, 64], 2), ([2, 8, 48, 50], 3)]
+        .into_iter()
+        .enumerate()
+    {
+        let seed = 80 + 10 * i as u64;
+        let x = rand_tensor(&shape, seed);
+        let w = rand_tensor(&[9, 8, 3, 3], seed + 1);
+        let b = rand_tensor(&[9], seed + 2);
+        let ours = ops::conv2d_bias(&x, &w, Some(&b), (d, d), (d, d), 1, d, 1).unwrap();
+        let portable = ops::conv2d_portable(&x, &w, (d, d), (d, d), 1, d, 1)
+            .unwrap()
+            .broadcast_add(&b.reshape((1, 9, 1, 1)).unwrap())
+            .unwrap();
+        assert_eq!(ours.dims(), portable.dims());
+        assert!(max_rel(&ours, &portable) < 1e-12, "forward d={d}");
+        let r = rand_tensor(ours.dims(), seed + 3);
+        for (what, ours, theirs) in [
+            (
+                "input",
+                analytic(
+                    &|x| weighted_sum(&ops::conv2d(x, &w, (d, d), (d, d), 1, d, 1)?, &r),
+                    &x,
+                ),
+                analytic(
+                    &|x| weighted_sum(&ops::conv2d_portable(x, &w, (d, d), (d, d), 1, d, 1)?, &r),
+                    &x,
+                ),
+            ),
+            (
+                "weight",
+                analytic(
+                    &|w| weighted_sum(&ops::conv2d(&x, w, (d, d), (d, d), 1, d, 1)?, &r),
+                    &w,
+                ),
+                analytic(
+                    &|w| weighted_sum(&ops::conv2d_portable(&x, w, (d, d), (d, d), 1, d, 1)?, &r),
+                    &w,
+                ),
+            ),
+        ] {
+            let e = rel_err(&ours.unwrap(), &theirs.unwrap());
+            assert!(e < 1e-12, "{what} gradient d={d}: {e}");
+        }
     }
 }
 

@@ -9,7 +9,10 @@
 //! Working per image keeps the column matrix small (it stays in cache) and
 //! writes outputs in `[N, C, H, W]` order with no transposes. Stride-1 3x3
 //! convolutions take the Winograd kernels instead (all three passes;
-//! [`super::winograd`]).
+//! [`super::winograd`]), and so do the dilated ones with "same" padding,
+//! split into their undilated phase images ([`super::dilated`]); forwards
+//! whose taps read padding over much of the output skip those products
+//! ([`super::bands`]).
 
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor, WithDType};
 use rayon::prelude::*;
@@ -17,6 +20,7 @@ use rayon::prelude::*;
 use super::gemm::{col_ld, gemm_into, inner_threads};
 use super::im2col::{add_bias, all_taps, col2im_image, im2col_taps, live_taps};
 use super::winograd::{self, Filters};
+use super::{bands, dilated};
 use super::{contiguous_slice, dispatch, Geometry};
 
 /// `Y[n] = W · im2col(X[n]) (+ bias)`: x `[N, C, H, W]`, w `[O, C, kh, kw]`,
@@ -25,6 +29,13 @@ fn fwd<T: WithDType>(x: &[T], w: &[T], bias: Option<&[T]>, g: &Geometry, o: usiz
     let (ckk, ohw, chw) = (g.rows(), g.ho * g.wo, g.c * g.h * g.w);
     if winograd::applies(g, g.c, o) {
         return winograd::conv3x3(x, w, bias, Filters::Forward, (g.n, g.c, o), (g.h, g.w));
+    }
+    if dilated::applies(g, g.c, o) {
+        let (n, c, h, wd) = (g.n, g.c, g.h, g.w);
+        return dilated::conv3x3(x, w, bias, Filters::Forward, (n, c, o), (h, wd), g.dilation);
+    }
+    if let Some(rects) = bands::plan(g) {
+        return bands::conv(x, w, bias, g, o, &rects);
     }
     let mut y = vec![T::zero(); g.n * o * ohw];
     let threads = inner_threads(g.n);
@@ -103,6 +114,18 @@ fn bwd_data<T: WithDType>(dy: &[T], w: &[T], bias: Option<&[T]>, g: &Geometry, o
             (g.h, g.w),
         );
     }
+    if dilated::applies(g, o, g.c) {
+        let (n, c, h, wd) = (g.n, g.c, g.h, g.w);
+        return dilated::conv3x3(
+            dy,
+            w,
+            bias,
+            Filters::BackwardData,
+            (n, o, c),
+            (h, wd),
+            g.dilation,
+        );
+    }
     let mut dx = vec![T::zero(); g.n * chw];
     let threads = inner_threads(g.n);
     if g.is_pointwise() {
@@ -154,6 +177,9 @@ const FILTER_CHUNK: usize = 8;
 fn bwd_filter<T: WithDType>(x: &[T], dy: &[T], g: &Geometry, o: usize) -> Vec<T> {
     if winograd::applies(g, g.c, o) {
         return winograd::filter_grad3x3(x, dy, (g.n, g.c, o), (g.h, g.w));
+    }
+    if dilated::applies(g, g.c, o) {
+        return dilated::filter_grad3x3(x, dy, (g.n, g.c, o), (g.h, g.w), g.dilation);
     }
     let (ckk, ohw, chw) = (g.rows(), g.ho * g.wo, g.c * g.h * g.w);
     let chunks = g.n.div_ceil(FILTER_CHUNK);

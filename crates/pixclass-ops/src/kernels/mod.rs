@@ -9,7 +9,10 @@
 //!   [`im2col`] building column matrices and [`gemm`] holding the crate's
 //!   one `unsafe` call;
 //!   [`winograd`] computing the stride-1 3x3 ones (all three passes) with
-//!   2.25x fewer multiplications;
+//!   2.25x fewer multiplications, and [`dilated`] the dilated 3x3 ones as
+//!   batches of undilated phase images for it, and [`bands`] the forwards
+//!   of the large dilations (ASPP) over output rectangles of constant live
+//!   taps;
 //! - [`depthwise`]: direct depthwise convolution;
 //! - [`batch_norm`]: train-mode BatchNorm (+ReLU) and the eval-mode
 //!   per-channel affine map;
@@ -24,9 +27,11 @@ use candle_core::{CpuStorage, Layout, Result, WithDType};
 
 use simd::lane_sum;
 
+pub(crate) mod bands;
 pub(crate) mod batch_norm;
 pub(crate) mod conv;
 pub(crate) mod depthwise;
+pub(crate) mod dilated;
 pub(crate) mod elementwise;
 pub(crate) mod gemm;
 pub(crate) mod im2col;

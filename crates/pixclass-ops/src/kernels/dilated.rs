@@ -1,0 +1,362 @@
+//! Dilated stride-1 3x3 convolutions with "same" padding (padding =
+//! dilation `d`: DeepLab's ResNet stages 3 and 4 and its ASPP branches) as
+//! undilated ones, so that they too take the Winograd kernels.
+//!
+//! Output pixel `(d·i + p, d·j + q)` reads only input pixels
+//! `(d·(i + ky - 1) + p, d·(j + kx - 1) + q)`: those of the same phase
+//! `(p, q)`. Each of the `d²` phase sub-images is thus an independent 3x3,
+//! padding-1 convolution of an `⌈h/d⌉ x ⌈w/d⌉` image (space-to-batch, as
+//! TensorFlow computes atrous convolutions), and the `N·d²` of them are one
+//! batch for [`winograd`]. Phases shorter than `⌈h/d⌉` are padded with
+//! zeros at the end: a zero row or column is exactly what the padded
+//! convolution reads there, and the outputs computed at padded positions are
+//! dropped (forward, backward-data) or meet a zero output gradient
+//! (weight gradient). All three passes therefore equal the direct sum up to
+//! Winograd's rounding. A single image becomes `d²` of them, which also
+//! gives batch-1 forwards a batch to split.
+
+use candle_core::WithDType;
+use rayon::prelude::*;
+
+use super::winograd::{self, Filters};
+use super::Geometry;
+
+/// Phase images smaller than this (in either dimension) stay with the
+/// im2col kernel: their 2x2 tiles are too few per phase and padded too
+/// much (7x7 phases are 8x8 tiles), and im2col leaves out the taps that read
+/// only padding (large ASPP dilations). Measured on 2 cores: stage 4 of
+/// ResNet-101 at 224 (7x7 phases, 512 channels) 1.15x slower by Winograd at
+/// batch 8, ASPP's dilation 12 at 520 (6x6 phases) no faster.
+const MIN_PHASE: usize = 8;
+
+/// Fewer 2x2 output tiles than this over all phase images (one 224x224
+/// image through stage 3 of DeepLab's ResNet-101: 196): the 16 GEMMs are
+/// too short for the transformed filters (16/9 the size of the filters) to
+/// pay, and im2col is faster. Measured on 2 cores, stage 3: 1.1-1.3x slower
+/// at 196 tiles, 1.1-1.9x faster at batch 8 (1568 tiles); one image at 520
+/// (stages 3 and 4: 1156 and 1296 tiles) 1.4-2x faster.
+const MIN_TILES: usize = 1024;
+
+/// Whether `g` (`cin` input, `cout` output channels) is a dilated 3x3
+/// "same" convolution computed here: stride 1, dilation `d >= 2`, padding
+/// `d`, phase images of at least [`MIN_PHASE`] pixels a side, at least
+/// [`MIN_TILES`] tiles, and the channel counts the Winograd kernel needs. Depends on the geometry only,
+/// never on the number of threads.
+pub(crate) fn applies(g: &Geometry, cin: usize, cout: usize) -> bool {
+    let d = g.dilation;
+    g.kh == 3
+        && g.kw == 3
+        && g.stride == 1
+        && d >= 2
+        && g.pad_top == d
+        && g.pad_left == d
+        && (g.ho, g.wo) == (g.h, g.w)
+        && g.h.div_ceil(d) >= MIN_PHASE
+        && g.w.div_ceil(d) >= MIN_PHASE
+        && g.n * d * d * g.h.div_ceil(2 * d) * g.w.div_ceil(2 * d) >= MIN_TILES
+        && winograd::applies(&phase_geometry(g, cin), cin, cout)
+}
+
+/// The undilated convolution of one phase image (`c` channels).
+fn phase_geometry(g: &Geometry, c: usize) -> Geometry {
+    let (hp, wp) = (g.h.div_ceil(g.dilation), g.w.div_ceil(g.dilation));
+    Geometry {
+        n: g.n * g.dilation * g.dilation,
+        c,
+        h: hp,
+        w: wp,
+        dilation: 1,
+        pad_top: 1,
+        pad_left: 1,
+        ho: hp,
+        wo: wp,
+        ..*g
+    }
+}
+
+/// The sizes of a batch of images and of its phase images.
+#[derive(Debug, Clone, Copy)]
+struct Phases {
+    /// Images.
+    n: usize,
+    /// Channels.
+    c: usize,
+    /// Image height and width.
+    h: usize,
+    w: usize,
+    /// Dilation: `d²` phases per image.
+    d: usize,
+    /// Phase image height and width (`⌈h/d⌉`, `⌈w/d⌉`).
+    hp: usize,
+    wp: usize,
+}
+
+impl Phases {
+    fn new((n, c): (usize, usize), (h, w): (usize, usize), d: usize) -> Self {
+        Self {
+            n,
+            c,
+            h,
+            w,
+            d,
+            hp: h.div_ceil(d),
+            wp: w.div_ceil(d),
+        }
+    }
+
+    /// `[N, C, h, w]` -> `[N·d², C, hp, wp]`, phase `(p, q)` of image `i`
+    /// being batch entry `(i·d + p)·d + q`, zero where the phase is shorter.
+    fn split<T: WithDType>(self, x: &[T]) -> Vec<T> {
+        let Self {
+            c, h, w, d, hp, wp, ..
+        } = self;
+        let mut out = vec![T::zero(); self.n * d * d * c * hp * wp];
+        out.par_chunks_mut(hp * wp)
+            .enumerate()
+            .for_each(|(k, plane)| {
+                let (b, ch) = (k / c, k % c);
+                let (i, p, q) = (b / (d * d), (b / d) % d, b % d);
+                let src = &x[(i * c + ch) * h * w..][..h * w];
+                for (r, row) in plane.chunks_exact_mut(wp).enumerate() {
+                    let y = r * d + p;
+                    if y >= h {
+                        break;
+                    }
+                    let line = &src[y * w..][..w];
+                    for (j, v) in row.iter_mut().enumerate() {
+                        match line.get(j * d + q) {
+                            Some(&s) => *v = s,
+                            None => break,
+                        }
+                    }
+                }
+            });
+        out
+    }
+
+    /// The inverse of [`Self::split`], dropping the padding.
+    fn merge<T: WithDType>(self, y: &[T]) -> Vec<T> {
+        let Self {
+            c, h, w, d, hp, wp, ..
+        } = self;
+        let mut out = vec![T::zero(); self.n * c * h * w];
+        out.par_chunks_mut(h * w)
+            .enumerate()
+            .for_each(|(k, plane)| {
+                let (i, ch) = (k / c, k % c);
+                for (yy, row) in plane.chunks_exact_mut(w).enumerate() {
+                    let (r, p) = (yy / d, yy % d);
+                    for (xx, v) in row.iter_mut().enumerate() {
+                        let b = (i * d + p) * d + xx % d;
+                        *v = y[((b * c + ch) * hp + r) * wp + xx / d];
+                    }
+                }
+            });
+        out
+    }
+}
+
+/// [`winograd::conv3x3`] with dilation `d` and padding `d`: x
+/// `[N, cin, h, w]` -> `[N, cout, h, w]`.
+pub(crate) fn conv3x3<T: WithDType>(
+    x: &[T],
+    w: &[T],
+    bias: Option<&[T]>,
+    filters: Filters,
+    (n, cin, cout): (usize, usize, usize),
+    (h, wd): (usize, usize),
+    d: usize,
+) -> Vec<T> {
+    let input = Phases::new((n, cin), (h, wd), d);
+    let y = winograd::conv3x3(
+        &input.split(x),
+        w,
+        bias,
+        filters,
+        (n * d * d, cin, cout),
+        (input.hp, input.wp),
+    );
+    Phases { c: cout, ..input }.merge(&y)
+}
+
+/// [`winograd::filter_grad3x3`] with dilation `d` and padding `d`: x
+/// `[N, cin, h, w]`, dy `[N, cout, h, w]` -> dW `[cout, cin, 3, 3]`.
+pub(crate) fn filter_grad3x3<T: WithDType>(
+    x: &[T],
+    dy: &[T],
+    (n, cin, cout): (usize, usize, usize),
+    (h, wd): (usize, usize),
+    d: usize,
+) -> Vec<T> {
+    let input = Phases::new((n, cin), (h, wd), d);
+    let output = Phases { c: cout, ..input };
+    winograd::filter_grad3x3(
+        &input.split(x),
+        &output.split(dy),
+        (n * d * d, cin, cout),
+        (input.hp, input.wp),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The direct dilated sum (padding `d`), in f64.
+    fn direct(
+        x: &[f64],
+        w: &[f64],
+        (n, cin, cout): (usize, usize, usize),
+        (h, wd): (usize, usize),
+        d: usize,
+    ) -> Vec<f64> {
+        let mut y = vec![0.0; n * cout * h * wd];
+        for i in 0..n {
+            for o in 0..cout {
+                for oy in 0..h {
+                    for ox in 0..wd {
+                        let mut s = 0.0;
+                        for c in 0..cin {
+                            for ky in 0..3 {
+                                for kx in 0..3 {
+                                    let iy = (oy + ky * d) as isize - d as isize;
+                                    let ix = (ox + kx * d) as isize - d as isize;
+                                    if (0..h as isize).contains(&iy)
+                                        && (0..wd as isize).contains(&ix)
+                                    {
+                                        s += w[((o * cin + c) * 3 + ky) * 3 + kx]
+                                            * x[((i * cin + c) * h + iy as usize) * wd
+                                                + ix as usize];
+                                    }
+                                }
+                            }
+                        }
+                        y[((i * cout + o) * h + oy) * wd + ox] = s;
+                    }
+                }
+            }
+        }
+        y
+    }
+
+    /// Deterministic values in [-1, 1).
+    fn values(n: usize, seed: u64) -> Vec<f64> {
+        let mut s = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+        (0..n)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                (s >> 11) as f64 / (1u64 << 52) as f64 - 1.0
+            })
+            .collect()
+    }
+
+    fn dot(a: &[f64], b: &[f64]) -> f64 {
+        a.iter().zip(b).map(|(x, y)| x * y).sum()
+    }
+
+    /// A dilated "same" 3x3 geometry.
+    fn geometry(n: usize, c: usize, (h, w): (usize, usize), d: usize) -> Geometry {
+        Geometry {
+            n,
+            c,
+            h,
+            w,
+            kh: 3,
+            kw: 3,
+            stride: 1,
+            dilation: d,
+            pad_top: d,
+            pad_left: d,
+            ho: h,
+            wo: w,
+        }
+    }
+
+    #[test]
+    fn which_convolutions_are_split_into_phases() {
+        // DeepLab's ResNet-101 (stage 3: d=2, 256 channels; stage 4: d=4,
+        // 512; ASPP: d=12, 2048 -> 256), and the shapes of the integration
+        // test `dilated_same_convs_taken_by_winograd_match_the_portable_ones`.
+        let cases = [
+            (geometry(1, 256, (65, 65), 2), 256, true),
+            (geometry(1, 512, (65, 65), 4), 512, true),
+            (geometry(8, 256, (28, 28), 2), 256, true),
+            (geometry(1, 256, (28, 28), 2), 256, false),
+            (geometry(8, 512, (28, 28), 4), 512, false),
+            (geometry(1, 2048, (65, 65), 12), 256, false),
+            (geometry(1, 8, (63, 64), 2), 9, true),
+            (geometry(2, 8, (48, 50), 3), 9, true),
+            (geometry(2, 4, (48, 50), 3), 9, false),
+        ];
+        for (g, cout, want) in cases {
+            assert_eq!(applies(&g, g.c, cout), want, "{g:?} -> {cout}");
+        }
+        // Not "same" padding, or stride 2: never.
+        let g = geometry(8, 256, (64, 64), 2);
+        assert!(!applies(&Geometry { pad_top: 1, ..g }, 256, 256));
+        assert!(!applies(&Geometry { stride: 2, ..g }, 256, 256));
+    }
+
+    #[test]
+    fn split_then_merge_is_the_identity() {
+        for &(h, w, d) in &[(8, 8, 2), (9, 13, 2), (10, 7, 3), (5, 5, 4)] {
+            let p = Phases::new((2, 3), (h, w), d);
+            let x = values(2 * 3 * h * w, 11);
+            assert_eq!(p.merge(&p.split(&x)), x, "{h}x{w} d={d}");
+        }
+    }
+
+    #[test]
+    fn all_three_passes_match_the_direct_dilated_sum() {
+        // Sizes divisible by d and not (padded phases), one image and two.
+        for &(n, cin, cout, h, w, d) in &[
+            (1, 8, 9, 8, 8, 2),
+            (2, 9, 8, 9, 11, 2),
+            (1, 8, 8, 13, 12, 3),
+            (1, 10, 8, 16, 17, 4),
+        ] {
+            let x = values(n * cin * h * w, 1);
+            let wt = values(cout * cin * 9, 2);
+            let bias = values(cout, 3);
+            let want = direct(&x, &wt, (n, cin, cout), (h, w), d);
+            let got = conv3x3(
+                &x,
+                &wt,
+                Some(&bias),
+                Filters::Forward,
+                (n, cin, cout),
+                (h, w),
+                d,
+            );
+            for (k, (g, e)) in got.iter().zip(&want).enumerate() {
+                let o = (k / (h * w)) % cout;
+                assert!(
+                    (g - e - bias[o]).abs() < 1e-12,
+                    "forward {n}x{cin}x{h}x{w} d={d}: {g} vs {e}"
+                );
+            }
+            // Backward-data and the weight gradient: the adjoints,
+            // <conv(x, w), dy> = <x, bwd_data(dy, w)> = <dW(x, dy), w>.
+            let dy = values(n * cout * h * w, 4);
+            let dx = conv3x3(
+                &dy,
+                &wt,
+                None,
+                Filters::BackwardData,
+                (n, cout, cin),
+                (h, w),
+                d,
+            );
+            let dw = filter_grad3x3(&x, &dy, (n, cin, cout), (h, w), d);
+            let lhs = dot(&want, &dy);
+            for (what, rhs) in [("backward-data", dot(&x, &dx)), ("weight", dot(&dw, &wt))] {
+                assert!(
+                    (lhs - rhs).abs() < 1e-9 * lhs.abs().max(1.0),
+                    "{what} {n}x{cin}x{h}x{w} d={d}: {lhs} vs {rhs}"
+                );
+            }
+        }
+    }
+}
