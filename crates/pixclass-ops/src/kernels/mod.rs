@@ -38,6 +38,8 @@ pub(crate) mod im2col;
 pub(crate) mod loss;
 pub(crate) mod pool;
 pub(crate) mod simd;
+#[cfg(test)]
+mod testing;
 pub(crate) mod winograd;
 
 /// Geometry of a convolution seen from its input image: an `n x c x h x w`

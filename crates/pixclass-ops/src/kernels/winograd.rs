@@ -591,53 +591,12 @@ impl<T: WithDType> pulp::WithSimd for OutputTransform<'_, T> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::testing::{direct3x3, values};
     use super::*;
 
-    /// The direct sum, in f64.
-    fn direct(
-        x: &[f64],
-        w: &[f64],
-        (n, cin, cout): (usize, usize, usize),
-        (h, wd): (usize, usize),
-    ) -> Vec<f64> {
-        let mut y = vec![0.0; n * cout * h * wd];
-        for i in 0..n {
-            for o in 0..cout {
-                for oy in 0..h {
-                    for ox in 0..wd {
-                        let mut s = 0.0;
-                        for c in 0..cin {
-                            for ky in 0..3 {
-                                for kx in 0..3 {
-                                    let (iy, ix) = ((oy + ky) as isize - 1, (ox + kx) as isize - 1);
-                                    if iy >= 0 && ix >= 0 && (iy as usize) < h && (ix as usize) < wd
-                                    {
-                                        s += w[((o * cin + c) * 3 + ky) * 3 + kx]
-                                            * x[((i * cin + c) * h + iy as usize) * wd
-                                                + ix as usize];
-                                    }
-                                }
-                            }
-                        }
-                        y[((i * cout + o) * h + oy) * wd + ox] = s;
-                    }
-                }
-            }
-        }
-        y
-    }
-
-    /// Deterministic values in [-1, 1).
-    fn values(n: usize, seed: u64) -> Vec<f64> {
-        let mut s = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-        (0..n)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                (s >> 11) as f64 / (1u64 << 52) as f64 - 1.0
-            })
-            .collect()
+    /// The direct sum (padding 1), in f64.
+    fn direct(x: &[f64], w: &[f64], dims: (usize, usize, usize), hw: (usize, usize)) -> Vec<f64> {
+        direct3x3(x, w, dims, hw, 1)
     }
 
     #[test]
