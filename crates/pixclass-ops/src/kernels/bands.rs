@@ -166,24 +166,12 @@ fn gather<T: WithDType>(xn: &[T], g: &Geometry, r: &TapRect, cols: &mut [T], par
 
 #[cfg(test)]
 mod tests {
+    use super::super::testing::same3x3;
     use super::*;
 
-    /// A 3x3 "same" geometry with dilation `d` (padding `d`).
+    /// ASPP's square 3x3 "same" geometry with dilation `d`.
     fn aspp(n: usize, c: usize, side: usize, d: usize) -> Geometry {
-        Geometry {
-            n,
-            c,
-            h: side,
-            w: side,
-            kh: 3,
-            kw: 3,
-            stride: 1,
-            dilation: d,
-            pad_top: d,
-            pad_left: d,
-            ho: side,
-            wo: side,
-        }
+        same3x3(n, c, (side, side), d)
     }
 
     /// Multiply-adds per output channel and input channel, over all taps.

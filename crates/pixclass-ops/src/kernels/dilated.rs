@@ -200,29 +200,11 @@ pub(crate) fn filter_grad3x3<T: WithDType>(
 
 #[cfg(test)]
 mod tests {
-    use super::super::testing::{direct3x3 as direct, values};
+    use super::super::testing::{direct3x3 as direct, same3x3 as geometry, values};
     use super::*;
 
     fn dot(a: &[f64], b: &[f64]) -> f64 {
         a.iter().zip(b).map(|(x, y)| x * y).sum()
-    }
-
-    /// A dilated "same" 3x3 geometry.
-    fn geometry(n: usize, c: usize, (h, w): (usize, usize), d: usize) -> Geometry {
-        Geometry {
-            n,
-            c,
-            h,
-            w,
-            kh: 3,
-            kw: 3,
-            stride: 1,
-            dilation: d,
-            pad_top: d,
-            pad_left: d,
-            ho: h,
-            wo: w,
-        }
     }
 
     #[test]

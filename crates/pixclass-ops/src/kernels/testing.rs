@@ -1,4 +1,25 @@
-//! Reference sums and test values shared by the kernels' unit tests.
+//! Reference sums, geometries and test values shared by the kernels' unit
+//! tests.
+
+use super::Geometry;
+
+/// A 3x3 "same" geometry with dilation `d` (padding `d`, stride 1).
+pub(crate) fn same3x3(n: usize, c: usize, (h, w): (usize, usize), d: usize) -> Geometry {
+    Geometry {
+        n,
+        c,
+        h,
+        w,
+        kh: 3,
+        kw: 3,
+        stride: 1,
+        dilation: d,
+        pad_top: d,
+        pad_left: d,
+        ho: h,
+        wo: w,
+    }
+}
 
 /// The direct 3x3 sum with dilation `d` and padding `d`, in f64.
 pub(crate) fn direct3x3(
