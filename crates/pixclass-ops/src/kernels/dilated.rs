@@ -200,12 +200,10 @@ pub(crate) fn filter_grad3x3<T: WithDType>(
 
 #[cfg(test)]
 mod tests {
-    use super::super::testing::{direct3x3 as direct, same3x3 as geometry, values};
+    use super::super::testing::{
+        assert_adjoint, assert_biased, direct3x3 as direct, dot, same3x3 as geometry, values,
+    };
     use super::*;
-
-    fn dot(a: &[f64], b: &[f64]) -> f64 {
-        a.iter().zip(b).map(|(x, y)| x * y).sum()
-    }
 
     #[test]
     fn which_convolutions_are_split_into_phases() {
@@ -263,13 +261,8 @@ mod tests {
                 (h, w),
                 d,
             );
-            for (k, (g, e)) in got.iter().zip(&want).enumerate() {
-                let o = (k / (h * w)) % cout;
-                assert!(
-                    (g - e - bias[o]).abs() < 1e-12,
-                    "forward {n}x{cin}x{h}x{w} d={d}: {g} vs {e}"
-                );
-            }
+            let what = format!("{n}x{cin}x{h}x{w} d={d}");
+            assert_biased(&got, &want, &bias, h * w, &what);
             // Backward-data and the weight gradient: the adjoints,
             // <conv(x, w), dy> = <x, bwd_data(dy, w)> = <dW(x, dy), w>.
             let dy = values(n * cout * h * w, 4);
@@ -284,12 +277,8 @@ mod tests {
             );
             let dw = filter_grad3x3(&x, &dy, (n, cin, cout), (h, w), d);
             let lhs = dot(&want, &dy);
-            for (what, rhs) in [("backward-data", dot(&x, &dx)), ("weight", dot(&dw, &wt))] {
-                assert!(
-                    (lhs - rhs).abs() < 1e-9 * lhs.abs().max(1.0),
-                    "{what} {n}x{cin}x{h}x{w} d={d}: {lhs} vs {rhs}"
-                );
-            }
+            assert_adjoint(lhs, dot(&x, &dx), &format!("backward-data {what}"));
+            assert_adjoint(lhs, dot(&dw, &wt), &format!("weight {what}"));
         }
     }
 }

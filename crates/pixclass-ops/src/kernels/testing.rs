@@ -67,3 +67,31 @@ pub(crate) fn values(n: usize, seed: u64) -> Vec<f64> {
         })
         .collect()
 }
+
+/// `Σ a_i·b_i`.
+pub(crate) fn dot(a: &[f64], b: &[f64]) -> f64 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+/// Asserts that `got` is the bias-free sum `want` plus output channel `o`'s
+/// `bias[o]` (outputs `[N, cout, HW]`, `hw` pixels per channel).
+pub(crate) fn assert_biased(got: &[f64], want: &[f64], bias: &[f64], hw: usize, what: &str) {
+    let cout = bias.len();
+    assert_eq!(got.len(), want.len(), "{what}: output length");
+    for (k, (g, e)) in got.iter().zip(want).enumerate() {
+        let o = (k / hw) % cout;
+        assert!(
+            (g - e - bias[o]).abs() < 1e-12,
+            "forward {what}: {g} vs {e}"
+        );
+    }
+}
+
+/// Asserts that two sides of an adjoint identity (`<A x, y> = <x, A* y>`)
+/// agree to rounding.
+pub(crate) fn assert_adjoint(lhs: f64, rhs: f64, what: &str) {
+    assert!(
+        (lhs - rhs).abs() < 1e-9 * lhs.abs().max(rhs.abs()).max(1.0),
+        "adjoint {what}: {lhs} vs {rhs}"
+    );
+}

@@ -591,7 +591,7 @@ impl<T: WithDType> pulp::WithSimd for OutputTransform<'_, T> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::testing::{direct3x3, values};
+    use super::super::testing::{assert_adjoint, assert_biased, direct3x3, dot, values};
     use super::*;
 
     /// The direct sum (padding 1), in f64.
@@ -620,13 +620,8 @@ mod tests {
                 (n, cin, cout),
                 (h, w),
             );
-            for (k, (g, e)) in got.iter().zip(&want).enumerate() {
-                let o = (k / (h * w)) % cout;
-                assert!(
-                    (g - e - bias[o]).abs() < 1e-12,
-                    "forward {n}x{cin}x{h}x{w} -> {cout}: {g} vs {e}"
-                );
-            }
+            let what = format!("{n}x{cin}x{h}x{w} -> {cout}");
+            assert_biased(&got, &want, &bias, h * w, &what);
             // Backward-data: the adjoint. <conv(x), dy> = <x, bwd(dy)>.
             let dy = values(n * cout * h * w, 4);
             let dx = conv3x3(
@@ -637,12 +632,7 @@ mod tests {
                 (n, cout, cin),
                 (h, w),
             );
-            let lhs: f64 = want.iter().zip(&dy).map(|(a, b)| a * b).sum();
-            let rhs: f64 = x.iter().zip(&dx).map(|(a, b)| a * b).sum();
-            assert!(
-                (lhs - rhs).abs() < 1e-9 * lhs.abs().max(1.0),
-                "adjoint {lhs} vs {rhs}"
-            );
+            assert_adjoint(dot(&want, &dy), dot(&x, &dx), &what);
         }
     }
 
@@ -656,12 +646,11 @@ mod tests {
             let dy = values(n * cout * h * w, 8);
             let probe = values(cout * cin * 9, 9);
             let dw = filter_grad3x3(&x, &dy, (n, cin, cout), (h, w));
-            let lhs: f64 = dw.iter().zip(&probe).map(|(a, b)| a * b).sum();
             let y = direct(&x, &probe, (n, cin, cout), (h, w));
-            let rhs: f64 = y.iter().zip(&dy).map(|(a, b)| a * b).sum();
-            assert!(
-                (lhs - rhs).abs() < 1e-9 * rhs.abs().max(1.0),
-                "{n}x{cin}x{h}x{w}: {lhs} vs {rhs}"
+            assert_adjoint(
+                dot(&dw, &probe),
+                dot(&y, &dy),
+                &format!("{n}x{cin}x{h}x{w}"),
             );
         }
     }
