@@ -552,7 +552,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             if let Some(x) = ratio {
                 ratios.insert(k.clone(), x);
             }
-            let gflops = flops.get(k).map(|f| f / (median(&r.ours) / 1e3) / 1e9);
+            let gflops = flops.get(k).map(|&f| gflops_of(f, median(&r.ours)));
             writeln!(
                 md,
                 "| {k} | {:.1} | {} | {} | {} | {} |",
@@ -618,7 +618,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let conv_share = peak_flops
         .zip(flops.get("unet train step").copied())
         .map(|(peak, f)| {
-            let pct = |ms: f64| 100.0 * f / (ms / 1e3) / 1e9 / peak;
+            let pct = |ms: f64| 100.0 * gflops_of(f, ms) / peak;
             let conv_ms: f64 = profile[0]
                 .iter()
                 .filter(|(k, _)| op_category(k).starts_with("convolution"))
@@ -875,6 +875,11 @@ fn gpu_name() -> String {
             }
         })
         .unwrap_or_else(|| "an NVIDIA GPU (nvidia-smi not found)".into())
+}
+
+/// GFLOP/s of `flops` floating-point operations done in `ms` milliseconds.
+fn gflops_of(flops: f64, ms: f64) -> f64 {
+    flops / (ms / 1e3) / 1e9
 }
 
 fn median(v: &[f64]) -> f64 {
