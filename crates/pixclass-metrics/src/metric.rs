@@ -7,7 +7,7 @@ use candle_core::{DType, Result, Tensor};
 /// # Shapes
 /// `logits` `[N, K, H, W]`, `target` `[N, H, W]` -> count.
 pub fn correct_pixels(logits: &Tensor, target: &Tensor) -> Result<u64> {
-    let pred = logits.argmax(1)?.to_dtype(DType::U32)?;
+    let pred = pixclass_ops::argmax_classes(logits)?;
     let eq = pred.eq(&target.to_dtype(DType::U32)?)?;
     Ok(eq.to_dtype(DType::U32)?.sum_all()?.to_scalar::<u32>()? as u64)
 }
@@ -58,9 +58,7 @@ impl ConfusionMatrix {
 
     /// Adds the argmax of `logits` `[N, K, H, W]` against `target` `[N, H, W]`.
     pub fn add_logits(&mut self, logits: &Tensor, target: &Tensor) -> Result<()> {
-        let pred: Vec<u32> = logits
-            .argmax(1)?
-            .to_dtype(DType::U32)?
+        let pred: Vec<u32> = pixclass_ops::argmax_classes(logits)?
             .flatten_all()?
             .to_vec1()?;
         let truth: Vec<u32> = target.to_dtype(DType::U32)?.flatten_all()?.to_vec1()?;

@@ -34,10 +34,17 @@ pub fn add_channel_bias(x: &Tensor, b: &Tensor) -> Result<Tensor> {
     x.broadcast_add(&b.reshape((1, (), 1, 1))?)
 }
 
-/// Per-pixel class of the largest logit.
+/// Per-pixel class of the largest logit (the first one on a tie). CPU f32 /
+/// f64: one parallel pass over the class planes; elsewhere candle's
+/// `argmax`. Not differentiable.
 ///
 /// # Shapes
 /// `[N, K, H, W]` -> `[N, H, W]` u32.
 pub fn argmax_classes(logits: &Tensor) -> Result<Tensor> {
+    if cpu_float(logits) && logits.rank() == 4 {
+        return logits
+            .contiguous()?
+            .apply_op1_no_bwd(&kernels::elementwise::ArgmaxClasses);
+    }
     logits.argmax(1)?.to_dtype(DType::U32)
 }

@@ -1,5 +1,6 @@
 //! Element-wise kernels: a convolution's per-channel bias (whose gradient
-//! is one per-channel sum) and the residual `relu(a + b)`.
+//! is one per-channel sum), the residual `relu(a + b)` and the per-pixel
+//! argmax over classes.
 
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor, WithDType};
 use rayon::prelude::*;
@@ -198,5 +199,72 @@ impl candle_core::CustomOp2 for ReluMask {
         same_shape(l1, l2, self.name())?;
         let out = dispatch!((s1, l1) => y, (s2, l2) => g; relu_mask(y, g));
         Ok((out, l1.shape().clone()))
+    }
+}
+
+/// Per-pixel index of the largest class score: `[N, K, H, W]` -> `[N, H, W]`
+/// u32. The first maximum wins and a NaN never replaces the running best,
+/// as in candle's `argmax` (so the two agree bit for bit); the scan runs
+/// over class planes, a block of pixels at a time, in parallel over images
+/// and blocks, where candle's strided reduction is one thread and one pixel
+/// at a time.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ArgmaxClasses;
+
+/// Pixels per block of [`argmax_classes`]: the running best values stay in
+/// L1 while the class planes stream past.
+const ARGMAX_BLOCK: usize = 512;
+
+fn argmax_classes<T: WithDType>(x: &[T], n: usize, k: usize, hw: usize) -> Vec<u32> {
+    let mut out = vec![0u32; n * hw];
+    if hw == 0 {
+        return out;
+    }
+    out.par_chunks_mut(hw)
+        .enumerate()
+        .flat_map(|(i, img)| {
+            img.par_chunks_mut(ARGMAX_BLOCK)
+                .enumerate()
+                .map(move |(b, o)| (i, b * ARGMAX_BLOCK, o))
+        })
+        .for_each(|(i, p0, idx)| {
+            let len = idx.len();
+            let plane = |c: usize| &x[(i * k + c) * hw + p0..][..len];
+            let mut best = [T::zero(); ARGMAX_BLOCK];
+            let best = &mut best[..len];
+            best.copy_from_slice(plane(0));
+            for c in 1..k {
+                let cu = c as u32;
+                for ((b, j), &s) in best.iter_mut().zip(idx.iter_mut()).zip(plane(c)) {
+                    let gt = *b < s;
+                    *b = if gt { s } else { *b };
+                    *j = if gt { cu } else { *j };
+                }
+            }
+        });
+    out
+}
+
+impl CustomOp1 for ArgmaxClasses {
+    fn name(&self) -> &'static str {
+        "pixclass-argmax-classes"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        use candle_core::backend::BackendStorage;
+        let _time = crate::profile::scope(self.name());
+        let (n, k, h, w) = dims4(l)?;
+        if k == 0 {
+            candle_core::bail!("argmax over classes: input {:?} has no classes", l.dims());
+        }
+        let out = match s {
+            CpuStorage::F32(_) => argmax_classes(contiguous_slice::<f32>(s, l)?, n, k, h * w),
+            CpuStorage::F64(_) => argmax_classes(contiguous_slice::<f64>(s, l)?, n, k, h * w),
+            _ => candle_core::bail!(
+                "argmax over classes takes f32 or f64 scores, got {:?}",
+                s.dtype()
+            ),
+        };
+        Ok((CpuStorage::U32(out), Shape::from((n, h, w))))
     }
 }

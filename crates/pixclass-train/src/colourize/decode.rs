@@ -156,7 +156,9 @@ impl Decoding {
     /// `[N, K, H, W]` -> `[N, H, W]` u32.
     pub fn classes(&self, logits: &Tensor, prior: Option<&ClassPrior>) -> Result<Tensor> {
         match self.kind {
-            DecodeKind::Argmax | DecodeKind::AnnealedMean => Ok(logits.argmax(1)?),
+            DecodeKind::Argmax | DecodeKind::AnnealedMean => {
+                Ok(pixclass_ops::argmax_classes(logits)?)
+            }
             DecodeKind::Balanced => {
                 let prior = prior.ok_or_else(|| {
                     TrainError::Config(
@@ -177,7 +179,7 @@ impl Decoding {
                 let adjusted = logits
                     .to_dtype(candle_core::DType::F32)?
                     .broadcast_sub(&log_prior)?;
-                Ok(adjusted.argmax(1)?)
+                Ok(pixclass_ops::argmax_classes(&adjusted)?)
             }
         }
     }

@@ -196,8 +196,7 @@ pub fn predict_voc(
     let set = SegSet::from_photo(&photo, size);
     let x = set.images_tensor(&[0], mean, std, dev)?;
     let logits = net.forward(&x)?;
-    let classes: Vec<u8> = logits
-        .argmax(1)?
+    let classes: Vec<u8> = pixclass_ops::argmax_classes(&logits)?
         .to_dtype(DType::U8)?
         .flatten_all()?
         .to_vec1()?;
