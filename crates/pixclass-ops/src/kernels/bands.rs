@@ -18,7 +18,7 @@ use rayon::prelude::*;
 
 use super::gemm::{gemm_into, inner_threads};
 use super::im2col::{add_bias, live_taps};
-use super::Geometry;
+use super::{zeros, Geometry};
 
 /// The per-tap GEMMs are used when their multiply-adds are at most this
 /// fraction of the im2col kernel's (which already leaves out taps that are
@@ -85,7 +85,7 @@ pub(crate) fn conv<T: WithDType>(
 ) -> Vec<T> {
     let (kk, ohw, chw) = (g.kh * g.kw, g.ho * g.wo, g.c * g.h * g.w);
     let threads = inner_threads(g.n);
-    let mut y = vec![T::zero(); g.n * o * ohw];
+    let mut y = zeros(g.n * o * ohw);
     y.par_chunks_mut(o * ohw).enumerate().for_each_init(
         || (Vec::new(), Vec::new()),
         |(cols, out), (n, yn)| {

@@ -10,7 +10,7 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Result, Shape, Tenso
 use rayon::prelude::*;
 
 use super::simd::{lane_sum, vectorized, Real};
-use super::{channel_total, contiguous_slice, dims4, dispatch};
+use super::{channel_total, contiguous_slice, dims4, dispatch, zeros};
 
 /// Per-channel mean and biased variance of `[N, C, H, W]`, as `[2, C]` f64.
 #[derive(Debug, Clone, Copy)]
@@ -124,7 +124,7 @@ fn bn_bwd<T: Real>(
         })
         .collect();
     // Pass 2: dx = γσ⁻¹/M · (M·dy' - Σdy' - x̂·Σdy'x̂).
-    let mut out = vec![T::zero(); x.len() + 2 * c];
+    let mut out = zeros(x.len() + 2 * c);
     let (dx, rest) = out.split_at_mut(x.len());
     dx.par_chunks_mut(hw).enumerate().for_each(|(p, o)| {
         let ch = p % c;
@@ -272,7 +272,7 @@ fn affine_fwd<T: WithDType>(
     c: usize,
     hw: usize,
 ) -> Vec<T> {
-    let mut out = vec![T::zero(); x.len()];
+    let mut out = zeros(x.len());
     out.par_chunks_mut(hw.max(1))
         .zip(x.par_chunks(hw.max(1)))
         .enumerate()
@@ -303,7 +303,7 @@ fn affine_bwd<T: Real>(
     c: usize,
     hw: usize,
 ) -> Vec<T> {
-    let mut out = vec![T::zero(); x.len() + 2 * c];
+    let mut out = zeros(x.len() + 2 * c);
     let (dx, rest) = out.split_at_mut(x.len());
     // dx = dy'·scale, where dy' is dy masked by the ReLU (y > 0).
     dx.par_chunks_mut(hw.max(1)).enumerate().for_each(|(p, o)| {

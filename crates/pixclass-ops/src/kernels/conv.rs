@@ -21,7 +21,7 @@ use super::gemm::{col_ld, gemm_into, inner_threads};
 use super::im2col::{add_bias, all_taps, col2im_image, im2col_taps, live_taps};
 use super::winograd::{self, Filters};
 use super::{bands, dilated};
-use super::{contiguous_slice, dispatch, Geometry};
+use super::{contiguous_slice, dispatch, zeros, Geometry};
 
 /// `Y[n] = W · im2col(X[n]) (+ bias)`: x `[N, C, H, W]`, w `[O, C, kh, kw]`,
 /// bias `[O]` -> `[N, O, ho, wo]`.
@@ -37,7 +37,7 @@ fn fwd<T: WithDType>(x: &[T], w: &[T], bias: Option<&[T]>, g: &Geometry, o: usiz
     if let Some(rects) = bands::plan(g) {
         return bands::conv(x, w, bias, g, o, &rects);
     }
-    let mut y = vec![T::zero(); g.n * o * ohw];
+    let mut y = zeros(g.n * o * ohw);
     let threads = inner_threads(g.n);
     if g.is_pointwise() {
         y.par_chunks_mut(o * ohw).enumerate().for_each(|(n, yn)| {
@@ -126,7 +126,7 @@ fn bwd_data<T: WithDType>(dy: &[T], w: &[T], bias: Option<&[T]>, g: &Geometry, o
             g.dilation,
         );
     }
-    let mut dx = vec![T::zero(); g.n * chw];
+    let mut dx = zeros(g.n * chw);
     let threads = inner_threads(g.n);
     if g.is_pointwise() {
         // col2im is the identity: the GEMM writes the image directly.

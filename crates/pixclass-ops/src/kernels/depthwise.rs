@@ -7,7 +7,7 @@
 use candle_core::{CpuStorage, Layout, Result, Shape, Tensor, WithDType};
 use rayon::prelude::*;
 
-use super::{contiguous_slice, dispatch, Geometry};
+use super::{contiguous_slice, dispatch, zeros, Geometry};
 
 /// Depthwise convolution of `[N, C, H, W]` with `[C, 1, KH, KW]`, zero
 /// padding `pad_top`/`pad_left` (and what `ho`/`wo` imply after).
@@ -64,7 +64,7 @@ fn tap_rows_stride1<T: WithDType>(
 
 fn depthwise_fwd<T: WithDType>(g: &Geometry, x: &[T], w: &[T]) -> Vec<T> {
     let (hw, ohw, taps) = (g.h * g.w, g.ho * g.wo, g.kh * g.kw);
-    let mut out = vec![T::zero(); g.n * g.c * ohw];
+    let mut out = zeros(g.n * g.c * ohw);
     out.par_chunks_mut(ohw).enumerate().for_each(|(p, o)| {
         let c = p % g.c;
         let plane = &x[p * hw..(p + 1) * hw];
@@ -86,7 +86,7 @@ fn depthwise_fwd<T: WithDType>(g: &Geometry, x: &[T], w: &[T]) -> Vec<T> {
 
 fn depthwise_bwd_input<T: WithDType>(g: &Geometry, grad: &[T], w: &[T]) -> Vec<T> {
     let (hw, ohw, taps) = (g.h * g.w, g.ho * g.wo, g.kh * g.kw);
-    let mut dx = vec![T::zero(); g.n * g.c * hw];
+    let mut dx = zeros(g.n * g.c * hw);
     dx.par_chunks_mut(hw).enumerate().for_each(|(p, d)| {
         let c = p % g.c;
         let gp = &grad[p * ohw..(p + 1) * ohw];

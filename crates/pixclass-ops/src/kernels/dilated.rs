@@ -19,7 +19,7 @@ use candle_core::WithDType;
 use rayon::prelude::*;
 
 use super::winograd::{self, Filters};
-use super::Geometry;
+use super::{zeros, Geometry};
 
 /// Phase images smaller than this (in either dimension) stay with the
 /// im2col kernel: their 2x2 tiles are too few per phase and padded too
@@ -110,7 +110,7 @@ impl Phases {
         let Self {
             c, h, w, d, hp, wp, ..
         } = self;
-        let mut out = vec![T::zero(); self.n * d * d * c * hp * wp];
+        let mut out = zeros(self.n * d * d * c * hp * wp);
         out.par_chunks_mut(hp * wp)
             .enumerate()
             .for_each(|(k, plane)| {
@@ -139,7 +139,7 @@ impl Phases {
         let Self {
             c, h, w, d, hp, wp, ..
         } = self;
-        let mut out = vec![T::zero(); self.n * c * h * w];
+        let mut out = zeros(self.n * c * h * w);
         out.par_chunks_mut(h * w)
             .enumerate()
             .for_each(|(k, plane)| {

@@ -5,7 +5,7 @@
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor, WithDType};
 use rayon::prelude::*;
 
-use super::{channel_total, contiguous_slice, dims4, dispatch};
+use super::{channel_total, contiguous_slice, dims4, dispatch, zeros};
 
 /// `y = x + b` per channel (a convolution's bias). Inputs: x `[N, C, H, W]`,
 /// b `[C]`. Its bias gradient is one per-channel sum ([`ChannelSum`]), where
@@ -39,7 +39,7 @@ impl CustomOp1 for ChannelSum {
 }
 
 fn bias_fwd<T: WithDType>(x: &[T], b: &[T], c: usize, hw: usize) -> Vec<T> {
-    let mut out = vec![T::zero(); x.len()];
+    let mut out = zeros(x.len());
     out.par_chunks_mut(hw.max(1))
         .zip(x.par_chunks(hw.max(1)))
         .enumerate()
@@ -108,7 +108,7 @@ struct ReluMask;
 
 fn zip_map<T: WithDType>(a: &[T], b: &[T], f: impl Fn(T, T) -> T + Sync) -> Vec<T> {
     const CHUNK: usize = 1 << 14;
-    let mut out = vec![T::zero(); a.len()];
+    let mut out = zeros(a.len());
     out.par_chunks_mut(CHUNK)
         .zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK)))
         .for_each(|(o, (a, b))| {

@@ -11,7 +11,7 @@ use candle_core::{CpuStorage, Layout, Result, Shape, Tensor, WithDType};
 use rayon::prelude::*;
 
 use super::simd::Real;
-use super::{contiguous_slice, dims4, dispatch};
+use super::{contiguous_slice, dims4, dispatch, zeros};
 use crate::Loss;
 
 /// Mean per-pixel cross-entropy of `[N, K, H, W]` logits against `[N, H, W]`
@@ -90,7 +90,7 @@ fn ce_bwd<T: Real>(
     hw: usize,
     scale: f64,
 ) -> Vec<T> {
-    let mut out = vec![T::zero(); x.len()];
+    let mut out = zeros(x.len());
     let s = T::from_f64(scale);
     out.par_chunks_mut(k * hw).enumerate().for_each(|(i, o)| {
         let img = &x[i * k * hw..(i + 1) * k * hw];

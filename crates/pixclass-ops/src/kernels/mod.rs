@@ -24,6 +24,7 @@
 //!   lane sums.
 
 use candle_core::{CpuStorage, Layout, Result, WithDType};
+use rayon::prelude::*;
 
 use simd::lane_sum;
 
@@ -113,6 +114,22 @@ impl Geometry {
         };
         (lo.min(hi), hi)
     }
+}
+
+/// Elements below which [`zeros`] zero-fills on the calling thread.
+const PARALLEL_ZEROS: usize = 1 << 16;
+
+/// A kernel's zero-filled output buffer of `len` values, filled in parallel
+/// when it is large: `vec![0; len]` is one memset on the calling thread
+/// (the allocator's pages are reused, so they are not known to be zero)
+/// while the other threads wait for the kernel's parallel loop.
+pub(crate) fn zeros<T: WithDType>(len: usize) -> Vec<T> {
+    if len < PARALLEL_ZEROS {
+        return vec![T::zero(); len];
+    }
+    let mut v = Vec::with_capacity(len);
+    v.par_extend(rayon::iter::repeat_n(T::zero(), len));
+    v
 }
 
 /// The contiguous slice of a CPU storage described by `l`.

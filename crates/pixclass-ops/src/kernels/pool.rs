@@ -6,7 +6,7 @@
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor, WithDType};
 use rayon::prelude::*;
 
-use super::{contiguous_slice, dims4, dispatch};
+use super::{contiguous_slice, dims4, dispatch, zeros};
 
 /// Max pooling with window and stride `k`; the gradient goes to the first
 /// maximum of each window (row-major), like PyTorch.
@@ -47,7 +47,7 @@ fn argmax2x2<T: WithDType>(a: T, b: T, c: T, d: T) -> (usize, T) {
 fn maxpool_fwd<T: WithDType>(x: &[T], h: usize, w: usize, k: usize) -> Vec<T> {
     let (ho, wo) = (h / k, w / k);
     let planes = x.len() / (h * w);
-    let mut out = vec![T::zero(); planes * ho * wo];
+    let mut out = zeros(planes * ho * wo);
     out.par_chunks_mut(ho * wo).enumerate().for_each(|(p, o)| {
         let plane = &x[p * h * w..(p + 1) * h * w];
         if k == 2 {
@@ -75,7 +75,7 @@ fn maxpool_fwd<T: WithDType>(x: &[T], h: usize, w: usize, k: usize) -> Vec<T> {
 
 fn maxpool_bwd<T: WithDType>(x: &[T], g: &[T], h: usize, w: usize, k: usize) -> Vec<T> {
     let (ho, wo) = (h / k, w / k);
-    let mut out = vec![T::zero(); x.len()];
+    let mut out = zeros(x.len());
     out.par_chunks_mut(h * w).enumerate().for_each(|(p, o)| {
         let plane = &x[p * h * w..(p + 1) * h * w];
         let gp = &g[p * ho * wo..(p + 1) * ho * wo];
@@ -178,7 +178,7 @@ struct BlockSum(usize);
 
 fn upsample_fwd<T: WithDType>(x: &[T], h: usize, w: usize, f: usize) -> Vec<T> {
     let (oh, ow) = (h * f, w * f);
-    let mut out = vec![T::zero(); x.len() * f * f];
+    let mut out = zeros(x.len() * f * f);
     out.par_chunks_mut(oh * ow).enumerate().for_each(|(p, o)| {
         let plane = &x[p * h * w..(p + 1) * h * w];
         if f == 2 {
@@ -206,7 +206,7 @@ fn upsample_fwd<T: WithDType>(x: &[T], h: usize, w: usize, f: usize) -> Vec<T> {
 fn block_sum<T: WithDType>(g: &[T], h: usize, w: usize, f: usize) -> Vec<T> {
     // g is [.., h*f, w*f]; the result [.., h, w].
     let (gh, gw) = (h * f, w * f);
-    let mut out = vec![T::zero(); g.len() / (f * f)];
+    let mut out = zeros(g.len() / (f * f));
     out.par_chunks_mut(h * w).enumerate().for_each(|(p, o)| {
         let plane = &g[p * gh * gw..(p + 1) * gh * gw];
         if f == 2 {
@@ -367,7 +367,7 @@ fn maxpool_strided_bwd<T: WithDType>(
     w: usize,
 ) -> Vec<T> {
     let (ho, wo) = (op.out(h), op.out(w));
-    let mut out = vec![T::zero(); x.len()];
+    let mut out = zeros(x.len());
     out.par_chunks_mut(h * w).enumerate().for_each(|(p, o)| {
         let plane = &x[p * h * w..(p + 1) * h * w];
         let gp = &g[p * ho * wo..(p + 1) * ho * wo];

@@ -28,7 +28,7 @@ use candle_core::WithDType;
 use rayon::prelude::*;
 
 use super::gemm::{gemm_into, inner_threads};
-use super::Geometry;
+use super::{zeros, Geometry};
 
 /// Tiles per block of images (at most: a block holds at least one image;
 /// a 32x32 image has 272 as laid out): the transformed inputs and outputs of
@@ -123,7 +123,7 @@ pub(crate) fn conv3x3<T: WithDType>(
         (BLOCK_TILES / per_image).clamp(1, n.div_ceil(rayon::current_num_threads()).max(1));
     let blocks = n.div_ceil(images);
     let threads = inner_threads(blocks);
-    let mut y = vec![T::zero(); n * cout * h * wd];
+    let mut y = zeros(n * cout * h * wd);
     // Each job's transformed inputs and GEMM outputs, reused from block to
     // block (both are overwritten entirely).
     y.par_chunks_mut(images * cout * h * wd)
