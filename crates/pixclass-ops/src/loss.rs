@@ -39,7 +39,7 @@ pub fn cross_entropy(logits: &Tensor, target: &Tensor) -> Result<Tensor> {
         let t = target.to_dtype(DType::U32)?.contiguous()?;
         return logits
             .contiguous()?
-            .apply_op2(&t, kernels::loss::CrossEntropy::new());
+            .apply_op2(&t, kernels::loss::CrossEntropy::new(logits.track_op()));
     }
     cross_entropy_portable(logits, target)
 }

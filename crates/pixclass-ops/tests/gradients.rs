@@ -422,6 +422,54 @@ fn cross_entropy_kernel_matches_portable_and_finite_differences() {
 }
 
 #[test]
+fn cross_entropy_backward_twice_recomputes_the_kept_gradient() {
+    // The forward of tracked logits writes their gradient and the first
+    // backward takes it; a second backward over the same graph (and a
+    // scaled upstream gradient) computes it afresh, to the same values.
+    let x = rand_tensor(&[3, 4, 5, 2], 17).affine(2.0, 0.0).unwrap();
+    let t = Tensor::from_vec(
+        (0..30u32).map(|i| (i * 5 + 1) % 4).collect(),
+        (3, 5, 2),
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    for dtype in [DType::F32, DType::F64] {
+        let v = candle_core::Var::from_tensor(&x.to_dtype(dtype).unwrap()).unwrap();
+        let loss = ops::cross_entropy(v.as_tensor(), &t).unwrap();
+        let grad = |l: &Tensor| {
+            let g = l.backward().unwrap();
+            g.get(v.as_tensor()).unwrap().to_dtype(DType::F64).unwrap()
+        };
+        let first = grad(&loss);
+        let second = grad(&loss);
+        let diff = (&first - &second)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap();
+        assert!(diff.to_scalar::<f64>().unwrap() < 1e-7, "{dtype:?}: {diff}");
+        let scaled = grad(&loss.affine(3.0, 0.0).unwrap());
+        let diff = ((&first * 3.0).unwrap() - &scaled)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap();
+        assert!(diff.to_scalar::<f64>().unwrap() < 1e-7, "{dtype:?}: {diff}");
+        // Each pixel's gradient sums to zero over the classes.
+        let sums = first
+            .sum_keepdim(1)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap();
+        assert!(sums.to_scalar::<f64>().unwrap() < 1e-7, "{dtype:?}: {sums}");
+    }
+}
+
+#[test]
 fn depthwise_conv_matches_grouped_conv_and_finite_differences() {
     // Strides 1 and 2, dilation 1 and 2, asymmetric (TF "SAME") padding,
     // an odd x even input.

@@ -15,108 +15,162 @@ use super::{contiguous_slice, dims4, dispatch, zeros};
 use crate::Loss;
 
 /// Mean per-pixel cross-entropy of `[N, K, H, W]` logits against `[N, H, W]`
-/// u32 targets, in one pass: log-sum-exp per pixel in the element type (like
-/// PyTorch), the mean accumulated in f64 (images summed in order). The
-/// forward keeps the per-pixel log-sum-exp for the backward. Create one per
-/// loss evaluation ([`CrossEntropy::new`]).
+/// u32 targets, in one pass over each image: log-sum-exp per pixel in the
+/// element type (like PyTorch), the mean accumulated in f64 (images summed
+/// in order). When the logits will get a gradient, the same pass also
+/// writes it, `(softmax - onehot) / pixels`, from the exponentials it
+/// computes anyway, and the backward hands it over (scaled by the upstream
+/// gradient when that is not 1): one `exp` per logit for the whole training
+/// step. Create one per loss evaluation ([`CrossEntropy::new`]).
 #[derive(Debug, Clone, Default)]
 pub(crate) struct CrossEntropy {
-    /// Per-pixel log-sum-exp of the last forward, in f64 (`[N·H·W]`).
-    lse: Arc<std::sync::Mutex<Option<Vec<f64>>>>,
+    /// Whether the forward writes the gradient for the backward.
+    keep_grad: bool,
+    /// The gradient the last forward wrote, taken by the backward.
+    grad: Arc<std::sync::Mutex<Option<CpuStorage>>>,
 }
 
 impl CrossEntropy {
-    /// A cross-entropy op with nothing stored yet.
-    pub fn new() -> Self {
-        Self::default()
+    /// A cross-entropy op; `keep_grad`: the logits will be differentiated
+    /// (they track an autograd graph).
+    pub fn new(keep_grad: bool) -> Self {
+        Self {
+            keep_grad,
+            grad: Default::default(),
+        }
     }
 }
 
-/// Its gradient with respect to the logits: `scale · (softmax - onehot)`.
-#[derive(Debug, Clone)]
+/// Its gradient with respect to the logits, computed afresh: `scale ·
+/// (softmax - onehot)` (for a backward whose forward kept nothing).
+#[derive(Debug, Clone, Copy)]
 struct CrossEntropyBwd {
     scale: f64,
-    /// The forward's per-pixel log-sum-exp, when known.
-    lse: Option<Arc<Vec<f64>>>,
 }
 
-/// Per image: log-sum-exp of every pixel, written into `lse` (`hw` values):
-/// the channel maximum, then the sum of `exp(x - max)` in the element type.
-#[inline(always)]
-fn pixel_lse<T: Real>(img: &[T], k: usize, hw: usize, lse: &mut [f64]) {
-    let mut max = img[..hw].to_vec();
-    for c in 1..k {
-        for (m, &v) in max.iter_mut().zip(&img[c * hw..(c + 1) * hw]) {
-            // NaN-propagating maximum: a NaN logit makes the pixel's loss NaN.
-            *m = if v > *m || v.is_nan_() { v } else { *m };
+/// One image of the cross-entropy, compiled for the CPU's SIMD instruction
+/// set: `img` `[K, hw]` logits, `target` `[hw]`. Returns `Σ_p lse_p -
+/// img[target_p][p]` in f64; writes `scale · (softmax - onehot)` into
+/// `grad` when given. The plane-wide loops (maximum, `exp` and sum,
+/// normalisation) vectorise across the pixels.
+struct CeImage<'a, T> {
+    img: &'a [T],
+    target: &'a [u32],
+    hw: usize,
+    grad: Option<&'a mut [T]>,
+    scale: T,
+    /// Per-pixel maximum, sum of exponentials and gradient factor (`3·hw`,
+    /// reused).
+    scratch: &'a mut Vec<T>,
+}
+
+impl<T: Real> pulp::WithSimd for CeImage<'_, T> {
+    type Output = f64;
+
+    #[inline(always)]
+    fn with_simd<S: pulp::Simd>(self, _: S) -> f64 {
+        let Self {
+            img,
+            target,
+            hw,
+            grad,
+            scale,
+            scratch,
+        } = self;
+        scratch.clear();
+        scratch.resize(3 * hw, T::zero());
+        let (max, rest) = scratch.split_at_mut(hw);
+        let (sum, r) = rest.split_at_mut(hw);
+        max.copy_from_slice(&img[..hw]);
+        for plane in img.chunks_exact(hw).skip(1) {
+            for (m, &v) in max.iter_mut().zip(plane) {
+                // NaN-propagating maximum: a NaN logit makes the pixel's loss NaN.
+                *m = if v > *m || v.is_nan_() { v } else { *m };
+            }
         }
-    }
-    let mut sum = vec![T::zero(); hw];
-    for c in 0..k {
-        for ((s, &m), &v) in sum.iter_mut().zip(&max).zip(&img[c * hw..(c + 1) * hw]) {
-            *s += (v - m).exp_fast();
+        match grad {
+            Some(grad) => {
+                for (g, plane) in grad.chunks_exact_mut(hw).zip(img.chunks_exact(hw)) {
+                    for (((g, s), &m), &v) in g.iter_mut().zip(sum.iter_mut()).zip(&*max).zip(plane)
+                    {
+                        let e = (v - m).exp_fast();
+                        *g = e;
+                        *s += e;
+                    }
+                }
+                // scale / sum per pixel, then every class's share of it.
+                for (r, &s) in r.iter_mut().zip(&*sum) {
+                    *r = scale / s;
+                }
+                for g in grad.chunks_exact_mut(hw) {
+                    for (g, &r) in g.iter_mut().zip(&*r) {
+                        *g = *g * r;
+                    }
+                }
+                for (p, &c) in target.iter().enumerate() {
+                    let g = &mut grad[c as usize * hw + p];
+                    *g = *g - scale;
+                }
+            }
+            None => {
+                for plane in img.chunks_exact(hw) {
+                    for ((s, &m), &v) in sum.iter_mut().zip(&*max).zip(plane) {
+                        *s += (v - m).exp_fast();
+                    }
+                }
+            }
         }
-    }
-    for ((l, s), m) in lse.iter_mut().zip(&sum).zip(&max) {
-        *l = s.to_f64().ln() + m.to_f64();
+        target
+            .iter()
+            .enumerate()
+            .map(|(p, &c)| {
+                sum[p].to_f64().ln() + max[p].to_f64() - img[c as usize * hw + p].to_f64()
+            })
+            .sum::<f64>()
     }
 }
 
-fn ce_fwd<T: Real>(x: &[T], t: &[u32], n: usize, k: usize, hw: usize) -> Result<(f64, Vec<f64>)> {
+/// The mean cross-entropy of `x` `[n, k, hw]` against `t`, and, when
+/// `grad_scale` is given, `grad_scale · (softmax - onehot)` of every logit.
+fn ce_fwd<T: Real>(
+    x: &[T],
+    t: &[u32],
+    (n, k, hw): (usize, usize, usize),
+    grad_scale: Option<f64>,
+) -> Result<(f64, Option<Vec<T>>)> {
     if let Some(bad) = t.iter().find(|&&c| c as usize >= k) {
         candle_core::bail!("cross_entropy: target class {bad} out of range for {k} classes");
     }
-    let mut lse = vec![0.0; n * hw];
-    let per_image: Vec<f64> = lse
-        .par_chunks_mut(hw)
-        .enumerate()
-        .map(|(i, lse)| {
-            let img = &x[i * k * hw..(i + 1) * k * hw];
-            super::simd::vectorized(|| pixel_lse(img, k, hw, lse));
-            let tt = &t[i * hw..(i + 1) * hw];
-            (0..hw)
-                .map(|p| lse[p] - img[tt[p] as usize * hw + p].to_f64())
-                .sum::<f64>()
+    let scale = T::from_f64(grad_scale.unwrap_or(0.0));
+    let image = |i: usize, grad: Option<&mut [T]>, scratch: &mut Vec<T>| {
+        pulp::Arch::new().dispatch(CeImage {
+            img: &x[i * k * hw..(i + 1) * k * hw],
+            target: &t[i * hw..(i + 1) * hw],
+            hw,
+            grad,
+            scale,
+            scratch,
         })
-        .collect();
-    Ok((per_image.iter().sum::<f64>() / (n * hw) as f64, lse))
-}
-
-fn ce_bwd<T: Real>(
-    x: &[T],
-    t: &[u32],
-    lse: Option<&[f64]>,
-    k: usize,
-    hw: usize,
-    scale: f64,
-) -> Vec<T> {
-    let mut out = zeros(x.len());
-    let s = T::from_f64(scale);
-    out.par_chunks_mut(k * hw).enumerate().for_each(|(i, o)| {
-        let img = &x[i * k * hw..(i + 1) * k * hw];
-        let lse: Vec<T> = match lse {
-            Some(l) => l[i * hw..(i + 1) * hw]
-                .iter()
-                .map(|&v| T::from_f64(v))
-                .collect(),
-            None => {
-                let mut l = vec![0.0; hw];
-                super::simd::vectorized(|| pixel_lse(img, k, hw, &mut l));
-                l.into_iter().map(T::from_f64).collect()
-            }
-        };
-        super::simd::vectorized(|| {
-            for (oc, xc) in o.chunks_exact_mut(hw).zip(img.chunks_exact(hw)) {
-                for ((o, &v), &l) in oc.iter_mut().zip(xc).zip(&lse) {
-                    *o = s * (v - l).exp_fast();
-                }
-            }
-        });
-        for (p, &c) in t[i * hw..(i + 1) * hw].iter().enumerate() {
-            o[c as usize * hw + p] -= s;
+    };
+    let (per_image, grad): (Vec<f64>, _) = match grad_scale {
+        Some(_) => {
+            let mut grad = zeros(x.len());
+            let per_image = grad
+                .par_chunks_mut(k * hw)
+                .enumerate()
+                .map_init(Vec::new, |scratch, (i, g)| image(i, Some(g), scratch))
+                .collect();
+            (per_image, Some(grad))
         }
-    });
-    out
+        None => (
+            (0..n)
+                .into_par_iter()
+                .map_init(Vec::new, |scratch, i| image(i, None, scratch))
+                .collect(),
+            None,
+        ),
+    };
+    Ok((per_image.iter().sum::<f64>() / (n * hw) as f64, grad))
 }
 
 fn targets<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [u32]> {
@@ -124,6 +178,19 @@ fn targets<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [u32]> {
         CpuStorage::U32(_) => contiguous_slice::<u32>(s, l),
         _ => candle_core::bail!("cross_entropy: targets must be u32"),
     }
+}
+
+/// The logits' shape `[N, K, H, W]`, checked against the targets'.
+fn ce_dims(l1: &Layout, l2: &Layout) -> Result<(usize, usize, usize)> {
+    let (n, k, h, w) = dims4(l1)?;
+    if l2.shape().dims() != [n, h, w] {
+        candle_core::bail!(
+            "cross_entropy: logits {:?} and targets {:?} disagree",
+            l1.shape().dims(),
+            l2.shape().dims()
+        );
+    }
+    Ok((n, k, h * w))
 }
 
 impl candle_core::CustomOp2 for CrossEntropy {
@@ -139,28 +206,22 @@ impl candle_core::CustomOp2 for CrossEntropy {
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let _time = crate::profile::scope(self.name());
-        let (n, k, h, w) = dims4(l1)?;
-        if l2.shape().dims() != [n, h, w] {
-            candle_core::bail!(
-                "cross_entropy: logits {:?} and targets {:?} disagree",
-                l1.shape().dims(),
-                l2.shape().dims()
-            );
-        }
+        let (n, k, hw) = ce_dims(l1, l2)?;
         let t = targets(s2, l2)?;
-        let (out, lse) = match s1 {
+        let scale = self.keep_grad.then(|| 1.0 / (n * hw) as f64);
+        let (out, grad) = match s1 {
             CpuStorage::F32(_) => {
-                let (loss, lse) = ce_fwd(contiguous_slice::<f32>(s1, l1)?, t, n, k, h * w)?;
-                (CpuStorage::F32(vec![loss as f32]), lse)
+                let (loss, g) = ce_fwd(contiguous_slice::<f32>(s1, l1)?, t, (n, k, hw), scale)?;
+                (CpuStorage::F32(vec![loss as f32]), g.map(CpuStorage::F32))
             }
             CpuStorage::F64(_) => {
-                let (loss, lse) = ce_fwd(contiguous_slice::<f64>(s1, l1)?, t, n, k, h * w)?;
-                (CpuStorage::F64(vec![loss]), lse)
+                let (loss, g) = ce_fwd(contiguous_slice::<f64>(s1, l1)?, t, (n, k, hw), scale)?;
+                (CpuStorage::F64(vec![loss]), g.map(CpuStorage::F64))
             }
             _ => candle_core::bail!("cross_entropy: f32 or f64 logits"),
         };
-        if let Ok(mut slot) = self.lse.lock() {
-            *slot = Some(lse);
+        if let Ok(mut slot) = self.grad.lock() {
+            *slot = grad;
         }
         Ok((out, Shape::from(())))
     }
@@ -174,19 +235,23 @@ impl candle_core::CustomOp2 for CrossEntropy {
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let (n, _, h, w) = logits.dims4()?;
         let g = grad.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
-        let lse = self.lse.lock().ok().and_then(|mut slot| slot.take());
-        let op = CrossEntropyBwd {
-            scale: g / (n * h * w) as f64,
-            lse: lse.filter(|l| l.len() == n * h * w).map(Arc::new),
+        let kept = self.grad.lock().ok().and_then(|mut slot| slot.take());
+        let kept = match kept {
+            Some(CpuStorage::F32(v)) => Some(Tensor::from_vec(v, logits.shape(), logits.device())?),
+            Some(CpuStorage::F64(v)) => Some(Tensor::from_vec(v, logits.shape(), logits.device())?),
+            _ => None,
         };
-        Ok((
-            Some(
-                logits
-                    .contiguous()?
-                    .apply_op2_no_bwd(&target.contiguous()?, &op)?,
-            ),
-            None,
-        ))
+        let dx = match kept {
+            Some(d) if g == 1.0 => d,
+            Some(d) => d.affine(g, 0.0)?,
+            None => logits.contiguous()?.apply_op2_no_bwd(
+                &target.contiguous()?,
+                &CrossEntropyBwd {
+                    scale: g / (n * h * w) as f64,
+                },
+            )?,
+        };
+        Ok((Some(dx), None))
     }
 }
 
@@ -203,26 +268,32 @@ impl candle_core::CustomOp2 for CrossEntropyBwd {
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let _time = crate::profile::scope(self.name());
-        let (_, k, h, w) = dims4(l1)?;
+        let (n, k, hw) = ce_dims(l1, l2)?;
         let t = targets(s2, l2)?;
-        let lse = self.lse.as_deref().map(Vec::as_slice);
+        let grad = |g: Option<CpuStorage>| {
+            g.ok_or_else(|| candle_core::Error::Msg("cross_entropy: no gradient".into()))
+        };
         let out = match s1 {
-            CpuStorage::F32(_) => CpuStorage::F32(ce_bwd(
-                contiguous_slice::<f32>(s1, l1)?,
-                t,
-                lse,
-                k,
-                h * w,
-                self.scale,
-            )),
-            CpuStorage::F64(_) => CpuStorage::F64(ce_bwd(
-                contiguous_slice::<f64>(s1, l1)?,
-                t,
-                lse,
-                k,
-                h * w,
-                self.scale,
-            )),
+            CpuStorage::F32(_) => grad(
+                ce_fwd(
+                    contiguous_slice::<f32>(s1, l1)?,
+                    t,
+                    (n, k, hw),
+                    Some(self.scale),
+                )?
+                .1
+                .map(CpuStorage::F32),
+            )?,
+            CpuStorage::F64(_) => grad(
+                ce_fwd(
+                    contiguous_slice::<f64>(s1, l1)?,
+                    t,
+                    (n, k, hw),
+                    Some(self.scale),
+                )?
+                .1
+                .map(CpuStorage::F64),
+            )?,
             _ => candle_core::bail!("cross_entropy: f32 or f64 logits"),
         };
         Ok((out, l1.shape().clone()))

@@ -222,7 +222,12 @@ impl Real for f32 {
         // Comparisons keep NaN (they are false for it).
         let x = if self > 88.722_83 { 88.722_83 } else { self };
         let x = if x < -87.336_55 { -87.336_55 } else { x };
-        let n = (x * LOG2E + MAGIC) - MAGIC;
+        // t = n + MAGIC exactly: every t lies in [2^23, 2^24), where the
+        // low mantissa bits count n up from MAGIC's, so n is an integer
+        // difference of bit patterns (no float-to-int conversion, whose
+        // saturating semantics keep the loop from vectorising).
+        let t = x * LOG2E + MAGIC;
+        let n = t - MAGIC;
         let r = x - n * LN2_HI - n * LN2_LO;
         let r2 = r * r;
         let p = 1.987_569_1e-4_f32;
@@ -234,7 +239,7 @@ impl Real for f32 {
         let y = p * r2 + r + 1.0;
         // 2^n through the exponent bits; n is in [-126, 128] after clamping,
         // and 2^128 is split so that the bit pattern stays finite.
-        let n = n as i32;
+        let n = t.to_bits().wrapping_sub(MAGIC.to_bits()) as i32;
         let half = n >> 1;
         let s1 = f32::from_bits(((half + 127) as u32) << 23);
         let s2 = f32::from_bits(((n - half + 127) as u32) << 23);
