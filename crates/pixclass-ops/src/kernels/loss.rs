@@ -104,12 +104,12 @@ impl<T: Real> pulp::WithSimd for CeImage<'_, T> {
                 }
                 for g in grad.chunks_exact_mut(hw) {
                     for (g, &r) in g.iter_mut().zip(&*r) {
-                        *g = *g * r;
+                        *g *= r;
                     }
                 }
                 for (p, &c) in target.iter().enumerate() {
                     let g = &mut grad[c as usize * hw + p];
-                    *g = *g - scale;
+                    *g -= scale;
                 }
             }
             None => {
