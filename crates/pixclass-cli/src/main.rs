@@ -107,6 +107,7 @@ impl DataArgs {
 
 fn main() {
     allocator::keep_freed_memory();
+    pixclass_ops::park_idle_candle_workers();
     let matches = Cli::command().get_matches();
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     // The matches of the leaf subcommand (which options were typed).

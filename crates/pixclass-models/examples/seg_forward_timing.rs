@@ -71,6 +71,7 @@ fn device_arg() -> anyhow::Result<Device> {
 
 fn main() -> anyhow::Result<()> {
     allocator::keep_freed_memory();
+    pixclass_ops::park_idle_candle_workers();
     let dev = device_arg()?;
     println!("THREADS {}", pixclass_ops::cpu_threads());
     // `--only TEXT`: the rows whose name contains TEXT.

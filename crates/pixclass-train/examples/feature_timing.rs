@@ -88,6 +88,7 @@ fn extract(
 
 fn main() -> anyhow::Result<()> {
     allocator::keep_freed_memory();
+    pixclass_ops::park_idle_candle_workers();
     println!("THREADS {}", pixclass_ops::cpu_threads());
     let data = arg("--data").unwrap_or_else(|| "../shared/data".into());
     let only = arg("--only");

@@ -32,6 +32,7 @@ fn time(
 
 fn main() -> anyhow::Result<()> {
     allocator::keep_freed_memory();
+    pixclass_ops::park_idle_candle_workers();
     let dev = Device::Cpu;
     let x = Tensor::rand(0f32, 1.0, (100, 32, 32, 32), &dev)?;
     let vm = candle_nn::VarMap::new();

@@ -43,6 +43,7 @@ fn arg(name: &str) -> Option<String> {
 
 fn main() -> anyhow::Result<()> {
     allocator::keep_freed_memory();
+    pixclass_ops::park_idle_candle_workers();
     let device = arg("--device")
         .map(|d| d.parse::<DeviceKind>())
         .transpose()

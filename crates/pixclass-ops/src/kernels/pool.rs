@@ -80,22 +80,26 @@ fn maxpool_bwd<T: WithDType>(x: &[T], g: &[T], h: usize, w: usize, k: usize) -> 
         let plane = &x[p * h * w..(p + 1) * h * w];
         let gp = &g[p * ho * wo..(p + 1) * ho * wo];
         if k == 2 {
-            // Windows do not overlap: each input gets `0 + g` or stays 0,
-            // exactly what the general loop's `+=` gives.
+            // Windows do not overlap: each input gets `0 + g` or `0`,
+            // exactly what the general loop's `+=` gives. The first maximum
+            // picks a value in a local window, not one of four stores (a
+            // branch that mispredicts on half the windows), and each
+            // window's two output pairs are written whole.
+            let zero = T::zero();
             let rows = plane.chunks_exact(2 * w).zip(o.chunks_exact_mut(2 * w));
             for ((xrows, orows), grow) in rows.zip(gp.chunks_exact(wo)) {
                 let (x0, x1) = xrows.split_at(w);
                 let (o0, o1) = orows.split_at_mut(w);
-                for (ox, &gv) in grow.iter().enumerate() {
-                    let i = 2 * ox;
-                    let (best, _) = argmax2x2(x0[i], x0[i + 1], x1[i], x1[i + 1]);
-                    let target = match best {
-                        0 => &mut o0[i],
-                        1 => &mut o0[i + 1],
-                        2 => &mut o1[i],
-                        _ => &mut o1[i + 1],
-                    };
-                    *target += gv;
+                let windows = x0
+                    .chunks_exact(2)
+                    .zip(x1.chunks_exact(2))
+                    .zip(o0.chunks_exact_mut(2).zip(o1.chunks_exact_mut(2)));
+                for (((a, c), (oa, oc)), &gv) in windows.zip(grow) {
+                    let (best, _) = argmax2x2(a[0], a[1], c[0], c[1]);
+                    let mut v = [zero; 4];
+                    v[best] = zero + gv;
+                    oa.copy_from_slice(&v[..2]);
+                    oc.copy_from_slice(&v[2..]);
                 }
             }
             return;
