@@ -410,12 +410,25 @@ impl ColourNet {
             h3
         };
         let h4 = b4.forward(&h3, train, trace.as_deref_mut())?;
-        let h4 = if unet {
-            self.concat(&[&h4, x], &mut trace)?
+        // The last skip: the convolution reads the features and the grey
+        // input as one concatenation without building it (the layer summary
+        // still shows the concatenation).
+        let out = if unet {
+            let out = self.layer5.forward_concat(&[&h4, x])?;
+            if trace.is_some() {
+                let h4 = self.concat(&[&h4, x], &mut trace)?;
+                self.trace_layer5(&h4, &out, trace)?;
+            }
+            out
         } else {
-            h4
+            let out = self.layer5.forward(&h4)?;
+            self.trace_layer5(&h4, &out, trace)?;
+            out
         };
-        let out = self.layer5.forward(&h4)?;
+        Ok(out)
+    }
+
+    fn trace_layer5(&self, h4: &Tensor, out: &Tensor, trace: Option<&mut Trace>) -> Result<()> {
         if let Some(t) = trace {
             let w = self.layer5.weight();
             t.push(
@@ -426,11 +439,11 @@ impl ColourNet {
                     stride: 1,
                 },
                 self.layer5.num_params(),
-                &h4,
-                &out,
+                h4,
+                out,
             );
         }
-        Ok(out)
+        Ok(())
     }
 
     fn concat(&self, parts: &[&Tensor], trace: &mut Option<&mut Trace>) -> Result<Tensor> {

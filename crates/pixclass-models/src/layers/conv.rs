@@ -140,6 +140,56 @@ impl Conv2d {
     }
 }
 
+impl Conv2d {
+    /// The convolution of the channel concatenation of `parts` (what
+    /// `forward(&Tensor::cat(parts, 1))` computes) without building it: the
+    /// sum of each part's convolution with its slice of the filters, the
+    /// bias added once. A skip connection's concatenation then costs no
+    /// copy in the forward and no strided slicing of its gradient in the
+    /// backward, and each part gets the kernel that suits its channel count
+    /// (the UNet's last layer: 24 feature channels through the Winograd
+    /// kernel, the 1-channel grey input through a direct one). Grouped
+    /// convolutions concatenate.
+    ///
+    /// # Shapes
+    /// `parts[i]` `[N, C_i, H, W]` with `Σ C_i = C_in` -> `[N, C_out, H', W']`.
+    pub fn forward_concat(&self, parts: &[&Tensor]) -> Result<Tensor> {
+        let in_c = self.weight.dim(1)? * self.cfg.groups;
+        let channels = parts.iter().map(|p| p.dim(1)).collect::<Result<Vec<_>>>()?;
+        if channels.iter().sum::<usize>() != in_c {
+            candle_core::bail!(
+                "conv2d: the parts' channels {channels:?} do not add up to the layer's {in_c}"
+            );
+        }
+        if self.cfg.groups != 1 || parts.len() < 2 {
+            return self.forward(&Tensor::cat(parts, 1)?);
+        }
+        let (ph, pw) = self.pads();
+        let mut sum: Option<Tensor> = None;
+        let mut start = 0;
+        for (i, (part, c)) in parts.iter().zip(channels).enumerate() {
+            let w = self.weight.narrow(1, start, c)?;
+            let bias = if i == 0 { self.bias.as_ref() } else { None };
+            let y = ops::conv2d_bias(
+                part,
+                &w,
+                bias,
+                ph,
+                pw,
+                self.cfg.stride,
+                self.cfg.dilation,
+                1,
+            )?;
+            sum = Some(match sum {
+                Some(s) => (s + y)?,
+                None => y,
+            });
+            start += c;
+        }
+        sum.ok_or_else(|| candle_core::Error::Msg("conv2d: no input parts".into()))
+    }
+}
+
 impl Module for Conv2d {
     /// # Shapes
     /// `[N, C_in, H, W]` -> `[N, C_out, H', W']`.

@@ -141,13 +141,16 @@ fn bn_bwd<T: Real>(
         let xs = &x[p * hw..(p + 1) * hw];
         let ds = &dy[p * hw..(p + 1) * hw];
         let relu = op.relu;
-        vectorized(move || {
-            for ((o, &xv), &dv) in o.iter_mut().zip(xs).zip(ds) {
-                let dead = relu && xv * a + sh <= T::zero();
-                let d = if dead { T::zero() } else { dv };
-                *o = d * pp + xv * q + r;
-            }
-        });
+        vectorized(
+            #[inline(always)]
+            move || {
+                for ((o, &xv), &dv) in o.iter_mut().zip(xs).zip(ds) {
+                    let dead = relu && xv * a + sh <= T::zero();
+                    let d = if dead { T::zero() } else { dv };
+                    *o = d * pp + xv * q + r;
+                }
+            },
+        );
     });
     for ch in 0..c {
         rest[ch] = T::from_f64(sums[ch].1);
@@ -278,18 +281,21 @@ fn affine_fwd<T: WithDType>(
         .enumerate()
         .for_each(|(p, (o, xs))| {
             let (a, b) = (scale[p % c], shift[p % c]);
-            vectorized(move || {
-                if op.relu {
-                    for (o, &v) in o.iter_mut().zip(xs) {
-                        let y = v * a + b;
-                        *o = if y > T::zero() { y } else { T::zero() };
+            vectorized(
+                #[inline(always)]
+                move || {
+                    if op.relu {
+                        for (o, &v) in o.iter_mut().zip(xs) {
+                            let y = v * a + b;
+                            *o = if y > T::zero() { y } else { T::zero() };
+                        }
+                    } else {
+                        for (o, &v) in o.iter_mut().zip(xs) {
+                            *o = v * a + b;
+                        }
                     }
-                } else {
-                    for (o, &v) in o.iter_mut().zip(xs) {
-                        *o = v * a + b;
-                    }
-                }
-            })
+                },
+            )
         });
     out
 }
@@ -311,12 +317,15 @@ fn affine_bwd<T: Real>(
         let (a, b) = (ss[ch], ss[c + ch]);
         let xs = &x[p * hw..(p + 1) * hw];
         let ds = &dy[p * hw..(p + 1) * hw];
-        vectorized(move || {
-            for ((o, &xv), &d) in o.iter_mut().zip(xs).zip(ds) {
-                let live = !op.relu || xv * a + b > T::zero();
-                *o = if live { d * a } else { T::zero() };
-            }
-        });
+        vectorized(
+            #[inline(always)]
+            move || {
+                for ((o, &xv), &d) in o.iter_mut().zip(xs).zip(ds) {
+                    let live = !op.relu || xv * a + b > T::zero();
+                    *o = if live { d * a } else { T::zero() };
+                }
+            },
+        );
     });
     // dscale = Σ dy'·x, dshift = Σ dy' per channel (f64 sums, fixed order).
     let sums: Vec<(f64, f64)> = (0..c)

@@ -68,18 +68,21 @@ fn depthwise_fwd<T: WithDType>(g: &Geometry, x: &[T], w: &[T]) -> Vec<T> {
     out.par_chunks_mut(ohw).enumerate().for_each(|(p, o)| {
         let c = p % g.c;
         let plane = &x[p * hw..(p + 1) * hw];
-        super::simd::vectorized(|| {
-            for i in 0..g.kh {
-                for j in 0..g.kw {
-                    let k = w[c * taps + i * g.kw + j];
-                    if g.stride == 1 {
-                        tap_rows_stride1(g, i, j, k, plane, o);
-                    } else {
-                        for_tap(g, i, j, |oi, ii| o[oi] += k * plane[ii]);
+        super::simd::vectorized(
+            #[inline(always)]
+            || {
+                for i in 0..g.kh {
+                    for j in 0..g.kw {
+                        let k = w[c * taps + i * g.kw + j];
+                        if g.stride == 1 {
+                            tap_rows_stride1(g, i, j, k, plane, o);
+                        } else {
+                            for_tap(g, i, j, |oi, ii| o[oi] += k * plane[ii]);
+                        }
                     }
                 }
-            }
-        });
+            },
+        );
     });
     out
 }
