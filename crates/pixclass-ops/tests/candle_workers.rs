@@ -1,5 +1,6 @@
 //! `park_idle_candle_workers` sets candle's spin limit unless the user has
 //! (its own test binary: it changes this process's environment).
+#![allow(clippy::unwrap_used)]
 
 #[test]
 fn parks_candle_workers_unless_the_user_chose_a_spin_limit() {
