@@ -52,11 +52,12 @@ enum Act {
 }
 
 impl Act {
-    fn apply(self, x: Tensor) -> candle_core::Result<Tensor> {
+    /// The activation's output interval.
+    fn bounds(self) -> (f64, f64) {
         match self {
-            Act::None => Ok(x),
-            Act::Relu => x.relu(),
-            Act::Relu6 => x.clamp(0f32, 6f32),
+            Act::None => (f64::NEG_INFINITY, f64::INFINITY),
+            Act::Relu => (0.0, f64::INFINITY),
+            Act::Relu6 => (0.0, 6.0),
         }
     }
 }
@@ -117,13 +118,28 @@ impl TfConv {
         let k = self.weight.dim(2)?;
         let (ph, _) = tf_same_padding(h, k, self.stride, self.dilation);
         let (pw, _) = tf_same_padding(w, k, self.stride, self.dilation);
+        if !self.depthwise && self.act == Act::None {
+            // The bias added by the convolution kernel itself.
+            let b = Some(&self.bias);
+            return Ok(ops::conv2d_bias(
+                x,
+                &self.weight,
+                b,
+                ph,
+                pw,
+                self.stride,
+                self.dilation,
+                1,
+            )?);
+        }
         let y = if self.depthwise {
             ops::depthwise_conv2d(x, &self.weight, ph, pw, self.stride, self.dilation)?
         } else {
             ops::conv2d(x, &self.weight, ph, pw, self.stride, self.dilation, 1)?
         };
-        let y = y.broadcast_add(&self.bias.reshape((1, (), 1, 1))?)?;
-        Ok(self.act.apply(y)?)
+        // Bias and activation in one pass.
+        let (lo, hi) = self.act.bounds();
+        Ok(ops::add_channel_bias_clamp(&y, &self.bias, lo, hi)?)
     }
 }
 

@@ -1,5 +1,5 @@
-//! Element-wise ops: a convolution's per-channel bias, the residual
-//! `relu(a + b)`, and the per-pixel argmax.
+//! Element-wise ops: a convolution's per-channel bias (and activation), the
+//! residual `relu(a + b)`, and the per-pixel argmax.
 
 use candle_core::{DType, Result, Tensor};
 
@@ -26,12 +26,32 @@ pub fn add_relu(a: &Tensor, b: &Tensor) -> Result<Tensor> {
 /// # Shapes
 /// `x` `[N, C, H, W]`, `b` `[C]` -> `[N, C, H, W]`.
 pub fn add_channel_bias(x: &Tensor, b: &Tensor) -> Result<Tensor> {
-    if cpu_float(x) && x.dtype() == b.dtype() && x.rank() == 4 {
-        return x
-            .contiguous()?
-            .apply_op2(&b.contiguous()?, kernels::elementwise::ChannelBias);
+    add_channel_bias_clamp(x, b, f64::NEG_INFINITY, f64::INFINITY)
+}
+
+/// `clamp(x + b, lo, hi)` with one bias value per channel: a convolution's
+/// bias and its activation (`lo = 0, hi = inf`: ReLU; `0, 6`: ReLU6) in one
+/// pass on the CPU, where `broadcast_add` and `clamp` make three. The
+/// gradient passes where `lo < y < hi` (PyTorch's `hardtanh` backward).
+/// Other devices: `broadcast_add` and `clamp`.
+///
+/// # Shapes
+/// `x` `[N, C, H, W]`, `b` `[C]` -> `[N, C, H, W]`.
+pub fn add_channel_bias_clamp(x: &Tensor, b: &Tensor, lo: f64, hi: f64) -> Result<Tensor> {
+    if lo.is_nan() || hi.is_nan() || lo > hi {
+        candle_core::bail!("add_channel_bias_clamp: bounds ({lo}, {hi}) are not an interval");
     }
-    x.broadcast_add(&b.reshape((1, (), 1, 1))?)
+    if cpu_float(x) && x.dtype() == b.dtype() && x.rank() == 4 {
+        let op = kernels::elementwise::ChannelBias { bounds: (lo, hi) };
+        return x.contiguous()?.apply_op2(&b.contiguous()?, op);
+    }
+    let y = x.broadcast_add(&b.reshape((1, (), 1, 1))?)?;
+    match (lo > f64::NEG_INFINITY, hi < f64::INFINITY) {
+        (false, false) => Ok(y),
+        (true, false) => y.maximum(lo),
+        (false, true) => y.minimum(hi),
+        (true, true) => y.clamp(lo, hi),
+    }
 }
 
 /// Per-pixel class of the largest logit (the first one on a tie). CPU f32 /

@@ -42,7 +42,7 @@ pub use conv::{
     conv2d, conv2d_bias, conv2d_portable, conv_transpose2d, conv_transpose2d_bias,
     depthwise_conv2d, depthwise_conv2d_portable, same_padding, Pad,
 };
-pub use elementwise::{add_channel_bias, add_relu, argmax_classes};
+pub use elementwise::{add_channel_bias, add_channel_bias_clamp, add_relu, argmax_classes};
 pub use loss::{
     cross_entropy, cross_entropy_portable, log_softmax, margin_loss, margin_loss_portable, softmax,
     Loss,

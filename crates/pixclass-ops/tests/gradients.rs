@@ -622,6 +622,41 @@ fn channel_bias_matches_broadcast_add_and_finite_differences() {
 }
 
 #[test]
+fn channel_bias_clamp_matches_broadcast_add_clamp_and_finite_differences() {
+    // ReLU (0, inf) and ReLU6 (0, 6) on values that cross both bounds.
+    let x = rand_tensor(&[3, 4, 3, 5], 65).affine(8.0, 1.0).unwrap();
+    let b = rand_tensor(&[4], 66);
+    let r = rand_tensor(&[3, 4, 3, 5], 67);
+    for (lo, hi) in [(0.0, f64::INFINITY), (0.0, 6.0)] {
+        let ours = ops::add_channel_bias_clamp(&x, &b, lo, hi).unwrap();
+        let plain = x
+            .broadcast_add(&b.reshape((1, 4, 1, 1)).unwrap())
+            .unwrap()
+            .clamp(lo, hi)
+            .unwrap();
+        assert!(max_rel(&ours, &plain) < 1e-15, "({lo}, {hi})");
+        let fx = |t: &Tensor| weighted_sum(&ops::add_channel_bias_clamp(t, &b, lo, hi)?, &r);
+        assert!(gradient_ok(&fx, &x, 1e-6), "({lo}, {hi}): input gradient");
+        let fb = |t: &Tensor| weighted_sum(&ops::add_channel_bias_clamp(&x, t, lo, hi)?, &r);
+        assert!(gradient_ok(&fb, &b, 1e-6), "({lo}, {hi}): bias gradient");
+        // The clamped values get no gradient (PyTorch's hardtanh rule).
+        let v = candle_core::Var::from_tensor(&x).unwrap();
+        let y = ops::add_channel_bias_clamp(v.as_tensor(), &b, lo, hi).unwrap();
+        let g = y.sum_all().unwrap().backward().unwrap();
+        let g = g.get(v.as_tensor()).unwrap().flatten_all().unwrap();
+        let (g, y) = (
+            g.to_vec1::<f64>().unwrap(),
+            y.flatten_all().unwrap().to_vec1::<f64>().unwrap(),
+        );
+        for (gv, yv) in g.iter().zip(&y) {
+            assert_eq!(*gv, if *yv > lo && *yv < hi { 1.0 } else { 0.0 }, "y {yv}");
+        }
+    }
+    // Bounds that are not an interval are an error.
+    assert!(ops::add_channel_bias_clamp(&x, &b, 1.0, 0.0).is_err());
+}
+
+#[test]
 fn fused_conv_bias_matches_separate_bias_and_finite_differences() {
     // Convolution (3x3 stride 2 on a mixed-parity input; 1x1 fast path) and
     // transposed convolution with the bias fused into the kernel: the same

@@ -1,17 +1,34 @@
 //! Element-wise kernels: a convolution's per-channel bias (whose gradient
-//! is one per-channel sum), the residual `relu(a + b)` and the per-pixel
-//! argmax over classes.
+//! is one per-channel sum), optionally clamped in the same pass (ReLU,
+//! ReLU6), the residual `relu(a + b)` and the per-pixel argmax over classes.
 
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor, WithDType};
 use rayon::prelude::*;
 
 use super::{channel_total, contiguous_slice, dims4, dispatch, zeros};
 
-/// `y = x + b` per channel (a convolution's bias). Inputs: x `[N, C, H, W]`,
-/// b `[C]`. Its bias gradient is one per-channel sum ([`ChannelSum`]), where
+/// `y = clamp(x + b, lo, hi)` per channel (a convolution's bias and its
+/// activation: `(-inf, inf)` none, `(0, inf)` ReLU, `(0, 6)` ReLU6), one
+/// pass. Inputs: x `[N, C, H, W]`, b `[C]`. The gradient passes where
+/// `lo < y < hi` (PyTorch's `hardtanh` rule; everywhere without a clamp);
+/// the bias gradient is one per-channel sum of it ([`ChannelSum`]), where
 /// candle's `broadcast_add` backward reduces over three dimensions.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct ChannelBias;
+pub(crate) struct ChannelBias {
+    /// The clamp's bounds, `(-inf, inf)` for none.
+    pub bounds: (f64, f64),
+}
+
+impl ChannelBias {
+    /// Whether the output is clamped at all.
+    fn clamps(&self) -> bool {
+        self.bounds.0 > f64::NEG_INFINITY || self.bounds.1 < f64::INFINITY
+    }
+}
+
+/// `g` where `lo < y < hi`, else 0: inputs (y, g).
+#[derive(Debug, Clone, Copy)]
+struct ClampMask((f64, f64));
 
 /// Per-channel sum of `[N, C, H, W]` -> `[C]` (f64 accumulation in a fixed
 /// order, the input's dtype out).
@@ -38,18 +55,33 @@ impl CustomOp1 for ChannelSum {
     }
 }
 
-fn bias_fwd<T: WithDType>(x: &[T], b: &[T], c: usize, hw: usize) -> Vec<T> {
+fn bias_fwd<T: WithDType>(x: &[T], b: &[T], c: usize, hw: usize, bounds: (f64, f64)) -> Vec<T> {
+    let (lo, hi) = (T::from_f64(bounds.0), T::from_f64(bounds.1));
     let mut out = zeros(x.len());
     out.par_chunks_mut(hw.max(1))
         .zip(x.par_chunks(hw.max(1)))
         .enumerate()
         .for_each(|(p, (o, xs))| {
             let bv = b[p % c];
-            for (o, &v) in o.iter_mut().zip(xs) {
-                *o = v + bv;
-            }
+            super::simd::vectorized(
+                #[inline(always)]
+                || {
+                    for (o, &v) in o.iter_mut().zip(xs) {
+                        // Comparisons that keep NaN (and are exact: no clamp
+                        // leaves x + b as it is).
+                        let y = v + bv;
+                        let y = if y < lo { lo } else { y };
+                        *o = if y > hi { hi } else { y };
+                    }
+                },
+            )
         });
     out
+}
+
+fn clamp_mask<T: WithDType>(y: &[T], g: &[T], bounds: (f64, f64)) -> Vec<T> {
+    let (lo, hi) = (T::from_f64(bounds.0), T::from_f64(bounds.1));
+    zip_map(y, g, |y, g| if y > lo && y < hi { g } else { T::zero() })
 }
 
 impl candle_core::CustomOp2 for ChannelBias {
@@ -73,7 +105,7 @@ impl candle_core::CustomOp2 for ChannelBias {
                 l1.shape().dims()
             );
         }
-        let out = dispatch!((s1, l1) => x, (s2, l2) => b; bias_fwd(x, b, c, h * w));
+        let out = dispatch!((s1, l1) => x, (s2, l2) => b; bias_fwd(x, b, c, h * w, self.bounds));
         Ok((out, l1.shape().clone()))
     }
 
@@ -81,10 +113,18 @@ impl candle_core::CustomOp2 for ChannelBias {
         &self,
         x: &Tensor,
         b: &Tensor,
-        _res: &Tensor,
+        res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let dx = x.track_op().then(|| grad.clone());
+        if !x.track_op() && !b.track_op() {
+            return Ok((None, None));
+        }
+        let grad = if self.clamps() {
+            res.contiguous()?
+                .apply_op2_no_bwd(&grad.contiguous()?, &ClampMask(self.bounds))?
+        } else {
+            grad.clone()
+        };
         let db = b
             .track_op()
             .then(|| {
@@ -93,7 +133,26 @@ impl candle_core::CustomOp2 for ChannelBias {
                     .reshape(b.shape())
             })
             .transpose()?;
-        Ok((dx, db))
+        Ok((x.track_op().then_some(grad), db))
+    }
+}
+
+impl candle_core::CustomOp2 for ClampMask {
+    fn name(&self) -> &'static str {
+        "pixclass-clamp-mask"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let _time = crate::profile::scope(self.name());
+        same_shape(l1, l2, self.name())?;
+        let out = dispatch!((s1, l1) => y, (s2, l2) => g; clamp_mask(y, g, self.0));
+        Ok((out, l1.shape().clone()))
     }
 }
 
