@@ -319,8 +319,8 @@ impl SegHead {
             Some(b) => (b - shift)?,
             None => shift.neg()?,
         };
-        let y = ops::conv2d(features, &w.reshape((o, c, 1, 1))?, (0, 0), (0, 0), 1, 1, 1)?;
-        Ok(y.broadcast_add(&b.reshape((1, o, 1, 1))?)?)
+        let w = w.reshape((o, c, 1, 1))?;
+        Ok(ops::conv2d_bias(features, &w, Some(&b), (0, 0), (0, 0), 1, 1, 1)?)
     }
 
     /// Logits at `out_h x out_w`.
