@@ -320,7 +320,16 @@ impl SegHead {
             None => shift.neg()?,
         };
         let w = w.reshape((o, c, 1, 1))?;
-        Ok(ops::conv2d_bias(features, &w, Some(&b), (0, 0), (0, 0), 1, 1, 1)?)
+        Ok(ops::conv2d_bias(
+            features,
+            &w,
+            Some(&b),
+            (0, 0),
+            (0, 0),
+            1,
+            1,
+            1,
+        )?)
     }
 
     /// Logits at `out_h x out_w`.

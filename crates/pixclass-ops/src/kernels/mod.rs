@@ -19,7 +19,8 @@
 //! - [`pool`]: max-pooling (window = stride, and strided/padded) and
 //!   nearest upsampling;
 //! - [`loss`]: per-pixel cross-entropy and the two-class margin losses;
-//! - [`elementwise`]: channel bias, residual add+ReLU;
+//! - [`elementwise`]: channel bias (with an optional clamp: ReLU, ReLU6),
+//!   residual add+ReLU, argmax over classes;
 //! - [`simd`]: run-time SIMD dispatch, a vectorisable `exp`, fixed-order
 //!   lane sums.
 

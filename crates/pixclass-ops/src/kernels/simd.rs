@@ -4,8 +4,10 @@
 //! [`Real::exp_fast`] is an `exp` written so that loops over it vectorise.
 //!
 //! The closure and everything it calls must be inlined for the wider
-//! instructions to be used, so the kernels keep their hot loops inside the
-//! closure or in `#[inline(always)]` helpers.
+//! instructions to be used, so the kernels mark the closure itself
+//! `#[inline(always)]` (otherwise it may be compiled on its own, for the
+//! baseline instruction set) and keep their hot loops inside it or in
+//! `#[inline(always)]` helpers.
 
 use candle_core::WithDType;
 
