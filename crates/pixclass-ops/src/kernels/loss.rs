@@ -270,32 +270,10 @@ impl candle_core::CustomOp2 for CrossEntropyBwd {
         let _time = crate::profile::scope(self.name());
         let (n, k, hw) = ce_dims(l1, l2)?;
         let t = targets(s2, l2)?;
-        let grad = |g: Option<CpuStorage>| {
-            g.ok_or_else(|| candle_core::Error::Msg("cross_entropy: no gradient".into()))
-        };
-        let out = match s1 {
-            CpuStorage::F32(_) => grad(
-                ce_fwd(
-                    contiguous_slice::<f32>(s1, l1)?,
-                    t,
-                    (n, k, hw),
-                    Some(self.scale),
-                )?
-                .1
-                .map(CpuStorage::F32),
-            )?,
-            CpuStorage::F64(_) => grad(
-                ce_fwd(
-                    contiguous_slice::<f64>(s1, l1)?,
-                    t,
-                    (n, k, hw),
-                    Some(self.scale),
-                )?
-                .1
-                .map(CpuStorage::F64),
-            )?,
-            _ => candle_core::bail!("cross_entropy: f32 or f64 logits"),
-        };
+        let scale = Some(self.scale);
+        let out = dispatch!((s1, l1) => x; ce_fwd(x, t, (n, k, hw), scale)?.1.ok_or_else(|| {
+            candle_core::Error::Msg("cross_entropy: no gradient".into())
+        })?);
         Ok((out, l1.shape().clone()))
     }
 }
