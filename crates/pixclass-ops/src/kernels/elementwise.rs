@@ -26,9 +26,14 @@ impl ChannelBias {
     }
 }
 
-/// `g` where `lo < y < hi`, else 0: inputs (y, g).
+/// `g` where `lo < y < hi` (`lo < y` when `hi` is infinite, a ReLU's
+/// rule), else 0: inputs (y, g). The gradient of [`ChannelBias`]'s clamp and
+/// of [`AddRelu`].
 #[derive(Debug, Clone, Copy)]
 struct ClampMask((f64, f64));
+
+/// A ReLU's bounds.
+const RELU: (f64, f64) = (0.0, f64::INFINITY);
 
 /// Per-channel sum of `[N, C, H, W]` -> `[C]` (f64 accumulation in a fixed
 /// order, the input's dtype out).
@@ -81,7 +86,14 @@ fn bias_fwd<T: WithDType>(x: &[T], b: &[T], c: usize, hw: usize, bounds: (f64, f
 
 fn clamp_mask<T: WithDType>(y: &[T], g: &[T], bounds: (f64, f64)) -> Vec<T> {
     let (lo, hi) = (T::from_f64(bounds.0), T::from_f64(bounds.1));
-    zip_map(y, g, |y, g| if y > lo && y < hi { g } else { T::zero() })
+    let open_above = bounds.1 == f64::INFINITY;
+    zip_map(y, g, |y, g| {
+        if y > lo && (open_above || y < hi) {
+            g
+        } else {
+            T::zero()
+        }
+    })
 }
 
 impl candle_core::CustomOp2 for ChannelBias {
@@ -161,10 +173,6 @@ impl candle_core::CustomOp2 for ClampMask {
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct AddRelu;
 
-/// `dy·[y > 0]`: inputs (y, dy).
-#[derive(Debug, Clone, Copy)]
-struct ReluMask;
-
 fn zip_map<T: WithDType>(a: &[T], b: &[T], f: impl Fn(T, T) -> T + Sync) -> Vec<T> {
     const CHUNK: usize = 1 << 14;
     let mut out = zeros(a.len());
@@ -187,10 +195,6 @@ fn add_relu_fwd<T: WithDType>(a: &[T], b: &[T]) -> Vec<T> {
             T::zero()
         }
     })
-}
-
-fn relu_mask<T: WithDType>(y: &[T], g: &[T]) -> Vec<T> {
-    zip_map(y, g, |y, g| if y > T::zero() { g } else { T::zero() })
 }
 
 fn same_shape(l1: &Layout, l2: &Layout, what: &str) -> Result<()> {
@@ -232,32 +236,13 @@ impl candle_core::CustomOp2 for AddRelu {
         let g = (a.track_op() || b.track_op())
             .then(|| {
                 res.contiguous()?
-                    .apply_op2_no_bwd(&grad.contiguous()?, &ReluMask)
+                    .apply_op2_no_bwd(&grad.contiguous()?, &ClampMask(RELU))
             })
             .transpose()?;
         Ok((
             g.clone().filter(|_| a.track_op()),
             g.filter(|_| b.track_op()),
         ))
-    }
-}
-
-impl candle_core::CustomOp2 for ReluMask {
-    fn name(&self) -> &'static str {
-        "pixclass-relu-mask"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let _time = crate::profile::scope(self.name());
-        same_shape(l1, l2, self.name())?;
-        let out = dispatch!((s1, l1) => y, (s2, l2) => g; relu_mask(y, g));
-        Ok((out, l1.shape().clone()))
     }
 }
 
