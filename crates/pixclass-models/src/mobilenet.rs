@@ -118,28 +118,14 @@ impl TfConv {
         let k = self.weight.dim(2)?;
         let (ph, _) = tf_same_padding(h, k, self.stride, self.dilation);
         let (pw, _) = tf_same_padding(w, k, self.stride, self.dilation);
-        if !self.depthwise && self.act == Act::None {
-            // The bias added by the convolution kernel itself.
-            let b = Some(&self.bias);
-            return Ok(ops::conv2d_bias(
-                x,
-                &self.weight,
-                b,
-                ph,
-                pw,
-                self.stride,
-                self.dilation,
-                1,
-            )?);
-        }
-        let y = if self.depthwise {
-            ops::depthwise_conv2d(x, &self.weight, ph, pw, self.stride, self.dilation)?
+        // The bias and the activation fused into the convolution kernel.
+        let (w, b, bounds) = (&self.weight, &self.bias, self.act.bounds());
+        let (s, d) = (self.stride, self.dilation);
+        Ok(if self.depthwise {
+            ops::depthwise_conv2d_bias_clamp(x, w, b, ph, pw, s, d, bounds)?
         } else {
-            ops::conv2d(x, &self.weight, ph, pw, self.stride, self.dilation, 1)?
-        };
-        // Bias and activation in one pass.
-        let (lo, hi) = self.act.bounds();
-        Ok(ops::add_channel_bias_clamp(&y, &self.bias, lo, hi)?)
+            ops::conv2d_bias_clamp(x, w, b, ph, pw, s, d, 1, bounds)?
+        })
     }
 }
 

@@ -3,7 +3,7 @@
 
 use candle_core::{Result, Tensor};
 
-use crate::elementwise::add_channel_bias;
+use crate::elementwise::{add_channel_bias, add_channel_bias_clamp, check_bounds};
 use crate::{cpu_float, kernels};
 
 /// Padding of one spatial dimension: `(before, after)` zeros.
@@ -55,6 +55,7 @@ pub fn conv2d_bias(
 ) -> Result<Tensor> {
     ConvExtent::new(x, weight, pad_h, pad_w, dilation)?;
     if cpu_float(x) && groups == 1 && bias.is_none_or(|b| b.dtype() == x.dtype()) {
+        let bias = bias.map(|b| (b, NO_CLAMP));
         return kernels::conv::conv2d(x, weight, bias, (pad_h, pad_w), stride, dilation);
     }
     let y = conv2d_portable(x, weight, pad_h, pad_w, stride, dilation, groups)?;
@@ -62,6 +63,71 @@ pub fn conv2d_bias(
         Some(b) => add_channel_bias(&y, b),
         None => Ok(y),
     }
+}
+
+/// Bounds that clamp nothing.
+const NO_CLAMP: (f64, f64) = (f64::NEG_INFINITY, f64::INFINITY);
+
+/// [`conv2d_bias`] with the layer's activation fused in:
+/// `clamp(conv(x) + bias, lo, hi)` (`(0, inf)` a ReLU, `(0, 6)` ReLU6). On
+/// the CPU (groups 1) the clamp is one in-place pass over the kernel's
+/// output, instead of a separate op that reads it and writes a new tensor;
+/// the gradient passes where `lo < y < hi` (PyTorch's `hardtanh` rule).
+/// Elsewhere [`conv2d_portable`] and [`add_channel_bias_clamp`].
+///
+/// # Shapes
+/// As [`conv2d`]; `bias` `[O]`.
+#[allow(clippy::too_many_arguments)]
+pub fn conv2d_bias_clamp(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    pad_h: Pad,
+    pad_w: Pad,
+    stride: usize,
+    dilation: usize,
+    groups: usize,
+    (lo, hi): (f64, f64),
+) -> Result<Tensor> {
+    check_bounds((lo, hi), "conv2d_bias_clamp")?;
+    ConvExtent::new(x, weight, pad_h, pad_w, dilation)?;
+    if cpu_float(x) && groups == 1 && bias.dtype() == x.dtype() {
+        let bias = Some((bias, (lo, hi)));
+        return kernels::conv::conv2d(x, weight, bias, (pad_h, pad_w), stride, dilation);
+    }
+    let y = conv2d_portable(x, weight, pad_h, pad_w, stride, dilation, groups)?;
+    add_channel_bias_clamp(&y, bias, lo, hi)
+}
+
+/// [`depthwise_conv2d`] plus a per-channel bias and the layer's activation,
+/// `clamp(conv(x) + bias, lo, hi)`: on the CPU applied to each output plane
+/// inside the kernel while it is in cache (MobileNetV2's depthwise ReLU6);
+/// elsewhere [`depthwise_conv2d_portable`] and [`add_channel_bias_clamp`].
+/// The gradient passes where `lo < y < hi`.
+///
+/// # Shapes
+/// As [`depthwise_conv2d`]; `bias` `[C]`.
+#[allow(clippy::too_many_arguments)]
+pub fn depthwise_conv2d_bias_clamp(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    pad_h: Pad,
+    pad_w: Pad,
+    stride: usize,
+    dilation: usize,
+    bounds: (f64, f64),
+) -> Result<Tensor> {
+    check_bounds(bounds, "depthwise_conv2d_bias_clamp")?;
+    let g = depthwise_geometry(x, weight, pad_h, pad_w, stride, dilation)?;
+    if cpu_float(x) && x.dtype() == weight.dtype() && x.dtype() == bias.dtype() {
+        let op = kernels::depthwise::DepthwiseBias { g, bounds };
+        return x
+            .contiguous()?
+            .apply_op3(&weight.contiguous()?, &bias.contiguous()?, op);
+    }
+    let y = depthwise_conv2d_portable(x, weight, pad_h, pad_w, stride, dilation)?;
+    add_channel_bias_clamp(&y, bias, bounds.0, bounds.1)
 }
 
 /// Depthwise 2-D convolution (groups = channels, one filter per channel).
@@ -79,7 +145,26 @@ pub fn depthwise_conv2d(
     stride: usize,
     dilation: usize,
 ) -> Result<Tensor> {
-    let (_, c, _, _) = x.dims4()?;
+    let g = depthwise_geometry(x, weight, pad_h, pad_w, stride, dilation)?;
+    if cpu_float(x) && x.dtype() == weight.dtype() {
+        return x
+            .contiguous()?
+            .apply_op2(&weight.contiguous()?, kernels::depthwise::Depthwise(g));
+    }
+    depthwise_conv2d_portable(x, weight, pad_h, pad_w, stride, dilation)
+}
+
+/// The kernels' geometry of a depthwise convolution, after checking that
+/// the weight fits the input.
+fn depthwise_geometry(
+    x: &Tensor,
+    weight: &Tensor,
+    pad_h: Pad,
+    pad_w: Pad,
+    stride: usize,
+    dilation: usize,
+) -> Result<kernels::Geometry> {
+    let (n, c, h, w) = x.dims4()?;
     let (wc, one, kh, kw) = weight.dims4()?;
     if wc != c || one != 1 {
         candle_core::bail!(
@@ -89,27 +174,20 @@ pub fn depthwise_conv2d(
         );
     }
     let e = ConvExtent::new(x, weight, pad_h, pad_w, dilation)?;
-    if cpu_float(x) && x.dtype() == weight.dtype() {
-        let (n, _, h, w) = x.dims4()?;
-        let g = kernels::Geometry {
-            n,
-            c,
-            h,
-            w,
-            kh,
-            kw,
-            stride,
-            dilation,
-            pad_top: pad_h.0,
-            pad_left: pad_w.0,
-            ho: (e.ph - e.span_h) / stride + 1,
-            wo: (e.pw - e.span_w) / stride + 1,
-        };
-        return x
-            .contiguous()?
-            .apply_op2(&weight.contiguous()?, kernels::depthwise::Depthwise(g));
-    }
-    depthwise_conv2d_portable(x, weight, pad_h, pad_w, stride, dilation)
+    Ok(kernels::Geometry {
+        n,
+        c,
+        h,
+        w,
+        kh,
+        kw,
+        stride,
+        dilation,
+        pad_top: pad_h.0,
+        pad_left: pad_w.0,
+        ho: (e.ph - e.span_h) / stride + 1,
+        wo: (e.pw - e.span_w) / stride + 1,
+    })
 }
 
 /// [`depthwise_conv2d`] from shifted slices of candle primitives, so its

@@ -38,9 +38,7 @@ pub fn add_channel_bias(x: &Tensor, b: &Tensor) -> Result<Tensor> {
 /// # Shapes
 /// `x` `[N, C, H, W]`, `b` `[C]` -> `[N, C, H, W]`.
 pub fn add_channel_bias_clamp(x: &Tensor, b: &Tensor, lo: f64, hi: f64) -> Result<Tensor> {
-    if lo.is_nan() || hi.is_nan() || lo > hi {
-        candle_core::bail!("add_channel_bias_clamp: bounds ({lo}, {hi}) are not an interval");
-    }
+    check_bounds((lo, hi), "add_channel_bias_clamp")?;
     if cpu_float(x) && x.dtype() == b.dtype() && x.rank() == 4 {
         let op = kernels::elementwise::ChannelBias { bounds: (lo, hi) };
         return x.contiguous()?.apply_op2(&b.contiguous()?, op);
@@ -52,6 +50,14 @@ pub fn add_channel_bias_clamp(x: &Tensor, b: &Tensor, lo: f64, hi: f64) -> Resul
         (false, true) => y.minimum(hi),
         (true, true) => y.clamp(lo, hi),
     }
+}
+
+/// An error unless `(lo, hi)` is an interval (infinite ends allowed).
+pub(crate) fn check_bounds((lo, hi): (f64, f64), what: &str) -> Result<()> {
+    if lo.is_nan() || hi.is_nan() || lo > hi {
+        candle_core::bail!("{what}: bounds ({lo}, {hi}) are not an interval");
+    }
+    Ok(())
 }
 
 /// Per-pixel class of the largest logit (the first one on a tie). CPU f32 /

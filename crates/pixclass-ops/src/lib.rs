@@ -39,8 +39,9 @@ pub mod profile;
 mod resize;
 
 pub use conv::{
-    conv2d, conv2d_bias, conv2d_portable, conv_transpose2d, conv_transpose2d_bias,
-    depthwise_conv2d, depthwise_conv2d_portable, same_padding, Pad,
+    conv2d, conv2d_bias, conv2d_bias_clamp, conv2d_portable, conv_transpose2d,
+    conv_transpose2d_bias, depthwise_conv2d, depthwise_conv2d_bias_clamp,
+    depthwise_conv2d_portable, same_padding, Pad,
 };
 pub use elementwise::{add_channel_bias, add_channel_bias_clamp, add_relu, argmax_classes};
 pub use loss::{
@@ -61,6 +62,15 @@ pub use resize::resize_bilinear;
 /// (`RAYON_NUM_THREADS`, else one per core).
 pub fn cpu_threads() -> usize {
     rayon::current_num_threads()
+}
+
+/// The f32 multiply-add throughput of this machine on all of
+/// [`cpu_threads`], measured (about 150 ms), in GFLOP/s: independent FMA
+/// chains in registers on every thread, in the widest instruction set the
+/// kernels use. The ceiling to compare the kernels' GFLOP/s with: it counts
+/// the clock the CPU really runs at, turbo included, not its nominal one.
+pub fn measured_peak_gflops() -> f64 {
+    kernels::simd::peak_gflops()
 }
 
 /// The environment variable of candle's CPU worker pool that

@@ -789,3 +789,67 @@ fn winograd_3x3_path_matches_portable_and_finite_differences() {
     let fw = |t: &Tensor| weighted_sum(&ops::conv_transpose2d(&x, t, 1, 0, 1, 1)?, &r);
     assert!(gradient_ok(&fw, &w, 1e-6), "transposed weight gradient");
 }
+
+#[test]
+fn convolutions_with_fused_bias_and_clamp_match_the_separate_ops_and_finite_differences() {
+    // Dense (3x3 stride 2 on a mixed-parity input, the 1x1 fast path) and
+    // depthwise (3x3, strides 1 and 2) convolutions with the bias and clamp
+    // fused into the kernel: bit for bit the convolution followed by
+    // `add_channel_bias_clamp`, and every gradient (input, weight, bias)
+    // checked by finite differences, for a ReLU, a two-sided clamp that
+    // cuts many values, and no clamp.
+    let x = rand_tensor(&[3, 4, 7, 6], 81);
+    let b = rand_tensor(&[4], 82);
+    let layers = [
+        (false, [4, 4, 3, 3], 2),
+        (false, [4, 4, 1, 1], 1),
+        (true, [4, 1, 3, 3], 1),
+        (true, [4, 1, 3, 3], 2),
+    ];
+    for bounds in [
+        (0.0, f64::INFINITY),
+        (-0.3, 0.4),
+        (f64::NEG_INFINITY, f64::INFINITY),
+    ] {
+        for (depthwise, w_shape, stride) in layers {
+            let what = format!("depthwise {depthwise}, {w_shape:?}, stride {stride}, {bounds:?}");
+            let w = rand_tensor(&w_shape, 83);
+            let pad = if w_shape[2] == 3 { (1, 1) } else { (0, 0) };
+            let fused = |x: &Tensor, w: &Tensor, b: &Tensor| {
+                if depthwise {
+                    ops::depthwise_conv2d_bias_clamp(x, w, b, pad, pad, stride, 1, bounds)
+                } else {
+                    ops::conv2d_bias_clamp(x, w, b, pad, pad, stride, 1, 1, bounds)
+                }
+            };
+            let y = fused(&x, &w, &b).unwrap();
+            let conv = if depthwise {
+                ops::depthwise_conv2d(&x, &w, pad, pad, stride, 1)
+            } else {
+                ops::conv2d(&x, &w, pad, pad, stride, 1, 1)
+            };
+            let separate =
+                ops::add_channel_bias_clamp(&conv.unwrap(), &b, bounds.0, bounds.1).unwrap();
+            assert_eq!(max_rel(&y, &separate), 0.0, "{what}");
+            let r = rand_tensor(y.dims(), 84);
+            assert!(
+                gradient_ok(&|t| weighted_sum(&fused(t, &w, &b)?, &r), &x, 1e-6),
+                "{what}: input"
+            );
+            assert!(
+                gradient_ok(&|t| weighted_sum(&fused(&x, t, &b)?, &r), &w, 1e-6),
+                "{what}: weight"
+            );
+            assert!(
+                gradient_ok(&|t| weighted_sum(&fused(&x, &w, t)?, &r), &b, 1e-6),
+                "{what}: bias"
+            );
+        }
+    }
+    // Bounds that are not an interval are an error.
+    let w = rand_tensor(&[4, 1, 3, 3], 85);
+    let bad = (1.0, 0.0);
+    assert!(ops::depthwise_conv2d_bias_clamp(&x, &w, &b, (1, 1), (1, 1), 1, 1, bad).is_err());
+    let w = rand_tensor(&[4, 4, 1, 1], 86);
+    assert!(ops::conv2d_bias_clamp(&x, &w, &b, (0, 0), (0, 0), 1, 1, 1, (f64::NAN, 1.0)).is_err());
+}

@@ -12,6 +12,10 @@
 //! rest of the step and `OP total` (the PyTorch side:
 //! `benches/torch_unet_profile.py`).
 //!
+//! On the CPU it ends with `PEAK_GFLOPS x`, this machine's measured f32
+//! multiply-add throughput on the same threads
+//! (`pixclass_ops::measured_peak_gflops`).
+//!
 //! On a GPU (`--device cuda`, a `--features cuda` build) every timed step ends
 //! with a device synchronisation, so the times are the kernels' and not the
 //! launches'.
@@ -128,6 +132,10 @@ fn main() -> anyhow::Result<()> {
             println!("OP other (candle ops, allocation)\t{:.2}", total - kernels);
             println!("OP total\t{total:.2}");
         }
+    }
+    if dev.is_cpu() {
+        // The ceiling for the GFLOP/s above, measured after the timed steps.
+        println!("PEAK_GFLOPS {}", pixclass_ops::measured_peak_gflops());
     }
     Ok(())
 }

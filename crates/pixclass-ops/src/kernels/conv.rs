@@ -17,6 +17,7 @@
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor, WithDType};
 use rayon::prelude::*;
 
+use super::elementwise::{clamp_gradient, clamp_in_place, clamps};
 use super::gemm::{col_ld, gemm_into, inner_threads};
 use super::im2col::{add_bias, all_taps, col2im_image, im2col_taps, live_taps};
 use super::winograd::{self, Filters};
@@ -333,16 +334,32 @@ impl CustomOp2 for ConvKernel {
 }
 
 /// A forward kernel (convolution or transposed convolution) with the layer's
-/// bias added per output channel in the same pass: inputs (x, w, bias).
-/// Its bias gradient is the per-channel sum of the output gradient.
+/// bias added per output channel in the same pass, then optionally clamped
+/// to `bounds` (its activation, ReLU or ReLU6: one more pass, in place):
+/// inputs (x, w, bias). The gradient passes where `lo < y < hi`; the bias
+/// gradient is its per-channel sum.
 #[derive(Debug, Clone, Copy)]
-struct ConvBias(ConvKernel);
+struct ConvBias {
+    kernel: ConvKernel,
+    /// `(-inf, inf)` for no clamp.
+    bounds: (f64, f64),
+}
+
+impl ConvBias {
+    fn run<T: WithDType>(&self, a: &[T], b: &[T], bias: &[T]) -> Vec<T> {
+        let mut y = self.kernel.run(a, b, Some(bias));
+        clamp_in_place(&mut y, self.bounds);
+        y
+    }
+}
 
 impl CustomOp3 for ConvBias {
     fn name(&self) -> &'static str {
-        match self.0.kind {
-            Kind::Fwd => "pixclass-conv2d-bias",
-            _ => "pixclass-conv-transpose2d-bias",
+        match (self.kernel.kind, clamps(self.bounds)) {
+            (Kind::Fwd, false) => "pixclass-conv2d-bias",
+            (Kind::Fwd, true) => "pixclass-conv2d-bias-clamp",
+            (_, false) => "pixclass-conv-transpose2d-bias",
+            (_, true) => "pixclass-conv-transpose2d-bias-clamp",
         }
     }
 
@@ -356,7 +373,7 @@ impl CustomOp3 for ConvBias {
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let _time = crate::profile::scope(self.name());
-        let c = self.0.out_channels();
+        let c = self.kernel.out_channels();
         if l3.shape().elem_count() != c {
             candle_core::bail!(
                 "{}: bias {:?} must have {c} values",
@@ -364,9 +381,8 @@ impl CustomOp3 for ConvBias {
                 l3.shape().dims()
             );
         }
-        let out =
-            dispatch!((s1, l1) => a, (s2, l2) => b, (s3, l3) => bias; self.0.run(a, b, Some(bias)));
-        Ok((out, self.0.shape()))
+        let out = dispatch!((s1, l1) => a, (s2, l2) => b, (s3, l3) => bias; self.run(a, b, bias));
+        Ok((out, self.kernel.shape()))
     }
 
     fn bwd(
@@ -377,7 +393,8 @@ impl CustomOp3 for ConvBias {
         res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let (da, db) = CustomOp2::bwd(&self.0, a, b, res, grad)?;
+        let grad = &clamp_gradient(res, grad, self.bounds)?;
+        let (da, db) = CustomOp2::bwd(&self.kernel, a, b, res, grad)?;
         let dbias = bias
             .track_op()
             .then(|| {
@@ -391,14 +408,14 @@ impl CustomOp3 for ConvBias {
 }
 
 /// Convolution (groups 1) on the CPU, with an optional per-output-channel
-/// bias added in the same pass.
+/// bias added in the same pass, clamped to its bounds (`(-inf, inf)`: none).
 ///
 /// # Shapes
 /// `x` `[N, C, H, W]`, `weight` `[O, C, kh, kw]`, `bias` `[O]` -> `[N, O, ho, wo]`.
 pub(crate) fn conv2d(
     x: &Tensor,
     weight: &Tensor,
-    bias: Option<&Tensor>,
+    bias: Option<(&Tensor, (f64, f64))>,
     pad: ((usize, usize), (usize, usize)),
     stride: usize,
     dilation: usize,
@@ -434,11 +451,17 @@ pub(crate) fn conv2d(
     )
 }
 
-/// Runs `kernel` on (x, w), with the bias fused in when there is one.
-fn apply(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, kernel: ConvKernel) -> Result<Tensor> {
+/// Runs `kernel` on (x, w), with the bias (and its clamp) fused in when
+/// there is one.
+fn apply(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<(&Tensor, (f64, f64))>,
+    kernel: ConvKernel,
+) -> Result<Tensor> {
     let (x, weight) = (x.contiguous()?, weight.contiguous()?);
     match bias {
-        Some(b) => x.apply_op3(&weight, &b.contiguous()?, ConvBias(kernel)),
+        Some((b, bounds)) => x.apply_op3(&weight, &b.contiguous()?, ConvBias { kernel, bounds }),
         None => x.apply_op2(&weight, kernel),
     }
 }
@@ -479,7 +502,7 @@ pub(crate) fn conv_transpose2d(
     apply(
         x,
         weight,
-        bias,
+        bias.map(|b| (b, (f64::NEG_INFINITY, f64::INFINITY))),
         ConvKernel {
             g,
             o: cin,

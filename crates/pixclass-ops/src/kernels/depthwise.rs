@@ -7,12 +7,24 @@
 use candle_core::{CpuStorage, Layout, Result, Shape, Tensor, WithDType};
 use rayon::prelude::*;
 
+use super::elementwise::{clamp_gradient, clamp_value, ChannelSum};
 use super::{contiguous_slice, dispatch, zeros, Geometry};
 
 /// Depthwise convolution of `[N, C, H, W]` with `[C, 1, KH, KW]`, zero
 /// padding `pad_top`/`pad_left` (and what `ho`/`wo` imply after).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Depthwise(pub Geometry);
+
+/// [`Depthwise`] plus a per-channel bias and a clamp to `bounds` (ReLU6 in
+/// MobileNetV2), applied to each output plane while it is in cache: inputs
+/// (x, w, bias). The gradient passes where `lo < y < hi`; the bias gradient
+/// is its per-channel sum.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct DepthwiseBias {
+    pub g: Geometry,
+    /// `(-inf, inf)` for no clamp.
+    pub bounds: (f64, f64),
+}
 
 #[derive(Debug, Clone, Copy)]
 struct DepthwiseBwdInput(Geometry);
@@ -62,7 +74,14 @@ fn tap_rows_stride1<T: WithDType>(
     }
 }
 
-fn depthwise_fwd<T: WithDType>(g: &Geometry, x: &[T], w: &[T]) -> Vec<T> {
+/// The depthwise convolution, then per output plane `clamp(o + bias[c])`
+/// when `epilogue` is (bias, bounds).
+fn depthwise_fwd<T: WithDType>(
+    g: &Geometry,
+    x: &[T],
+    w: &[T],
+    epilogue: Option<(&[T], (f64, f64))>,
+) -> Vec<T> {
     let (hw, ohw, taps) = (g.h * g.w, g.ho * g.wo, g.kh * g.kw);
     let mut out = zeros(g.n * g.c * ohw);
     out.par_chunks_mut(ohw).enumerate().for_each(|(p, o)| {
@@ -80,6 +99,12 @@ fn depthwise_fwd<T: WithDType>(g: &Geometry, x: &[T], w: &[T]) -> Vec<T> {
                             for_tap(g, i, j, |oi, ii| o[oi] += k * plane[ii]);
                         }
                     }
+                }
+                if let Some((bias, bounds)) = epilogue {
+                    // After the taps, as an unfused bias would be added (no
+                    // clamp leaves the sum exactly as it is).
+                    let (b, lo, hi) = (bias[c], T::from_f64(bounds.0), T::from_f64(bounds.1));
+                    o.iter_mut().for_each(|v| *v = clamp_value(*v + b, lo, hi));
                 }
             },
         );
@@ -137,7 +162,7 @@ impl candle_core::CustomOp2 for Depthwise {
     ) -> Result<(CpuStorage, Shape)> {
         let _time = crate::profile::scope(self.name());
         let g = self.0;
-        let out = dispatch!((s1, l1) => x, (s2, l2) => w; depthwise_fwd(&g, x, w));
+        let out = dispatch!((s1, l1) => x, (s2, l2) => w; depthwise_fwd(&g, x, w, None));
         Ok((out, Shape::from((g.n, g.c, g.ho, g.wo))))
     }
 
@@ -148,17 +173,81 @@ impl candle_core::CustomOp2 for Depthwise {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let grad = grad.contiguous()?;
-        // Only what autograd will use (see the convolution kernels' backward).
-        let dx = x
+        depthwise_bwd(self.0, x, w, grad)
+    }
+}
+
+/// The input and filter gradients of a depthwise convolution, only those
+/// autograd will use (see the convolution kernels' backward).
+fn depthwise_bwd(
+    g: Geometry,
+    x: &Tensor,
+    w: &Tensor,
+    grad: &Tensor,
+) -> Result<(Option<Tensor>, Option<Tensor>)> {
+    let grad = grad.contiguous()?;
+    let dx = x
+        .track_op()
+        .then(|| grad.apply_op2_no_bwd(w, &DepthwiseBwdInput(g)))
+        .transpose()?;
+    let dw = w
+        .track_op()
+        .then(|| x.apply_op2_no_bwd(&grad, &DepthwiseBwdFilter(g)))
+        .transpose()?;
+    Ok((dx, dw))
+}
+
+impl candle_core::CustomOp3 for DepthwiseBias {
+    fn name(&self) -> &'static str {
+        "pixclass-depthwise-bias-clamp"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let _time = crate::profile::scope(self.name());
+        let g = self.g;
+        if l3.shape().elem_count() != g.c {
+            candle_core::bail!(
+                "{}: bias {:?} must have {} values",
+                self.name(),
+                l3.shape().dims(),
+                g.c
+            );
+        }
+        let out = dispatch!((s1, l1) => x, (s2, l2) => w, (s3, l3) => b;
+            depthwise_fwd(&g, x, w, Some((b, self.bounds))));
+        Ok((out, Shape::from((g.n, g.c, g.ho, g.wo))))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        b: &Tensor,
+        res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        if !x.track_op() && !w.track_op() && !b.track_op() {
+            return Ok((None, None, None));
+        }
+        let grad = clamp_gradient(res, grad, self.bounds)?;
+        let (dx, dw) = depthwise_bwd(self.g, x, w, &grad)?;
+        let db = b
             .track_op()
-            .then(|| grad.apply_op2_no_bwd(w, &DepthwiseBwdInput(self.0)))
+            .then(|| {
+                grad.contiguous()?
+                    .apply_op1_no_bwd(&ChannelSum)?
+                    .reshape(b.shape())
+            })
             .transpose()?;
-        let dw = w
-            .track_op()
-            .then(|| x.apply_op2_no_bwd(&grad, &DepthwiseBwdFilter(self.0)))
-            .transpose()?;
-        Ok((dx, dw))
+        Ok((dx, dw, db))
     }
 }
 

@@ -19,11 +19,47 @@ pub(crate) struct ChannelBias {
     pub bounds: (f64, f64),
 }
 
-impl ChannelBias {
-    /// Whether the output is clamped at all.
-    fn clamps(&self) -> bool {
-        self.bounds.0 > f64::NEG_INFINITY || self.bounds.1 < f64::INFINITY
+/// Whether clamping to `bounds` changes anything at all.
+pub(crate) fn clamps(bounds: (f64, f64)) -> bool {
+    bounds.0 > f64::NEG_INFINITY || bounds.1 < f64::INFINITY
+}
+
+/// `min(max(v, lo), hi)` with comparisons that keep NaN (and are exact: no
+/// clamp leaves `v` as it is).
+#[inline(always)]
+pub(crate) fn clamp_value<T: WithDType>(v: T, lo: T, hi: T) -> T {
+    let v = if v < lo { lo } else { v };
+    if v > hi {
+        hi
+    } else {
+        v
     }
+}
+
+/// Clamps `y` to `bounds` in place, in parallel: the epilogue of the
+/// kernels that fuse an activation (ReLU, ReLU6) into their output.
+pub(crate) fn clamp_in_place<T: WithDType>(y: &mut [T], bounds: (f64, f64)) {
+    if !clamps(bounds) {
+        return;
+    }
+    let (lo, hi) = (T::from_f64(bounds.0), T::from_f64(bounds.1));
+    y.par_chunks_mut(1 << 14).for_each(|chunk| {
+        super::simd::vectorized(
+            #[inline(always)]
+            || chunk.iter_mut().for_each(|v| *v = clamp_value(*v, lo, hi)),
+        )
+    });
+}
+
+/// The gradient through a clamp to `bounds`, from the clamped output `y`:
+/// `g` where `lo < y < hi`, else 0 (PyTorch's `hardtanh` rule); `g` itself
+/// when nothing is clamped.
+pub(crate) fn clamp_gradient(y: &Tensor, g: &Tensor, bounds: (f64, f64)) -> Result<Tensor> {
+    if !clamps(bounds) {
+        return Ok(g.clone());
+    }
+    y.contiguous()?
+        .apply_op2_no_bwd(&g.contiguous()?, &ClampMask(bounds))
 }
 
 /// `g` where `lo < y < hi` (`lo < y` when `hi` is infinite, a ReLU's
@@ -72,11 +108,7 @@ fn bias_fwd<T: WithDType>(x: &[T], b: &[T], c: usize, hw: usize, bounds: (f64, f
                 #[inline(always)]
                 || {
                     for (o, &v) in o.iter_mut().zip(xs) {
-                        // Comparisons that keep NaN (and are exact: no clamp
-                        // leaves x + b as it is).
-                        let y = v + bv;
-                        let y = if y < lo { lo } else { y };
-                        *o = if y > hi { hi } else { y };
+                        *o = clamp_value(v + bv, lo, hi);
                     }
                 },
             )
@@ -131,12 +163,7 @@ impl candle_core::CustomOp2 for ChannelBias {
         if !x.track_op() && !b.track_op() {
             return Ok((None, None));
         }
-        let grad = if self.clamps() {
-            res.contiguous()?
-                .apply_op2_no_bwd(&grad.contiguous()?, &ClampMask(self.bounds))?
-        } else {
-            grad.clone()
-        };
+        let grad = clamp_gradient(res, grad, self.bounds)?;
         let db = b
             .track_op()
             .then(|| {

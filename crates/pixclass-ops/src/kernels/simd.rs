@@ -1,6 +1,6 @@
 //! Vectorisation helpers for the CPU kernels: [`vectorized`] runs a closure
-//! compiled for the best instruction set this CPU has (AVX2+FMA on x86-64,
-//! detected at run time through `pulp`, the crate `gemm` uses), and
+//! compiled for the best instruction set this CPU has (AVX-512 or AVX2+FMA
+//! on x86-64, detected at run time through `pulp`, the crate `gemm` uses), and
 //! [`Real::exp_fast`] is an `exp` written so that loops over it vectorise.
 //!
 //! The closure and everything it calls must be inlined for the wider
@@ -18,7 +18,8 @@ pub(crate) fn vectorized<R>(f: impl FnOnce() -> R) -> R {
 }
 
 /// Independent accumulators of [`lane_sum`] and [`lane_sums2`]: 16 f64,
-/// four AVX2 vectors (enough to hide the latency of the additions).
+/// four AVX2 vectors or two AVX-512 ones (enough to hide the latency of the
+/// additions).
 const LANES: usize = 16;
 
 /// `Σ f(a_i)` in f64, over [`LANES`] interleaved accumulators that are added
@@ -80,7 +81,8 @@ impl<A: Copy, B: Copy, F: Fn(A, B) -> (f64, f64)> pulp::WithSimd for LaneSums<'_
     }
 }
 
-/// Vectors per f32 partial sum of [`MaskedSumsF32`] (128 values with AVX2):
+/// Vectors per f32 partial sum of [`MaskedSumsF32`] (128 values with AVX2,
+/// 256 with AVX-512):
 /// each vector lane adds 16 values in f32 before the block's sum goes into
 /// an f64 total, which keeps the rounding error near f32's own (~1e-7).
 const BLOCK: usize = 16;
@@ -246,6 +248,55 @@ impl Real for f32 {
         let s1 = f32::from_bits(((half + 127) as u32) << 23);
         let s2 = f32::from_bits(((n - half + 127) as u32) << 23);
         y * s1 * s2
+    }
+}
+
+/// Independent multiply-add chains of [`peak_gflops`]: enough to cover the
+/// FMA latency on two pipes (4 cycles x 2), few enough to stay in registers.
+const CHAINS: usize = 12;
+
+/// The f32 multiply-add throughput of this machine on all the kernels'
+/// threads, measured, in GFLOP/s: every thread runs [`CHAINS`] independent
+/// FMA chains in registers, in the widest instruction set the kernels use,
+/// for about 50 ms; the best of three tries. This is the ceiling the
+/// convolution kernels are measured against: the clock the CPU really runs
+/// at (turbo included) rather than its nominal one.
+pub(crate) fn peak_gflops() -> f64 {
+    const ROUNDS: usize = 1 << 22;
+    let mut best = 0f64;
+    for _ in 0..3 {
+        let t = std::time::Instant::now();
+        let per_thread =
+            rayon::broadcast(|_| pulp::Arch::new().dispatch(FmaChains { rounds: ROUNDS }));
+        let secs = t.elapsed().as_secs_f64();
+        let flop: f64 = per_thread.iter().map(|&(flop, _)| flop).sum();
+        // Use the chains' values so the loop cannot be left out.
+        assert!(per_thread.iter().all(|&(_, v)| v.is_finite()));
+        best = best.max(flop / secs / 1e9);
+    }
+    best
+}
+
+/// The loop of [`peak_gflops`]: (FLOP done, a value computed from them).
+struct FmaChains {
+    rounds: usize,
+}
+
+impl pulp::WithSimd for FmaChains {
+    type Output = (f64, f32);
+
+    #[inline(always)]
+    fn with_simd<S: pulp::Simd>(self, s: S) -> (f64, f32) {
+        let lanes = std::mem::size_of::<S::f32s>() / std::mem::size_of::<f32>();
+        let (a, b) = (s.splat_f32s(0.999_999), s.splat_f32s(1e-7));
+        let mut acc = [s.splat_f32s(1.0); CHAINS];
+        for _ in 0..self.rounds {
+            for x in &mut acc {
+                *x = s.mul_add_f32s(*x, a, b);
+            }
+        }
+        let value = acc.iter().map(|&x| s.reduce_sum_f32s(x)).sum();
+        ((2 * CHAINS * lanes * self.rounds) as f64, value)
     }
 }
 

@@ -216,7 +216,10 @@ pub fn evaluate_split(
     for b in 0..nb {
         let start = b * batch_size;
         let (x, y) = split.batch(start, batch_size, device)?;
-        let logits = net.forward_t(&x, false)?;
+        // Detached: the weights are variables, so the eval forward records a
+        // graph; without it the cross-entropy would also write the gradient
+        // it keeps for a backward pass that never comes.
+        let logits = net.forward_t(&x, false)?.detach();
         loss_sum += cross_entropy(&logits, &y)?
             .to_dtype(DType::F64)?
             .to_scalar::<f64>()?;
@@ -320,7 +323,7 @@ pub fn write_samples(
 ) -> Result<()> {
     let StripDecoding { temperature, prior } = decoding;
     let (x, y) = split.batch(0, n, device)?;
-    let logits = net.forward_t(&x, false)?;
+    let logits = net.forward_t(&x, false)?.detach();
     let argmax = Decoding::default().decode(&logits, palette, None)?;
     let annealed = Decoding {
         temperature,
