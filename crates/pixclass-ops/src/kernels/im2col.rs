@@ -167,7 +167,8 @@ pub(crate) fn live_taps(g: &Geometry) -> Vec<(usize, usize)> {
 /// Adds one image's column matrix (rows `ld` apart) back into the image
 /// (overlaps summed).
 pub(crate) fn col2im_image<T: WithDType>(cols: &[T], g: &Geometry, ld: usize, out: &mut [T]) {
-    pulp::Arch::new().dispatch(Col2im { cols, g, ld, out })
+    // Strided adds: no AVX-512 scatter.
+    super::simd::dispatch_without_scatter(Col2im { cols, g, ld, out })
 }
 
 /// [`col2im_image`] compiled for the CPU's SIMD instruction set (see
