@@ -133,7 +133,7 @@ pub(crate) fn conv<T: WithDType>(
                     }
                 }
             }
-            add_bias(yn, bias, ohw);
+            add_bias(yn, bias, ohw, threads);
         },
     );
     y

@@ -53,7 +53,7 @@ fn fwd<T: WithDType>(x: &[T], w: &[T], bias: Option<&[T]>, g: &Geometry, o: usiz
                 false,
                 threads,
             );
-            add_bias(yn, bias, ohw);
+            add_bias(yn, bias, ohw, threads);
         });
         return y;
     }
@@ -95,7 +95,7 @@ fn fwd<T: WithDType>(x: &[T], w: &[T], bias: Option<&[T]>, g: &Geometry, o: usiz
                 false,
                 threads,
             );
-            add_bias(yn, bias, ohw);
+            add_bias(yn, bias, ohw, threads);
         },
     );
     y
@@ -143,7 +143,7 @@ fn bwd_data<T: WithDType>(dy: &[T], w: &[T], bias: Option<&[T]>, g: &Geometry, o
                 false,
                 threads,
             );
-            add_bias(dxn, bias, g.h * g.w);
+            add_bias(dxn, bias, g.h * g.w, threads);
         });
         return dx;
     }
@@ -163,7 +163,7 @@ fn bwd_data<T: WithDType>(dy: &[T], w: &[T], bias: Option<&[T]>, g: &Geometry, o
                 threads,
             );
             col2im_image(cols, g, ld, dxn);
-            add_bias(dxn, bias, g.h * g.w);
+            add_bias(dxn, bias, g.h * g.w, threads);
         },
     );
     dx

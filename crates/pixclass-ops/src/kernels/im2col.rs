@@ -212,11 +212,16 @@ fn col2im_image_impl<T: WithDType>(cols: &[T], g: &Geometry, ld: usize, out: &mu
     }
 }
 
-/// Adds `bias[c]` to plane `c` of one image (`[C, hw]`), while it is in cache.
-pub(crate) fn add_bias<T: WithDType>(img: &mut [T], bias: Option<&[T]>, hw: usize) {
-    if let Some(bias) = bias {
-        for (plane, &b) in img.chunks_exact_mut(hw).zip(bias) {
-            plane.iter_mut().for_each(|v| *v += b);
-        }
+/// Adds `bias[c]` to plane `c` of one image (`[C, hw]`), while it is in
+/// cache; on `threads > 1` (a batch smaller than the thread pool, whose
+/// images are not processed in parallel) the planes are shared out over
+/// the threads, so that a single image's bias is not one thread's work.
+pub(crate) fn add_bias<T: WithDType>(img: &mut [T], bias: Option<&[T]>, hw: usize, threads: usize) {
+    let Some(bias) = bias else { return };
+    let add = |(plane, &b): (&mut [T], &T)| plane.iter_mut().for_each(|v| *v += b);
+    if threads > 1 {
+        img.par_chunks_exact_mut(hw).zip(bias).for_each(add);
+    } else {
+        img.chunks_exact_mut(hw).zip(bias).for_each(add);
     }
 }
