@@ -142,11 +142,11 @@ impl Bottleneck {
     }
 
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let y = self.bn1.forward_relu_t(&self.conv1.forward(x)?, train)?;
-        let y = self.bn2.forward_relu_t(&self.conv2.forward(&y)?, train)?;
-        let y = self.bn3.forward_t(&self.conv3.forward(&y)?, train)?;
+        let y = self.bn1.forward_conv_t(&self.conv1, x, train, true)?;
+        let y = self.bn2.forward_conv_t(&self.conv2, &y, train, true)?;
+        let y = self.bn3.forward_conv_t(&self.conv3, &y, train, false)?;
         let identity = match &self.downsample {
-            Some((c, b)) => b.forward_t(&c.forward(x)?, train)?,
+            Some((c, b)) => b.forward_conv_t(c, x, train, false)?,
             None => x.clone(),
         };
         Ok(ops::add_relu(&y, &identity)?)
@@ -212,7 +212,7 @@ impl ResNet {
 
     /// (layer3 output, layer4 output).
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<(Tensor, Tensor)> {
-        let y = self.bn1.forward_relu_t(&self.conv1.forward(x)?, train)?;
+        let y = self.bn1.forward_conv_t(&self.conv1, x, train, true)?;
         let mut y = ops::max_pool2d_strided(&y, 3, 2, 1)?;
         let mut l3 = None;
         for (i, blocks) in self.layers.iter().enumerate() {
@@ -268,20 +268,20 @@ impl Aspp {
         let (n, _, h, w) = x.dims4()?;
         let mut outs = Vec::with_capacity(5);
         for (c, b) in &self.branches {
-            outs.push(b.forward_relu_t(&c.forward(x)?, train)?);
+            outs.push(b.forward_conv_t(c, x, train, true)?);
         }
         let pooled = x.mean_keepdim(3)?.mean_keepdim(2)?;
         let p = self
             .pool
             .1
-            .forward_relu_t(&self.pool.0.forward(&pooled)?, train)?;
+            .forward_conv_t(&self.pool.0, &pooled, train, true)?;
         // Bilinear resize of a 1x1 map is a broadcast.
         outs.push(p.broadcast_as((n, 256, h, w))?.contiguous()?);
         let cat = Tensor::cat(&outs, 1)?;
         let y = self
             .project
             .1
-            .forward_relu_t(&self.project.0.forward(&cat)?, train)?;
+            .forward_conv_t(&self.project.0, &cat, train, true)?;
         Ok(if train {
             candle_nn::ops::dropout(&y, 0.5)?
         } else {
@@ -357,7 +357,7 @@ impl DeepLabV3 {
         let y = self.aspp.forward_t(&l4, train)?;
         Ok(self
             .head_bn
-            .forward_relu_t(&self.head_conv.forward(&y)?, train)?)
+            .forward_conv_t(&self.head_conv, &y, train, true)?)
     }
 
     /// The final 1x1 conv and the resize to `out_h x out_w`.
@@ -389,7 +389,7 @@ impl DeepLabV3 {
         };
         let (_, _, h, w) = x.dims4()?;
         let (l3, _) = self.backbone.forward_t(x, train)?;
-        let y = b.forward_relu_t(&c1.forward(&l3)?, train)?;
+        let y = b.forward_conv_t(c1, &l3, train, true)?;
         let y = if train {
             candle_nn::ops::dropout(&y, 0.1)?
         } else {

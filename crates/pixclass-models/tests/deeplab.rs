@@ -89,6 +89,25 @@ fn resnet101_matches_torchvision() {
         .unwrap();
     let e = max_rel_strict(&aux_sub, &t["aux_sub"]);
     assert!(e < 1e-4, "aux logits off by {e}");
+    // The same weights as plain tensors (a pretrained, frozen backbone):
+    // every BatchNorm is folded into its convolution, within the same
+    // tolerance.
+    let frozen: std::collections::HashMap<String, Tensor> = vm
+        .data()
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(name, var)| (name.clone(), var.as_tensor().copy().unwrap()))
+        .collect();
+    let vb = VarBuilder::from_tensors(frozen, DType::F32, &device());
+    let model = DeepLabV3::new(DeepLabConfig::default(), vb).unwrap();
+    for _ in 0..2 {
+        // Folded on the first forward, reused on the second.
+        let e = max_rel_strict(&model.features_t(x, false).unwrap(), &t["features"]);
+        assert!(e < 1e-4, "folded features off by {e}");
+        let e = max_rel_strict(&model.forward_t(x, false).unwrap(), &t["logits"]);
+        assert!(e < 1e-4, "folded logits off by {e}");
+    }
 }
 
 #[test]

@@ -141,6 +141,27 @@ impl Conv2d {
 }
 
 impl Conv2d {
+    /// This layer's convolution (padding, stride, dilation, groups) with
+    /// another weight and bias, clamped to `bounds` in the same kernel: the
+    /// layer with a BatchNorm folded into it ([`super::BatchNorm2d::forward_conv_t`]).
+    ///
+    /// # Shapes
+    /// `x` `[N, C_in, H, W]`, `weight` as this layer's, `bias` `[C_out]` ->
+    /// `[N, C_out, H', W']`.
+    pub(crate) fn forward_with(
+        &self,
+        x: &Tensor,
+        weight: &Tensor,
+        bias: &Tensor,
+        bounds: (f64, f64),
+    ) -> Result<Tensor> {
+        let (ph, pw) = self.pads();
+        let c = &self.cfg;
+        ops::conv2d_bias_clamp(
+            x, weight, bias, ph, pw, c.stride, c.dilation, c.groups, bounds,
+        )
+    }
+
     /// The convolution of the channel concatenation of `parts` (what
     /// `forward(&Tensor::cat(parts, 1))` computes) without building it: the
     /// sum of each part's convolution with its slice of the filters, the
