@@ -128,6 +128,11 @@ fn bad_weights_name_the_tensor_and_shapes() {
     );
 }
 
+/// Largest difference between a DeepLab through variables and the same
+/// weights frozen, whose eval-mode BatchNorms are folded into their
+/// convolutions (logits of order 1: rounding is ~1e-8).
+const FOLD_TOLERANCE: f32 = 1e-5;
+
 #[test]
 fn deeplab_round_trip_and_new_class_count() {
     let dev = Device::Cpu;
@@ -148,7 +153,9 @@ fn deeplab_round_trip_and_new_class_count() {
     assert_eq!(loaded.config().num_classes, 21);
     assert!(loaded.config().aux);
     let got = loaded.forward_t(&x, false).unwrap();
-    assert_eq!(max_abs_diff(&got, &want), 0.0);
+    // Loaded weights are frozen: their BatchNorms fold into the
+    // convolutions, which changes only the rounding.
+    assert!(max_abs_diff(&got, &want) < FOLD_TOLERANCE);
     // The wrong depth: a clear error.
     let err = load_resnet(&path, ResNetDepth::ResNet101, &dev)
         .err()
@@ -168,7 +175,7 @@ fn deeplab_round_trip_and_new_class_count() {
     let m2 = load_resnet_with_classes(&path, two, 0, &dev).unwrap();
     let f1 = model.features_t(&x, false).unwrap();
     let f2 = m2.features_t(&x, false).unwrap();
-    assert_eq!(max_abs_diff(&f1, &f2), 0.0);
+    assert!(max_abs_diff(&f1, &f2) < FOLD_TOLERANCE);
     assert_eq!(m2.forward_t(&x, false).unwrap().dims(), &[1, 2, 40, 48]);
 }
 
@@ -208,7 +215,9 @@ fn a_frozen_seeded_network_has_the_seeded_weights_and_records_no_graph() {
         trainable.forward_t(&x, false).unwrap(),
         frozen.forward_t(&x, false).unwrap(),
     );
-    assert_eq!(max_abs_diff(&a, &b), 0.0);
+    // The frozen net folds its BatchNorms (rounding only; other weights
+    // would differ by far more).
+    assert!(max_abs_diff(&a, &b) < FOLD_TOLERANCE);
     // Through variables the output carries the autograd graph (and with it
     // every activation); through frozen weights it carries nothing.
     assert!(a.track_op());

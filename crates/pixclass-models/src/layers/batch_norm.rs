@@ -198,10 +198,13 @@ impl BatchNorm2d {
         let weight = f64_(w)?
             .broadcast_mul(&scale.reshape((c, 1, 1, 1))?)?
             .to_dtype(w.dtype())?;
+        // Constants: the running statistics are variables (of this layer's
+        // own), but nothing trains a frozen layer, and a forward through
+        // the fold must record no graph.
         Ok(Folded {
             conv_weight: w.id(),
-            weight,
-            bias: bias.to_dtype(w.dtype())?,
+            weight: weight.detach(),
+            bias: bias.to_dtype(w.dtype())?.detach(),
         })
     }
 
@@ -332,6 +335,8 @@ mod tests {
                 let y = bn.forward_conv_t(&conv, &x, false, relu).unwrap();
                 assert!(max_abs(&y, &plain) < 1e-12, "frozen {frozen}, relu {relu}");
                 assert_eq!(bn.folded.lock().unwrap().is_some(), frozen, "relu {relu}");
+                // Through frozen weights no graph is recorded.
+                assert_eq!(y.track_op(), !frozen);
             }
             // A train-mode forward changes the running statistics and drops
             // the fold; the next eval forward folds the new statistics.
