@@ -17,7 +17,7 @@
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor, WithDType};
 use rayon::prelude::*;
 
-use super::elementwise::{clamp_gradient, clamp_in_place, clamps};
+use super::elementwise::{bias_gradient, clamp_gradient, clamp_in_place, clamps};
 use super::gemm::{col_ld, gemm_into, inner_threads};
 use super::im2col::{add_bias, all_taps, col2im_image, im2col_taps, live_taps};
 use super::winograd::{self, Filters};
@@ -395,14 +395,7 @@ impl CustomOp3 for ConvBias {
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let grad = &clamp_gradient(res, grad, self.bounds)?;
         let (da, db) = CustomOp2::bwd(&self.kernel, a, b, res, grad)?;
-        let dbias = bias
-            .track_op()
-            .then(|| {
-                grad.contiguous()?
-                    .apply_op1_no_bwd(&super::elementwise::ChannelSum)?
-                    .reshape(bias.shape())
-            })
-            .transpose()?;
+        let dbias = bias_gradient(bias, grad)?;
         Ok((da, db, dbias))
     }
 }

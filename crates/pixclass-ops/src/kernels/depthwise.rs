@@ -7,7 +7,7 @@
 use candle_core::{CpuStorage, Layout, Result, Shape, Tensor, WithDType};
 use rayon::prelude::*;
 
-use super::elementwise::{clamp_gradient, clamp_value, ChannelSum};
+use super::elementwise::{bias_gradient, clamp_gradient, clamp_value};
 use super::{contiguous_slice, dispatch, zeros, Geometry};
 
 /// Depthwise convolution of `[N, C, H, W]` with `[C, 1, KH, KW]`, zero
@@ -239,14 +239,7 @@ impl candle_core::CustomOp3 for DepthwiseBias {
         }
         let grad = clamp_gradient(res, grad, self.bounds)?;
         let (dx, dw) = depthwise_bwd(self.g, x, w, &grad)?;
-        let db = b
-            .track_op()
-            .then(|| {
-                grad.contiguous()?
-                    .apply_op1_no_bwd(&ChannelSum)?
-                    .reshape(b.shape())
-            })
-            .transpose()?;
+        let db = bias_gradient(b, &grad)?;
         Ok((dx, dw, db))
     }
 }

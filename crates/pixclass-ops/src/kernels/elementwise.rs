@@ -19,6 +19,19 @@ pub(crate) struct ChannelBias {
     pub bounds: (f64, f64),
 }
 
+/// The gradient of a per-channel bias `b` `[C]` added to an `[N, C, H, W]`
+/// output whose gradient is `grad`: its per-channel sum, or `None` when
+/// autograd does not need it.
+pub(crate) fn bias_gradient(b: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+    b.track_op()
+        .then(|| {
+            grad.contiguous()?
+                .apply_op1_no_bwd(&ChannelSum)?
+                .reshape(b.shape())
+        })
+        .transpose()
+}
+
 /// Whether clamping to `bounds` changes anything at all.
 pub(crate) fn clamps(bounds: (f64, f64)) -> bool {
     bounds.0 > f64::NEG_INFINITY || bounds.1 < f64::INFINITY
@@ -164,14 +177,7 @@ impl candle_core::CustomOp2 for ChannelBias {
             return Ok((None, None));
         }
         let grad = clamp_gradient(res, grad, self.bounds)?;
-        let db = b
-            .track_op()
-            .then(|| {
-                grad.contiguous()?
-                    .apply_op1_no_bwd(&ChannelSum)?
-                    .reshape(b.shape())
-            })
-            .transpose()?;
+        let db = bias_gradient(b, &grad)?;
         Ok((x.track_op().then_some(grad), db))
     }
 }
