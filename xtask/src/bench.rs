@@ -512,15 +512,9 @@ pub fn run(args: &BenchArgs) -> Result<()> {
                 } else {
                     &mut peak.1
                 };
-                *slot = match (*slot, rep.peak) {
-                    (Some(a), Some(b)) => Some(a.max(b)),
-                    (a, b) => a.or(b),
-                };
+                *slot = larger(*slot, rep.peak);
                 flops.extend(rep.flops);
-                flop_ceiling = match (flop_ceiling, rep.flop_ceiling) {
-                    (Some(a), Some(b)) => Some(a.max(b)),
-                    (a, b) => a.or(b),
-                };
+                flop_ceiling = larger(flop_ceiling, rep.flop_ceiling);
                 profile[usize::from(side == Side::Torch)].extend(rep.ops);
                 for (k, v) in rep.rows {
                     let row = rows.entry(k).or_default();
@@ -914,6 +908,14 @@ fn median(v: &[f64]) -> f64 {
         0 => f64::NAN,
         n if n % 2 == 1 => v[n / 2],
         n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+/// The larger of two optional values (either one when the other is none).
+fn larger(a: Option<f64>, b: Option<f64>) -> Option<f64> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.max(b)),
+        (a, b) => a.or(b),
     }
 }
 

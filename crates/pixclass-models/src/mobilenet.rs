@@ -55,7 +55,7 @@ impl Act {
     /// The activation's output interval.
     fn bounds(self) -> (f64, f64) {
         match self {
-            Act::None => (f64::NEG_INFINITY, f64::INFINITY),
+            Act::None => ops::NO_CLAMP,
             Act::Relu => (0.0, f64::INFINITY),
             Act::Relu6 => (0.0, 6.0),
         }

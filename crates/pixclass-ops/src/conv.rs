@@ -3,7 +3,7 @@
 
 use candle_core::{Result, Tensor};
 
-use crate::elementwise::{add_channel_bias, add_channel_bias_clamp, check_bounds};
+use crate::elementwise::{add_channel_bias, add_channel_bias_clamp, check_bounds, NO_CLAMP};
 use crate::{cpu_float, kernels};
 
 /// Padding of one spatial dimension: `(before, after)` zeros.
@@ -53,20 +53,9 @@ pub fn conv2d_bias(
     dilation: usize,
     groups: usize,
 ) -> Result<Tensor> {
-    ConvExtent::new(x, weight, pad_h, pad_w, dilation)?;
-    if cpu_float(x) && groups == 1 && bias.is_none_or(|b| b.dtype() == x.dtype()) {
-        let bias = bias.map(|b| (b, NO_CLAMP));
-        return kernels::conv::conv2d(x, weight, bias, (pad_h, pad_w), stride, dilation);
-    }
-    let y = conv2d_portable(x, weight, pad_h, pad_w, stride, dilation, groups)?;
-    match bias {
-        Some(b) => add_channel_bias(&y, b),
-        None => Ok(y),
-    }
+    let bias = bias.map(|b| (b, NO_CLAMP));
+    conv2d_epilogue(x, weight, bias, pad_h, pad_w, stride, dilation, groups)
 }
-
-/// Bounds that clamp nothing.
-const NO_CLAMP: (f64, f64) = (f64::NEG_INFINITY, f64::INFINITY);
 
 /// [`conv2d_bias`] with the layer's activation fused in:
 /// `clamp(conv(x) + bias, lo, hi)` (`(0, inf)` a ReLU, `(0, 6)` ReLU6). On
@@ -90,13 +79,33 @@ pub fn conv2d_bias_clamp(
     (lo, hi): (f64, f64),
 ) -> Result<Tensor> {
     check_bounds((lo, hi), "conv2d_bias_clamp")?;
+    let bias = Some((bias, (lo, hi)));
+    conv2d_epilogue(x, weight, bias, pad_h, pad_w, stride, dilation, groups)
+}
+
+/// [`conv2d`] then, when there is a bias, `clamp(y + bias, lo, hi)`: fused
+/// into the kernel on the CPU (groups 1), [`add_channel_bias_clamp`]
+/// elsewhere.
+#[allow(clippy::too_many_arguments)]
+fn conv2d_epilogue(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<(&Tensor, (f64, f64))>,
+    pad_h: Pad,
+    pad_w: Pad,
+    stride: usize,
+    dilation: usize,
+    groups: usize,
+) -> Result<Tensor> {
     ConvExtent::new(x, weight, pad_h, pad_w, dilation)?;
-    if cpu_float(x) && groups == 1 && bias.dtype() == x.dtype() {
-        let bias = Some((bias, (lo, hi)));
+    if cpu_float(x) && groups == 1 && bias.is_none_or(|(b, _)| b.dtype() == x.dtype()) {
         return kernels::conv::conv2d(x, weight, bias, (pad_h, pad_w), stride, dilation);
     }
     let y = conv2d_portable(x, weight, pad_h, pad_w, stride, dilation, groups)?;
-    add_channel_bias_clamp(&y, bias, lo, hi)
+    match bias {
+        Some((b, (lo, hi))) => add_channel_bias_clamp(&y, b, lo, hi),
+        None => Ok(y),
+    }
 }
 
 /// [`depthwise_conv2d`] plus a per-channel bias and the layer's activation,

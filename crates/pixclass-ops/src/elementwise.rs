@@ -26,8 +26,11 @@ pub fn add_relu(a: &Tensor, b: &Tensor) -> Result<Tensor> {
 /// # Shapes
 /// `x` `[N, C, H, W]`, `b` `[C]` -> `[N, C, H, W]`.
 pub fn add_channel_bias(x: &Tensor, b: &Tensor) -> Result<Tensor> {
-    add_channel_bias_clamp(x, b, f64::NEG_INFINITY, f64::INFINITY)
+    add_channel_bias_clamp(x, b, NO_CLAMP.0, NO_CLAMP.1)
 }
+
+/// Clamp bounds that clamp nothing (a layer without activation).
+pub const NO_CLAMP: (f64, f64) = (f64::NEG_INFINITY, f64::INFINITY);
 
 /// `clamp(x + b, lo, hi)` with one bias value per channel: a convolution's
 /// bias and its activation (`lo = 0, hi = inf`: ReLU; `0, 6`: ReLU6) in one

@@ -43,7 +43,9 @@ pub use conv::{
     conv_transpose2d_bias, depthwise_conv2d, depthwise_conv2d_bias_clamp,
     depthwise_conv2d_portable, same_padding, Pad,
 };
-pub use elementwise::{add_channel_bias, add_channel_bias_clamp, add_relu, argmax_classes};
+pub use elementwise::{
+    add_channel_bias, add_channel_bias_clamp, add_relu, argmax_classes, NO_CLAMP,
+};
 pub use loss::{
     cross_entropy, cross_entropy_portable, log_softmax, margin_loss, margin_loss_portable, softmax,
     Loss,

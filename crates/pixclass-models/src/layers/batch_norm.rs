@@ -173,7 +173,7 @@ impl BatchNorm2d {
         let bounds = if relu {
             (0.0, f64::INFINITY)
         } else {
-            (f64::NEG_INFINITY, f64::INFINITY)
+            pixclass_ops::NO_CLAMP
         };
         conv.forward_with(x, &f.weight, &f.bias, bounds)
     }

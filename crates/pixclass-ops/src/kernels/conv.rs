@@ -495,7 +495,7 @@ pub(crate) fn conv_transpose2d(
     apply(
         x,
         weight,
-        bias.map(|b| (b, (f64::NEG_INFINITY, f64::INFINITY))),
+        bias.map(|b| (b, crate::NO_CLAMP)),
         ConvKernel {
             g,
             o: cin,
