@@ -235,6 +235,44 @@ fn dilated_same_convs_taken_by_winograd_match_the_portable_ones() {
 }
 
 #[test]
+fn strided_conv_forward_matches_candle_for_every_padding_and_kernel() {
+    // The stride-2 kernels read each tap from the image's parity planes:
+    // odd and even kernels, no padding and padding wider than the kernel's
+    // reach, odd and even sizes; then the input and weight gradients.
+    for (k, p) in [
+        (3usize, 1usize),
+        (3, 0),
+        (3, 2),
+        (2, 0),
+        (4, 1),
+        (5, 2),
+        (1, 0),
+    ] {
+        for (h, wd) in [(7usize, 10usize), (8, 9), (6, 6)] {
+            let w = rand_tensor(&[3, 2, k, k], 30);
+            let x = rand_tensor(&[2, 2, h, wd], 31);
+            let ours = ops::conv2d(&x, &w, (p, p), (p, p), 2, 1, 1).unwrap();
+            let theirs = x.conv2d(&w, p, 2, 1, 1).unwrap();
+            assert!(
+                max_rel_strict(&ours, &theirs) < 1e-12,
+                "forward k={k} p={p} {h}x{wd}"
+            );
+            let r = rand_tensor(ours.dims(), 32);
+            let fx = |x: &Tensor| weighted_sum(&ops::conv2d(x, &w, (p, p), (p, p), 2, 1, 1)?, &r);
+            assert!(
+                gradient_ok(&fx, &x, 1e-5),
+                "input gradient k={k} p={p} {h}x{wd}"
+            );
+            let fw = |w: &Tensor| weighted_sum(&ops::conv2d(&x, w, (p, p), (p, p), 2, 1, 1)?, &r);
+            assert!(
+                gradient_ok(&fw, &w, 1e-5),
+                "weight gradient k={k} p={p} {h}x{wd}"
+            );
+        }
+    }
+}
+
+#[test]
 fn conv_transpose_matches_finite_differences() {
     for (k, p, op) in [(3usize, 1usize, 1usize), (4, 1, 0), (5, 2, 1), (2, 0, 0)] {
         let w = rand_tensor(&[3, 2, k, k], 20);

@@ -1,6 +1,8 @@
 //! Column matrices of convolutions: im2col (one image's patches as rows
 //! `(channel, tap)`, restricted to the taps that read image pixels) and its
-//! adjoint col2im, compiled for the CPU's SIMD instruction set.
+//! adjoint col2im, compiled for the CPU's SIMD instruction set. Stride-2
+//! convolutions go through the image's four parity planes ([`Parity`]), so
+//! that every copy and every addition is a contiguous run.
 
 use candle_core::WithDType;
 use rayon::prelude::*;
@@ -26,7 +28,7 @@ pub(crate) fn im2col_taps<T: WithDType>(
     ld: usize,
     parallel: bool,
 ) {
-    let channel = |c: usize, rows: &mut [T]| {
+    let channel = |c: usize, rows: &mut [T], parity: &mut Vec<T>| {
         let plane = &x[c * g.h * g.w..(c + 1) * g.h * g.w];
         pulp::Arch::new().dispatch(Im2colChannel {
             plane,
@@ -34,6 +36,7 @@ pub(crate) fn im2col_taps<T: WithDType>(
             taps,
             rows,
             ld,
+            parity,
         })
     };
     let per_channel = taps.len() * ld;
@@ -43,10 +46,121 @@ pub(crate) fn im2col_taps<T: WithDType>(
     if parallel {
         out.par_chunks_mut(per_channel)
             .enumerate()
-            .for_each(|(c, rows)| channel(c, rows));
+            .for_each_init(Vec::new, |parity, (c, rows)| channel(c, rows, parity));
     } else {
+        let mut parity = Vec::new();
         for (c, rows) in out.chunks_mut(per_channel).enumerate() {
-            channel(c, rows);
+            channel(c, rows, &mut parity);
+        }
+    }
+}
+
+/// The four parity planes of one channel's zero-padded image for a
+/// stride-2 convolution (dilation 1): `Q[a][b][i][j] = padded[2i + a][2j + b]`
+/// with `padded[r][q] = image[r - pad_top][q - pad_left]` (zero outside),
+/// each `ph x pw`, enough for every tap. Tap `(ky, kx)` at output
+/// `(oy, ox)` reads `padded[2oy + ky][2ox + kx]` =
+/// `Q[ky % 2][kx % 2][oy + ky / 2][ox + kx / 2]`: a tap's column-matrix row
+/// is a block of one parity plane, copied a whole output row at a time (a
+/// strided gather of 8-16 values per output row cost more than the GEMM on
+/// the colourization nets' small images), and col2im adds whole rows into
+/// the planes, then interleaves them once.
+#[derive(Debug, Clone, Copy)]
+struct Parity {
+    ph: usize,
+    pw: usize,
+}
+
+impl Parity {
+    /// The planes of `g`, where it is a stride-2 convolution (dilation 1)
+    /// with pixels in and out.
+    fn of(g: &Geometry) -> Option<Self> {
+        let nonempty = g.h > 0 && g.w > 0 && g.ho > 0 && g.wo > 0;
+        (g.stride == 2 && g.dilation == 1 && nonempty).then(|| Self {
+            ph: g.ho + (g.kh - 1) / 2,
+            pw: g.wo + (g.kw - 1) / 2,
+        })
+    }
+
+    /// Values of the four planes.
+    fn len(self) -> usize {
+        4 * self.ph * self.pw
+    }
+
+    /// Offset of row `i` of plane `(a, b)`.
+    fn row(self, a: usize, b: usize, i: usize) -> usize {
+        ((2 * a + b) * self.ph + i) * self.pw
+    }
+
+    /// For input row `y` (padded row `y + pad_top`): its row parity `a`
+    /// and plane row `i` (`None` past the planes: no tap reads it).
+    #[inline(always)]
+    fn place(self, g: &Geometry, y: usize) -> Option<(usize, usize)> {
+        let r = y + g.pad_top;
+        (r / 2 < self.ph).then_some((r % 2, r / 2))
+    }
+
+    /// Where input column `2m + p` goes (`p` 0 or 1): plane `b` of the
+    /// padded column parity, index `m + j`; `(b, j)` for `p = 0` and
+    /// `p = 1`.
+    fn columns(g: &Geometry) -> [(usize, usize); 2] {
+        [0, 1].map(|p| ((p + g.pad_left) % 2, (p + g.pad_left) / 2))
+    }
+
+    /// `Q` of one channel's `plane` into `q` (`len()` values; the padding
+    /// positions must be zero, and stay so: the same positions are written
+    /// for every channel).
+    #[inline(always)]
+    fn split<T: WithDType>(self, plane: &[T], g: &Geometry, q: &mut [T]) {
+        let [(b0, j0), (_, j1)] = Self::columns(g);
+        for (y, src) in plane.chunks_exact(g.w).enumerate() {
+            let Some((a, i)) = self.place(g, y) else {
+                continue;
+            };
+            let (p0, p1) =
+                q[self.row(a, 0, 0)..self.row(a + 1, 0, 0)].split_at_mut(self.ph * self.pw);
+            let (even, odd) = if b0 == 0 { (p0, p1) } else { (p1, p0) };
+            let even = &mut even[i * self.pw..(i + 1) * self.pw][j0.min(self.pw)..];
+            let odd = &mut odd[i * self.pw..(i + 1) * self.pw][j1.min(self.pw)..];
+            let n = even.len().min(odd.len()).min(src.len() / 2);
+            for ((pair, e), o) in src.chunks_exact(2).zip(even.iter_mut()).zip(odd.iter_mut()) {
+                *e = pair[0];
+                *o = pair[1];
+            }
+            // The last column of an odd-width row, and any pixel whose
+            // partner falls past its plane.
+            for (x, &v) in src.iter().enumerate().skip(2 * n) {
+                let dst = if x % 2 == 0 { &mut *even } else { &mut *odd };
+                if let Some(d) = dst.get_mut(x / 2) {
+                    *d = v;
+                }
+            }
+        }
+    }
+
+    /// The inverse of [`Parity::split`] for a gradient: the image plane
+    /// from the planes `q` (pixels no tap reads get zero).
+    #[inline(always)]
+    fn merge<T: WithDType>(self, q: &[T], g: &Geometry, plane: &mut [T]) {
+        let [(b0, j0), (b1, j1)] = Self::columns(g);
+        for (y, dst) in plane.chunks_exact_mut(g.w).enumerate() {
+            let Some((a, i)) = self.place(g, y) else {
+                dst.fill(T::zero());
+                continue;
+            };
+            let row = |b: usize, j: usize| {
+                &q[self.row(a, b, i)..self.row(a, b, i) + self.pw][j.min(self.pw)..]
+            };
+            let (even, odd) = (row(b0, j0), row(b1, j1));
+            let n = even.len().min(odd.len()).min(dst.len() / 2);
+            for ((pair, &e), &o) in dst.chunks_exact_mut(2).zip(even).zip(odd) {
+                pair[0] = e;
+                pair[1] = o;
+            }
+            for (x, d) in dst.iter_mut().enumerate().skip(2 * n) {
+                let src = if x % 2 == 0 { even } else { odd };
+                *d = src.get(x / 2).copied().unwrap_or(T::zero());
+            }
         }
     }
 }
@@ -60,6 +174,9 @@ struct Im2colChannel<'a, T> {
     taps: &'a [(usize, usize)],
     rows: &'a mut [T],
     ld: usize,
+    /// The [`Parity`] planes of a stride-2 convolution (kept zero between
+    /// channels where no value is written).
+    parity: &'a mut Vec<T>,
 }
 
 impl<T: WithDType> pulp::WithSimd for Im2colChannel<'_, T> {
@@ -67,9 +184,24 @@ impl<T: WithDType> pulp::WithSimd for Im2colChannel<'_, T> {
 
     #[inline(always)]
     fn with_simd<S: pulp::Simd>(self, _: S) {
-        let ohw = self.g.ho * self.g.wo;
+        let g = self.g;
+        let ohw = g.ho * g.wo;
+        if let Some(par) = Parity::of(g) {
+            if self.parity.len() != par.len() {
+                *self.parity = vec![T::zero(); par.len()];
+            }
+            par.split(self.plane, g, self.parity);
+            let q = &*self.parity;
+            for (&(ky, kx), dst) in self.taps.iter().zip(self.rows.chunks_mut(self.ld)) {
+                for (oy, drow) in dst[..ohw].chunks_exact_mut(g.wo).enumerate() {
+                    let start = par.row(ky % 2, kx % 2, oy + ky / 2) + kx / 2;
+                    drow.copy_from_slice(&q[start..start + g.wo]);
+                }
+            }
+            return;
+        }
         for (&(ky, kx), dst) in self.taps.iter().zip(self.rows.chunks_mut(self.ld)) {
-            im2col_row(self.plane, self.g, ky, kx, &mut dst[..ohw]);
+            im2col_row(self.plane, g, ky, kx, &mut dst[..ohw]);
         }
     }
 }
@@ -98,9 +230,9 @@ fn im2col_row<T: WithDType>(plane: &[T], g: &Geometry, ky: usize, kx: usize, dst
     }
 }
 
-/// `dst[i] = src[i·stride]`. Stride 2 (every strided layer of the
-/// colourization nets) is written so that it vectorises (two loads and a
-/// shuffle per 8 values with AVX2).
+/// `dst[i] = src[i·stride]`. Stride 2 (here only dilated: undilated stride
+/// 2 takes the [`Parity`] planes) is written so that it vectorises (two
+/// loads and a shuffle per 8 values with AVX2).
 #[inline(always)]
 fn strided_copy<T: Copy>(dst: &mut [T], src: &[T], stride: usize) {
     match (stride, dst.split_last_mut()) {
@@ -191,6 +323,24 @@ impl<T: WithDType> pulp::WithSimd for Col2im<'_, T> {
 
 #[inline(always)]
 fn col2im_image_impl<T: WithDType>(cols: &[T], g: &Geometry, ld: usize, out: &mut [T]) {
+    if let Some(par) = Parity::of(g) {
+        let mut q = vec![T::zero(); par.len()];
+        let kk = g.kh * g.kw;
+        for (rows, plane) in cols.chunks(ld * kk).zip(out.chunks_exact_mut(g.h * g.w)) {
+            q.fill(T::zero());
+            for (tap, src) in rows.chunks(ld).enumerate() {
+                let (ky, kx) = (tap / g.kw, tap % g.kw);
+                for (oy, srow) in src[..g.ho * g.wo].chunks_exact(g.wo).enumerate() {
+                    let start = par.row(ky % 2, kx % 2, oy + ky / 2) + kx / 2;
+                    for (d, &v) in q[start..start + g.wo].iter_mut().zip(srow) {
+                        *d += v;
+                    }
+                }
+            }
+            par.merge(&q, g, plane);
+        }
+        return;
+    }
     out.fill(T::zero());
     for (row, src) in cols.chunks(ld).take(g.rows()).enumerate() {
         let c = row / (g.kh * g.kw);
