@@ -704,7 +704,14 @@ pub fn run(args: &BenchArgs) -> Result<()> {
          normalised, 256-channel features in chunks of 16 (`feature_timing.rs` / `torch_seg_features.py`). \
          *Micro*: one training step (forward + cross-entropy + backward + Adam) and inference of each net at batch \
          100 on a synthetic batch (`step_timing.rs` / `torch_colour_step.py`), one head step on cached 256x28x28 \
-         features, batch 128, resized to 224x224.\n",
+         features, batch 128, resized to 224x224.\n\n\
+         Kernels. Stride-1 3x3 convolutions (batch of 2 or more, 8 or more channels) run as Winograd \
+         F(2x2,3x3) (`kernels/winograd.rs`); stride-2 convolutions read every tap from the image's four parity \
+         planes, whole rows at a time (`kernels/im2col.rs`). Winograd F(4x4,3x3) (4x fewer multiplications than \
+         the direct sum instead of 2.25x) was implemented and measured slower on this machine, so it is not used: \
+         the colourization layers ran 10-100 % slower per pass (its 36 transformed positions make the GEMMs of \
+         a block that fits L2 thin, and its transforms cost about 1.3x F(2x2,3x3)'s per image and channel), \
+         ResNet-101 at 224, batch 8, took 3.7-4.0 s against 3.1-3.4 s.\n",
         args.epochs
     );
     std::fs::write(out.join(page), &text)?;
