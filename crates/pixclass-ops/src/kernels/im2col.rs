@@ -92,6 +92,12 @@ impl Parity {
         ((2 * a + b) * self.ph + i) * self.pw
     }
 
+    /// Offset of output row `oy` of tap `(ky, kx)`: `g.wo` values from
+    /// here are its column-matrix row's `oy`-th output row.
+    fn tap_row(self, ky: usize, kx: usize, oy: usize) -> usize {
+        self.row(ky % 2, kx % 2, oy + ky / 2) + kx / 2
+    }
+
     /// For input row `y` (padded row `y + pad_top`): its row parity `a`
     /// and plane row `i` (`None` past the planes: no tap reads it).
     #[inline(always)]
@@ -194,7 +200,7 @@ impl<T: WithDType> pulp::WithSimd for Im2colChannel<'_, T> {
             let q = &*self.parity;
             for (&(ky, kx), dst) in self.taps.iter().zip(self.rows.chunks_mut(self.ld)) {
                 for (oy, drow) in dst[..ohw].chunks_exact_mut(g.wo).enumerate() {
-                    let start = par.row(ky % 2, kx % 2, oy + ky / 2) + kx / 2;
+                    let start = par.tap_row(ky, kx, oy);
                     drow.copy_from_slice(&q[start..start + g.wo]);
                 }
             }
@@ -331,7 +337,7 @@ fn col2im_image_impl<T: WithDType>(cols: &[T], g: &Geometry, ld: usize, out: &mu
             for (tap, src) in rows.chunks(ld).enumerate() {
                 let (ky, kx) = (tap / g.kw, tap % g.kw);
                 for (oy, srow) in src[..g.ho * g.wo].chunks_exact(g.wo).enumerate() {
-                    let start = par.row(ky % 2, kx % 2, oy + ky / 2) + kx / 2;
+                    let start = par.tap_row(ky, kx, oy);
                     for (d, &v) in q[start..start + g.wo].iter_mut().zip(srow) {
                         *d += v;
                     }
