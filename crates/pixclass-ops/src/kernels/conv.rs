@@ -20,6 +20,7 @@ use rayon::prelude::*;
 use super::elementwise::{bias_gradient, clamp_gradient, clamp_in_place, clamps};
 use super::gemm::{col_ld, gemm_into, inner_threads};
 use super::im2col::{add_bias, all_taps, col2im_image, im2col_taps, live_taps};
+use super::simd::Real;
 use super::winograd::{self, Filters};
 use super::{bands, dilated};
 use super::{contiguous_slice, dispatch, zeros, Geometry};
@@ -175,7 +176,7 @@ fn bwd_data<T: WithDType>(dy: &[T], w: &[T], bias: Option<&[T]>, g: &Geometry, o
 const FILTER_CHUNK: usize = 8;
 
 /// `dW = Σ_n dY[n] · im2col(X[n])ᵀ`: x `[N, C, H, W]`, dy `[N, O, ho, wo]` -> `[O, C, kh, kw]`.
-fn bwd_filter<T: WithDType>(x: &[T], dy: &[T], g: &Geometry, o: usize) -> Vec<T> {
+fn bwd_filter<T: Real>(x: &[T], dy: &[T], g: &Geometry, o: usize) -> Vec<T> {
     if winograd::applies(g, g.c, o) {
         return winograd::filter_grad3x3(x, dy, (g.n, g.c, o), (g.h, g.w));
     }
@@ -246,7 +247,7 @@ struct ConvKernel {
 }
 
 impl ConvKernel {
-    fn run<T: WithDType>(&self, a: &[T], b: &[T], bias: Option<&[T]>) -> Vec<T> {
+    fn run<T: Real>(&self, a: &[T], b: &[T], bias: Option<&[T]>) -> Vec<T> {
         match self.kind {
             Kind::Fwd => fwd(a, b, bias, &self.g, self.o),
             Kind::BwdData => bwd_data(a, b, bias, &self.g, self.o),
@@ -346,7 +347,7 @@ struct ConvBias {
 }
 
 impl ConvBias {
-    fn run<T: WithDType>(&self, a: &[T], b: &[T], bias: &[T]) -> Vec<T> {
+    fn run<T: Real>(&self, a: &[T], b: &[T], bias: &[T]) -> Vec<T> {
         let mut y = self.kernel.run(a, b, Some(bias));
         clamp_in_place(&mut y, self.bounds);
         y

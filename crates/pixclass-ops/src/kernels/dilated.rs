@@ -18,6 +18,7 @@
 use candle_core::WithDType;
 use rayon::prelude::*;
 
+use super::simd::Real;
 use super::winograd::{self, Filters};
 use super::{zeros, Geometry};
 
@@ -181,7 +182,7 @@ pub(crate) fn conv3x3<T: WithDType>(
 
 /// [`winograd::filter_grad3x3`] with dilation `d` and padding `d`: x
 /// `[N, cin, h, w]`, dy `[N, cout, h, w]` -> dW `[cout, cin, 3, 3]`.
-pub(crate) fn filter_grad3x3<T: WithDType>(
+pub(crate) fn filter_grad3x3<T: Real>(
     x: &[T],
     dy: &[T],
     (n, cin, cout): (usize, usize, usize),

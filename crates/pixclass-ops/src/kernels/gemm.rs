@@ -4,6 +4,8 @@
 
 use candle_core::WithDType;
 
+use super::simd::Real;
+
 /// Columns per thread below which a GEMM on several threads is left to the
 /// `gemm` crate's own threading, which splits rows too (for 64x256 blocks of
 /// 216 it was the faster one, `gemm_split` example). Blocks this wide
@@ -156,6 +158,150 @@ impl<T: WithDType> RawGemm<T> {
     }
 }
 
+/// Rows of each operand in one register block of [`gemm_abt`]: 4x4 sums,
+/// 16 accumulator vectors and 8 operand vectors, within AVX-512's 32
+/// registers.
+const ABT_ROWS: usize = 4;
+
+/// `c[i][j] += Σ_t a[i][t] · b[j][t]` for `i < m`, `j < n`, `t < k`, with
+/// `c`, `a` and `b` given by (slice, row stride) and rows contiguous: the
+/// product `A·Bᵀ` of two matrices stored with the summed index contiguous.
+///
+/// For small outputs with a long sum (the Winograd weight gradient: 24x24
+/// per transformed position, summed over ~1000 tiles), where the `gemm`
+/// crate ran at ~40 % of the forward GEMMs' speed: its kernels are 64 rows
+/// tall (24 fill half of its 32-row one, with more loads per
+/// multiply-add). Here (f32) every multiply-add is a full vector whatever
+/// `m` and `n` are: 4x4 sums are accumulated in vector lanes along `t`,
+/// then added across lanes.
+pub(crate) fn gemm_abt<T: Real>(
+    m: usize,
+    n: usize,
+    k: usize,
+    c: (&mut [T], usize),
+    a: (&[T], usize),
+    b: (&[T], usize),
+) {
+    if m == 0 || n == 0 || k == 0 {
+        return;
+    }
+    let ((c, c_rs), (a, a_rs), (b, b_rs)) = (c, a, b);
+    assert!(
+        c_rs >= n && c.len() >= (m - 1) * c_rs + n,
+        "gemm_abt: output too small"
+    );
+    assert!(
+        a_rs >= k && a.len() >= (m - 1) * a_rs + k,
+        "gemm_abt: lhs too small"
+    );
+    assert!(
+        b_rs >= k && b.len() >= (n - 1) * b_rs + k,
+        "gemm_abt: rhs too small"
+    );
+    for i0 in (0..m).step_by(ABT_ROWS) {
+        // Past the last row, a block repeats it (sums not written back).
+        let ra: [&[T]; ABT_ROWS] = std::array::from_fn(|r| &a[(i0 + r).min(m - 1) * a_rs..][..k]);
+        for j0 in (0..n).step_by(ABT_ROWS) {
+            let rb: [&[T]; ABT_ROWS] =
+                std::array::from_fn(|s| &b[(j0 + s).min(n - 1) * b_rs..][..k]);
+            let sums = T::dot_block(ra, rb);
+            for r in 0..ABT_ROWS.min(m - i0) {
+                for s in 0..ABT_ROWS.min(n - j0) {
+                    c[(i0 + r) * c_rs + j0 + s] += sums[r * ABT_ROWS + s];
+                }
+            }
+        }
+    }
+}
+
+/// The 4x4 dot products `Σ_t a[r][t] · b[s][t]` of [`gemm_abt`], row-major,
+/// in plain code: f64's (the tests' type, never timed).
+pub(crate) fn dot_block<T: WithDType>(
+    a: [&[T]; ABT_ROWS],
+    b: [&[T]; ABT_ROWS],
+) -> [T; ABT_ROWS * ABT_ROWS] {
+    std::array::from_fn(|i| {
+        let (r, s) = (i / ABT_ROWS, i % ABT_ROWS);
+        a[r].iter()
+            .zip(b[s])
+            .fold(T::zero(), |acc, (&x, &y)| acc + x * y)
+    })
+}
+
+/// [`dot_block`] for f32 with explicit SIMD: 16 accumulator vectors in
+/// registers, fused multiply-adds. (Written with arrays indexed in loops,
+/// the compiler kept the sums in memory, stored at every step.)
+pub(crate) struct DotBlockF32<'a> {
+    pub(crate) a: [&'a [f32]; ABT_ROWS],
+    pub(crate) b: [&'a [f32]; ABT_ROWS],
+}
+
+impl pulp::WithSimd for DotBlockF32<'_> {
+    type Output = [f32; ABT_ROWS * ABT_ROWS];
+
+    #[inline(always)]
+    fn with_simd<S: pulp::Simd>(self, simd: S) -> Self::Output {
+        // No closures here (`map`, `from_fn`): they are compiled apart,
+        // without the instruction set, and the SIMD calls in them are not
+        // inlined (the lane sums cost as much as the products).
+        let [a0, a1, a2, a3] = self.a;
+        let [b0, b1, b2, b3] = self.b;
+        let (a0, a0t) = S::as_simd_f32s(a0);
+        let len = a0.len();
+        let (a1, a1t) = S::as_simd_f32s(a1);
+        let (a2, a2t) = S::as_simd_f32s(a2);
+        let (a3, a3t) = S::as_simd_f32s(a3);
+        let (b0, b0t) = S::as_simd_f32s(b0);
+        let (b1, b1t) = S::as_simd_f32s(b1);
+        let (b2, b2t) = S::as_simd_f32s(b2);
+        let (b3, b3t) = S::as_simd_f32s(b3);
+        let (a1, a2, a3) = (&a1[..len], &a2[..len], &a3[..len]);
+        let (b0, b1, b2, b3) = (&b0[..len], &b1[..len], &b2[..len], &b3[..len]);
+        let mut acc = [simd.splat_f32s(0.0); ABT_ROWS * ABT_ROWS];
+        for t in 0..len {
+            let x = [a0[t], a1[t], a2[t], a3[t]];
+            let y = [b0[t], b1[t], b2[t], b3[t]];
+            fma4x4(simd, &mut acc, x, y);
+        }
+        if !a0t.is_empty() {
+            // The last partial vector, zero-padded.
+            let x = [
+                simd.partial_load_f32s(a0t),
+                simd.partial_load_f32s(a1t),
+                simd.partial_load_f32s(a2t),
+                simd.partial_load_f32s(a3t),
+            ];
+            let y = [
+                simd.partial_load_f32s(b0t),
+                simd.partial_load_f32s(b1t),
+                simd.partial_load_f32s(b2t),
+                simd.partial_load_f32s(b3t),
+            ];
+            fma4x4(simd, &mut acc, x, y);
+        }
+        let mut sums = [0f32; ABT_ROWS * ABT_ROWS];
+        for (sum, v) in sums.iter_mut().zip(acc) {
+            *sum = simd.reduce_sum_f32s(v);
+        }
+        sums
+    }
+}
+
+/// `acc[4r + s] += x[r] ⊙ y[s]`.
+#[inline(always)]
+fn fma4x4<S: pulp::Simd>(
+    simd: S,
+    acc: &mut [S::f32s; ABT_ROWS * ABT_ROWS],
+    x: [S::f32s; ABT_ROWS],
+    y: [S::f32s; ABT_ROWS],
+) {
+    for r in 0..ABT_ROWS {
+        for s in 0..ABT_ROWS {
+            acc[r * ABT_ROWS + s] = simd.mul_add_f32s(x[r], y[s], acc[r * ABT_ROWS + s]);
+        }
+    }
+}
+
 /// Threads for GEMMs inside one image: all of them when the batch is too
 /// small to keep every core busy, else one (images run in parallel).
 pub(crate) fn inner_threads(images: usize) -> usize {
@@ -219,6 +365,55 @@ mod tests {
             }
             // Untouched padding between rows.
             assert_eq!(one[n..ldc], start[n..ldc]);
+        }
+    }
+
+    /// `gemm_abt` adds `A·Bᵀ` to `c` within f32 rounding of an f64 sum, for
+    /// shapes that leave partial register blocks and a partial last vector,
+    /// with row strides longer than the rows; f64 goes through the plain
+    /// loop and must agree closely. Padding between rows is untouched.
+    #[test]
+    fn abt_matches_a_naive_product() {
+        let val = |i: usize| ((i * 7919) % 1013) as f64 / 1013.0 - 0.5;
+        for (m, n, k) in [(1, 1, 1), (4, 4, 16), (24, 24, 816), (5, 7, 37), (3, 9, 15)] {
+            let (a_rs, b_rs, c_rs) = (k + 3, k + 1, n + 2);
+            let a: Vec<f64> = (0..m * a_rs).map(val).collect();
+            let b: Vec<f64> = (0..n * b_rs).map(|i| val(i + 5)).collect();
+            let c0: Vec<f64> = (0..m * c_rs).map(|i| val(i + 9)).collect();
+            let mut want = c0.clone();
+            for i in 0..m {
+                for j in 0..n {
+                    let dot: f64 = (0..k).map(|t| a[i * a_rs + t] * b[j * b_rs + t]).sum();
+                    want[i * c_rs + j] += dot;
+                }
+            }
+            let mut c = c0.clone();
+            gemm_abt(m, n, k, (&mut c, c_rs), (&a, a_rs), (&b, b_rs));
+            let f = |v: &[f64]| v.iter().map(|&x| x as f32).collect::<Vec<f32>>();
+            let (a32, b32) = (f(&a), f(&b));
+            let mut c32 = f(&c0);
+            gemm_abt(m, n, k, (&mut c32, c_rs), (&a32, a_rs), (&b32, b_rs));
+            for i in 0..m {
+                for j in 0..c_rs {
+                    let at = i * c_rs + j;
+                    if j >= n {
+                        assert_eq!(c[at], c0[at], "f64 padding at ({i}, {j})");
+                        assert_eq!(c32[at], c0[at] as f32, "f32 padding at ({i}, {j})");
+                        continue;
+                    }
+                    let scale = 1.0 + (k as f64).sqrt();
+                    assert!(
+                        (c[at] - want[at]).abs() < 1e-12 * scale,
+                        "f64 {m}x{n}x{k} ({i}, {j})"
+                    );
+                    assert!(
+                        (c32[at] as f64 - want[at]).abs() < 1e-5 * scale,
+                        "f32 {m}x{n}x{k} ({i}, {j}): {} vs {}",
+                        c32[at],
+                        want[at]
+                    );
+                }
+            }
         }
     }
 }

@@ -166,6 +166,10 @@ pub(crate) trait Real: WithDType {
     /// Whether `self` is NaN.
     fn is_nan_(self) -> bool;
 
+    /// The 4x4 dot products `Σ_t a[r][t] · b[s][t]` (row-major) of
+    /// [`super::gemm::gemm_abt`]; all rows have the same length.
+    fn dot_block(a: [&[Self]; 4], b: [&[Self]; 4]) -> [Self; 16];
+
     /// `(Σ d_i, Σ d_i·(x_i - center))` over zipped slices, where `d_i` is
     /// `dy_i` masked by a ReLU: `dy_i` where `!relu` or `x_i·a + b > 0`
     /// (computed as a product and a sum in the element type, exactly like
@@ -189,6 +193,10 @@ impl Real for f64 {
     #[inline(always)]
     fn is_nan_(self) -> bool {
         self.is_nan()
+    }
+
+    fn dot_block(a: [&[f64]; 4], b: [&[f64]; 4]) -> [f64; 16] {
+        super::gemm::dot_block(a, b)
     }
 
     fn relu_masked_sums(
@@ -228,6 +236,10 @@ impl Real for f32 {
     #[inline(always)]
     fn is_nan_(self) -> bool {
         self.is_nan()
+    }
+
+    fn dot_block(a: [&[f32]; 4], b: [&[f32]; 4]) -> [f32; 16] {
+        pulp::Arch::new().dispatch(super::gemm::DotBlockF32 { a, b })
     }
 
     #[inline(always)]
