@@ -9,28 +9,32 @@ use std::sync::Arc;
 use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Result, Shape, Tensor, WithDType};
 use rayon::prelude::*;
 
-use super::simd::{lane_sum, vectorized, Real};
-use super::{channel_total, contiguous_slice, dims4, dispatch, zeros};
+use super::simd::{vectorized, Real};
+use super::{contiguous_slice, dims4, dispatch, zeros};
 
 /// Per-channel mean and biased variance of `[N, C, H, W]`, as `[2, C]` f64.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct ChannelStats;
 
-fn channel_stats<T: WithDType>(x: &[T], n: usize, c: usize, hw: usize) -> Vec<f64> {
+/// One pass per channel: the sums of `x - c` and `(x - c)²` with `c` the
+/// channel's first value (a sample of it, so `x - c` is of the order of the
+/// spread and the variance `(Σ(x-c)² - (Σ(x-c))²/m)/m` loses no precision
+/// to a large mean), instead of a pass for the mean and one for the
+/// deviations.
+fn channel_stats<T: Real>(x: &[T], n: usize, c: usize, hw: usize) -> Vec<f64> {
     let per: Vec<(f64, f64)> = (0..c)
         .into_par_iter()
         .map(|ch| {
             let m = (n * hw) as f64;
-            let mean = channel_total(x, n, c, hw, ch) / m;
-            let sq: f64 = (0..n)
-                .map(|i| {
-                    lane_sum(&x[(i * c + ch) * hw..(i * c + ch + 1) * hw], |v| {
-                        let d = v.to_f64() - mean;
-                        d * d
-                    })
-                })
-                .sum();
-            (mean, sq / m)
+            if n * hw == 0 {
+                return (f64::NAN, f64::NAN);
+            }
+            let shift = x[ch * hw].to_f64();
+            let (s, s2) = (0..n)
+                .map(|i| T::shifted_sums(&x[(i * c + ch) * hw..(i * c + ch + 1) * hw], shift))
+                .fold((0.0, 0.0), |acc, v| (acc.0 + v.0, acc.1 + v.1));
+            let var = ((s2 - s * s / m) / m).max(0.0);
+            (shift + s / m, var)
         })
         .collect();
     per.iter()

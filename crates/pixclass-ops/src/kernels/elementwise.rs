@@ -5,6 +5,7 @@
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor, WithDType};
 use rayon::prelude::*;
 
+use super::simd::Real;
 use super::{channel_total, contiguous_slice, dims4, dispatch, zeros};
 
 /// `y = clamp(x + b, lo, hi)` per channel (a convolution's bias and its
@@ -89,7 +90,7 @@ const RELU: (f64, f64) = (0.0, f64::INFINITY);
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct ChannelSum;
 
-fn channel_sum<T: WithDType>(x: &[T], n: usize, c: usize, hw: usize) -> Vec<T> {
+fn channel_sum<T: Real>(x: &[T], n: usize, c: usize, hw: usize) -> Vec<T> {
     (0..c)
         .into_par_iter()
         .map(|ch| T::from_f64(channel_total(x, n, c, hw, ch)))

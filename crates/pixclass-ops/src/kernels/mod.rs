@@ -27,7 +27,7 @@
 use candle_core::{CpuStorage, Layout, Result, WithDType};
 use rayon::prelude::*;
 
-use simd::lane_sum;
+use simd::Real;
 
 pub(crate) mod bands;
 pub(crate) mod batch_norm;
@@ -147,15 +147,9 @@ pub(crate) fn dims4(l: &Layout) -> Result<(usize, usize, usize, usize)> {
 }
 
 /// Sum of channel `ch` of `[N, C, H, W]` (f64, images in order).
-pub(crate) fn channel_total<T: WithDType>(
-    x: &[T],
-    n: usize,
-    c: usize,
-    hw: usize,
-    ch: usize,
-) -> f64 {
+pub(crate) fn channel_total<T: Real>(x: &[T], n: usize, c: usize, hw: usize, ch: usize) -> f64 {
     (0..n)
-        .map(|i| lane_sum(&x[(i * c + ch) * hw..(i * c + ch + 1) * hw], |v| v.to_f64()))
+        .map(|i| T::shifted_sums(&x[(i * c + ch) * hw..(i * c + ch + 1) * hw], 0.0).0)
         .sum()
 }
 

@@ -32,25 +32,19 @@ pub(crate) fn dispatch_without_scatter<Op: pulp::WithSimd>(op: Op) -> Op::Output
     pulp::Arch::new().dispatch(op)
 }
 
-/// Independent accumulators of [`lane_sum`] and [`lane_sums2`]: 16 f64,
+/// Independent accumulators of [`lane_sums2`]: 16 f64,
 /// four AVX2 vectors or two AVX-512 ones (enough to hide the latency of the
 /// additions).
 const LANES: usize = 16;
 
-/// `Σ f(a_i)` in f64, over [`LANES`] interleaved accumulators that are added
+/// `(Σ f(a_i, b_i).0, Σ f(a_i, b_i).1)` over zipped slices (the shorter
+/// length) in f64, over [`LANES`] interleaved accumulators that are added
 /// in a fixed order at the end. A plain sequential sum cannot be reordered
 /// by the compiler and runs one element per add latency; here the lanes'
 /// additions overlap, and the loop (compiled for the CPU's widest
 /// instruction set) vectorises where `f` has no branch. The order of
 /// additions does not depend on the instruction set or the number of
 /// threads, so neither does the result.
-#[inline(always)]
-pub(crate) fn lane_sum<A: Copy>(a: &[A], f: impl Fn(A) -> f64) -> f64 {
-    lane_sums2(a, a, |x, _| (f(x), 0.0)).0
-}
-
-/// `(Σ f(a_i, b_i).0, Σ f(a_i, b_i).1)` over zipped slices (the shorter
-/// length), accumulated like [`lane_sum`].
 #[inline(always)]
 pub(crate) fn lane_sums2<A: Copy, B: Copy, F: Fn(A, B) -> (f64, f64)>(
     a: &[A],
@@ -156,6 +150,41 @@ impl pulp::WithSimd for MaskedSumsF32<'_> {
     }
 }
 
+/// [`Real::shifted_sums`] for f32 with explicit SIMD.
+struct ShiftedSumsF32<'a> {
+    x: &'a [f32],
+    center: f64,
+}
+
+impl pulp::WithSimd for ShiftedSumsF32<'_> {
+    type Output = (f64, f64);
+
+    #[inline(always)]
+    fn with_simd<S: pulp::Simd>(self, simd: S) -> (f64, f64) {
+        let (xs, tail) = S::as_simd_f32s(self.x);
+        let c32 = self.center as f32;
+        let c = simd.splat_f32s(c32);
+        let zero = simd.splat_f32s(0.0);
+        let (mut s, mut s2) = (0f64, 0f64);
+        for block in xs.chunks(BLOCK) {
+            let (mut bs, mut bs2) = (zero, zero);
+            for &xv in block {
+                let d = simd.sub_f32s(xv, c);
+                bs = simd.add_f32s(bs, d);
+                bs2 = simd.mul_add_f32s(d, d, bs2);
+            }
+            s += f64::from(simd.reduce_sum_f32s(bs));
+            s2 += f64::from(simd.reduce_sum_f32s(bs2));
+        }
+        for &xv in tail {
+            let d = xv - c32;
+            s += f64::from(d);
+            s2 += f64::from(d * d);
+        }
+        (s, s2)
+    }
+}
+
 /// The floating-point element types the kernels work in (f32, f64).
 pub(crate) trait Real: WithDType {
     /// `exp(self)`: f64 uses the standard library; f32 a branch-free
@@ -165,6 +194,12 @@ pub(crate) trait Real: WithDType {
 
     /// Whether `self` is NaN.
     fn is_nan_(self) -> bool;
+
+    /// `(Σ (x_i - center), Σ (x_i - center)²)`, accumulated in f64 (f32:
+    /// in f32 vectors over blocks of [`BLOCK`] vectors, each block's sums
+    /// added in f64, as [`Real::relu_masked_sums`]; converting every value
+    /// to f64 cost twice as much). The per-channel sums and statistics.
+    fn shifted_sums(x: &[Self], center: f64) -> (f64, f64);
 
     /// The 4x4 dot products `Σ_t a[r][t] · b[s][t]` (row-major) of
     /// [`super::gemm::gemm_abt`]; all rows have the same length.
@@ -193,6 +228,13 @@ impl Real for f64 {
     #[inline(always)]
     fn is_nan_(self) -> bool {
         self.is_nan()
+    }
+
+    fn shifted_sums(x: &[f64], center: f64) -> (f64, f64) {
+        lane_sums2(x, x, |v, _| {
+            let d = v - center;
+            (d, d * d)
+        })
     }
 
     fn dot_block(a: [&[f64]; 4], b: [&[f64]; 4]) -> [f64; 16] {
@@ -236,6 +278,10 @@ impl Real for f32 {
     #[inline(always)]
     fn is_nan_(self) -> bool {
         self.is_nan()
+    }
+
+    fn shifted_sums(x: &[f32], center: f64) -> (f64, f64) {
+        pulp::Arch::new().dispatch(ShiftedSumsF32 { x, center })
     }
 
     fn dot_block(a: [&[f32]; 4], b: [&[f32]; 4]) -> [f32; 16] {
@@ -356,7 +402,6 @@ mod tests {
             let b: Vec<f32> = (0..len).map(|i| ((i * 5) % 11) as f32).collect();
             let want0: f64 = a.iter().map(|&x| f64::from(x)).sum();
             let want1: f64 = a.iter().zip(&b).map(|(&x, &y)| f64::from(x * y)).sum();
-            assert_eq!(lane_sum(&a, f64::from), want0, "len {len}");
             let got = lane_sums2(&a, &b, |x, y| (f64::from(x), f64::from(x * y)));
             assert_eq!(got, (want0, want1), "len {len}");
         }
@@ -364,8 +409,42 @@ mod tests {
         // sum would, and stay close to the exact sum of non-integer data.
         let v: Vec<f32> = (0..10_000).map(|i| (i as f32 * 0.37).sin()).collect();
         let exact: f64 = v.iter().map(|&x| f64::from(x)).sum();
-        let got = lane_sum(&v, f64::from);
+        let got = f64::shifted_sums(&v.iter().map(|&x| f64::from(x)).collect::<Vec<_>>(), 0.0).0;
         assert!((got - exact).abs() < 1e-9, "{got} vs {exact}");
+    }
+
+    #[test]
+    fn shifted_sums_agree_between_f32_and_f64() {
+        // Lengths that leave SIMD tails and span several blocks; data with a
+        // large mean (1000 + noise), where a shift far from it would lose
+        // the spread: the sums of (x - c) and (x - c)² for c a sample.
+        for len in [0usize, 1, 7, 16, 17, 257, 1000, 4099] {
+            let x: Vec<f32> = (0..len)
+                .map(|i| 1000.0 + ((i as f32) * 0.731).sin())
+                .collect();
+            let x64: Vec<f64> = x.iter().map(|&v| f64::from(v)).collect();
+            for center in [0.0, 1000.25] {
+                let got = f32::shifted_sums(&x, center);
+                let want = f64::shifted_sums(&x64, center);
+                let exact = x64.iter().fold((0.0, 0.0), |acc, &v| {
+                    (acc.0 + (v - center), acc.1 + (v - center) * (v - center))
+                });
+                for (g, w, e, what) in [
+                    (got.0, want.0, exact.0, "sum"),
+                    (got.1, want.1, exact.1, "squares"),
+                ] {
+                    let scale = e.abs().max(1.0);
+                    assert!(
+                        (w - e).abs() < 1e-12 * scale,
+                        "f64 {what} len {len} c {center}"
+                    );
+                    assert!(
+                        (g - e).abs() < 2e-6 * scale,
+                        "f32 {what} len {len} c {center}: {g} vs {e}"
+                    );
+                }
+            }
+        }
     }
 
     #[test]
