@@ -708,7 +708,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
          Kernels. Stride-1 3x3 convolutions (batch of 2 or more, 8 or more channels) run as Winograd \
          F(2x2,3x3) (`kernels/winograd.rs`); where their weight gradient has few outputs per transformed \
          position (24x24, 32x24), its GEMMs are our own kernel (`gemm_abt` in `kernels/gemm.rs`: 4x4 sums in \
-         vector lanes over ~800 tiles), not the `gemm` crate's 64-row kernels, which such outputs fill by half; \
+         vector lanes over ~800 tiles), not the `gemm` crate's 64-row kernels, which such outputs leave partly empty; \
          stride-2 convolutions read every tap from the image's four parity \
          planes, whole rows at a time (`kernels/im2col.rs`). Winograd F(4x4,3x3) (4x fewer multiplications than \
          the direct sum instead of 2.25x) was implemented and measured slower on this machine, so it is not used: \

@@ -169,9 +169,9 @@ const ABT_ROWS: usize = 4;
 ///
 /// For small outputs with a long sum (the Winograd weight gradient: 24x24
 /// per transformed position, summed over ~1000 tiles), where the `gemm`
-/// crate ran at ~40 % of the forward GEMMs' speed: its kernels are 64 rows
-/// tall (24 fill half of its 32-row one, with more loads per
-/// multiply-add). Here (f32) every multiply-add is a full vector whatever
+/// crate ran at ~40 % of the forward GEMMs' speed: its register kernels are
+/// 64 rows tall, and 24 rows leave lanes empty in a narrower one that loads
+/// more per multiply-add. Here (f32) every multiply-add is a full vector whatever
 /// `m` and `n` are: 4x4 sums are accumulated in vector lanes along `t`,
 /// then added across lanes.
 pub(crate) fn gemm_abt<T: Real>(
