@@ -30,13 +30,16 @@ use super::{zeros, Geometry};
 /// batch 8, ASPP's dilation 12 at 520 (6x6 phases) no faster.
 const MIN_PHASE: usize = 8;
 
-/// Fewer 2x2 output tiles than this over all phase images (one 224x224
-/// image through stage 3 of DeepLab's ResNet-101: 196): the 16 GEMMs are
-/// too short for the transformed filters (16/9 the size of the filters) to
-/// pay, and im2col is faster. Measured on 2 cores, stage 3: 1.1-1.3x slower
-/// at 196 tiles, 1.1-1.9x faster at batch 8 (1568 tiles); one image at 520
-/// (stages 3 and 4: 1156 and 1296 tiles) 1.4-2x faster.
-const MIN_TILES: usize = 1024;
+/// Fewer 2x2 output tiles than this over all phase images: the 16 GEMMs
+/// are too short for the transforms to pay, and im2col is used. One
+/// 224x224 image through stage 3 of DeepLab's ResNet-101 has 196 (4 phase
+/// images of 14x14): measured on 2 cores, alternating runs, its 3x3
+/// convolutions took 96-106 ms per forward by Winograd against 113-124 ms
+/// by im2col (1.1-1.3x slower before the filter transform wrote its output
+/// in L1-friendly order); fewer tiles were not measured. Batch 8 at 224
+/// (1568 tiles) was 1.1-1.9x faster, one image at 520 (stages 3 and 4:
+/// 1156 and 1296 tiles) 1.4-2x.
+const MIN_TILES: usize = 192;
 
 /// Whether `g` (`cin` input, `cout` output channels) is a dilated 3x3
 /// "same" convolution computed here: stride 1, dilation `d >= 2`, padding
@@ -123,12 +126,9 @@ impl Phases {
                     if y >= h {
                         break;
                     }
-                    let line = &src[y * w..][..w];
-                    for (j, v) in row.iter_mut().enumerate() {
-                        match line.get(j * d + q) {
-                            Some(&s) => *v = s,
-                            None => break,
-                        }
+                    let line = src[y * w..][..w].iter().skip(q).step_by(d);
+                    for (v, &s) in row.iter_mut().zip(line) {
+                        *v = s;
                     }
                 }
             });
@@ -147,9 +147,13 @@ impl Phases {
                 let (i, ch) = (k / c, k % c);
                 for (yy, row) in plane.chunks_exact_mut(w).enumerate() {
                     let (r, p) = (yy / d, yy % d);
-                    for (xx, v) in row.iter_mut().enumerate() {
-                        let b = (i * d + p) * d + xx % d;
-                        *v = y[((b * c + ch) * hp + r) * wp + xx / d];
+                    // Row `r` of phase `(p, q)` fills columns q, q + d, ...
+                    for q in 0..d {
+                        let b = (i * d + p) * d + q;
+                        let src = &y[((b * c + ch) * hp + r) * wp..][..wp];
+                        for (v, &s) in row.iter_mut().skip(q).step_by(d).zip(src) {
+                            *v = s;
+                        }
                     }
                 }
             });
@@ -209,13 +213,14 @@ mod tests {
     #[test]
     fn which_convolutions_are_split_into_phases() {
         // DeepLab's ResNet-101 (stage 3: d=2, 256 channels; stage 4: d=4,
-        // 512; ASPP: d=12, 2048 -> 256), and the shapes of the integration
+        // 512; ASPP: d=12, 2048 -> 256; 24x24 at stage 3: 144 tiles), and the shapes of the integration
         // test `dilated_same_convs_taken_by_winograd_match_the_portable_ones`.
         let cases = [
             (geometry(1, 256, (65, 65), 2), 256, true),
             (geometry(1, 512, (65, 65), 4), 512, true),
             (geometry(8, 256, (28, 28), 2), 256, true),
-            (geometry(1, 256, (28, 28), 2), 256, false),
+            (geometry(1, 256, (28, 28), 2), 256, true),
+            (geometry(1, 256, (24, 24), 2), 256, false),
             (geometry(8, 512, (28, 28), 4), 512, false),
             (geometry(1, 2048, (65, 65), 12), 256, false),
             (geometry(1, 8, (63, 64), 2), 9, true),
