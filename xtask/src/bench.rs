@@ -697,7 +697,9 @@ pub fn run(args: &BenchArgs) -> Result<()> {
          random ResNet-101 weights without the auxiliary head on both sides (`seg_forward_timing.rs` / \
          `torch_seg_forward.py`, MobileNetV2 in PyTorch ops from the same graph: `tflite_graph.py`); ResNet-101's \
          dilated 3x3 convolutions run as Winograd F(2x2,3x3) on their undilated phase images where those are large \
-         enough (batch 8 at 224, every size at 520: `kernels/dilated.rs`), and the ASPP branches (dilations 12, 24, \
+         enough (dilation 2, stage 3 and stage 4's first block, at every size and batch; dilation 4, the rest of \
+         stage 4, at 520, not at 224, where its phases are 7x7: \
+         `kernels/dilated.rs`), and the ASPP branches (dilations 12, 24, \
          36) leave out the products with padding, one GEMM per live tap over where it reads pixels \
          (`kernels/bands.rs`). *Feature \
          extraction*: the first 64 Oxford-17 images with a trimap, photo and mask decoded and resized bilinearly, \
