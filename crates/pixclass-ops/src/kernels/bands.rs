@@ -7,8 +7,9 @@
 //! and the GEMM multiplies them. Here each live tap is its own GEMM over the
 //! rectangle of outputs where it reads image pixels (its valid rows times
 //! its valid columns): `Y[:, rect] += W[:, :, ky, kx] · X[:, rect shifted]`,
-//! the weights read in place with strides and the shifted input gathered per
-//! tap. The products left out are exact zeros: the result equals the direct
+//! each tap's weights copied into a contiguous matrix and the shifted input
+//! gathered per tap (or, for a tap that reads the image unshifted, used in
+//! place). The products left out are exact zeros: the result equals the direct
 //! sum up to the order of rounding. Only the forward pass: the frozen
 //! DeepLab backbone never needs the gradients, which stay with the im2col
 //! kernels.
