@@ -99,8 +99,8 @@ pub(crate) fn conv<T: WithDType>(
     let (kk, ohw, chw) = (g.kh * g.kw, g.ho * g.wo, g.c * g.h * g.w);
     let threads = inner_threads(g.n);
     // Each tap's filters `w[o][c][ky][kx]` as a contiguous `[O, C]` matrix:
-    // read in place, 9 values apart, they cost the GEMMs' packing a cache
-    // line per value.
+    // read in place they lie 9 values apart, under two per cache line, for
+    // the GEMMs' packing to read (once per tap and thread).
     let taps: Vec<Vec<T>> = rects
         .par_iter()
         .map(|r| {
