@@ -27,7 +27,10 @@ use super::{zeros, Geometry};
 /// much (7x7 phases are 8x8 tiles), and im2col leaves out the taps that read
 /// only padding (large ASPP dilations). Measured on 2 cores: stage 4 of
 /// ResNet-101 at 224 (7x7 phases, 512 channels) 1.15x slower by Winograd at
-/// batch 8, ASPP's dilation 12 at 520 (6x6 phases) no faster.
+/// batch 8, ASPP's dilation 12 at 520 (6x6 phases) no faster. Again with
+/// the faster filter transform (minimum 4, alternating runs): stage 4 at
+/// 224, one image, 39-54 ms against 37 ms; the ASPP at 520 270-313 ms
+/// against 191-196 ms.
 const MIN_PHASE: usize = 8;
 
 /// Fewer 2x2 output tiles than this over all phase images: the 16 GEMMs
@@ -213,8 +216,9 @@ mod tests {
     #[test]
     fn which_convolutions_are_split_into_phases() {
         // DeepLab's ResNet-101 (stage 3: d=2, 256 channels; stage 4: d=4,
-        // 512; ASPP: d=12, 2048 -> 256; 24x24 at stage 3: 144 tiles), and the shapes of the integration
-        // test `dilated_same_convs_taken_by_winograd_match_the_portable_ones`.
+        // 512; ASPP: d=12, 2048 -> 256; stage 3 at 24x24: 144 tiles), and
+        // the shapes of the integration test
+        // `dilated_same_convs_taken_by_winograd_match_the_portable_ones`.
         let cases = [
             (geometry(1, 256, (65, 65), 2), 256, true),
             (geometry(1, 512, (65, 65), 4), 512, true),
