@@ -36,6 +36,30 @@ use super::{zeros, Geometry};
 /// a block of the colourization nets' layers stay within a core's L2.
 const BLOCK_TILES: usize = 256;
 
+/// Tiles per block (at most, again at least one image) where either side
+/// has [`WIDE_CHANNELS`] or more: ResNet-101's 256- and 512-channel layers.
+/// Their block's transformed values no longer fit L2 whatever the block,
+/// and the GEMMs and transforms of two 14x14 phase images (112 tiles) were
+/// faster than those of four (224) or one (56). Measured on 2 cores,
+/// DeepLab's stage 3 at 224, batch 8, alternating runs: 505-535 ms with
+/// blocks of 112 tiles against 570-617 with 224 and 557-613 with 56.
+const WIDE_BLOCK_TILES: usize = 128;
+
+/// See [`WIDE_BLOCK_TILES`]; the colourization nets' layers (at most 64
+/// channels) are below it.
+const WIDE_CHANNELS: usize = 128;
+
+/// Images per block for `per_image` tiles an image and `channels` (the
+/// larger side), at least one and at most `per_thread`.
+fn block_images(per_image: usize, channels: usize, per_thread: usize) -> usize {
+    let tiles = if channels >= WIDE_CHANNELS {
+        WIDE_BLOCK_TILES
+    } else {
+        BLOCK_TILES
+    };
+    (tiles / per_image).clamp(1, per_thread.max(1))
+}
+
 /// Fewer channels than this on either side (the 1-channel first layer):
 /// the GEMMs are too thin for the transforms to pay.
 const MIN_CHANNELS: usize = 8;
@@ -126,8 +150,11 @@ pub(crate) fn conv3x3<T: WithDType>(
     let u = transform_filters(w, cin, cout, filters);
     let per_image = Tiles::new(1, h, wd).per_image();
     // Blocks of whole images, at least one per thread.
-    let images =
-        (BLOCK_TILES / per_image).clamp(1, n.div_ceil(rayon::current_num_threads()).max(1));
+    let images = block_images(
+        per_image,
+        cin.max(cout),
+        n.div_ceil(rayon::current_num_threads()),
+    );
     let blocks = n.div_ceil(images);
     let threads = inner_threads(blocks);
     let mut y = zeros(n * cout * h * wd);
@@ -644,6 +671,22 @@ mod tests {
     }
 
     #[test]
+    fn blocks_hold_fewer_tiles_of_wide_layers() {
+        let per_image = |h, w| Tiles::new(1, h, w).per_image();
+        // A 32x32 colourization image is a block by itself; 16x16 ones
+        // (72 tiles) go three to a block.
+        assert_eq!(block_images(per_image(32, 32), 64, 50), 1);
+        assert_eq!(block_images(per_image(16, 16), 64, 50), 3);
+        // ResNet-101's 14x14 phase images (56 tiles): four at 64 channels,
+        // two at 256 or 512, never more than a thread's share.
+        assert_eq!(block_images(per_image(14, 14), 64, 16), 4);
+        assert_eq!(block_images(per_image(14, 14), 256, 16), 2);
+        assert_eq!(block_images(per_image(14, 14), 512, 16), 2);
+        assert_eq!(block_images(per_image(14, 14), 256, 1), 1);
+        assert_eq!(block_images(per_image(65, 65), 256, 16), 1);
+    }
+
+    #[test]
     fn matches_the_direct_sum_forward_and_backward_data() {
         // Odd and even sizes, one and several blocks, a partial last block.
         for &(n, cin, cout, h, w) in &[
@@ -651,6 +694,8 @@ mod tests {
             (3, 10, 8, 6, 6),
             (9, 8, 12, 16, 16),
             (2, 9, 8, 1, 3),
+            // Wide: blocks of two images, a partial last block.
+            (5, 128, 8, 14, 14),
         ] {
             let x = values(n * cin * h * w, 1);
             let wt = values(cout * cin * 9, 2);
