@@ -708,7 +708,9 @@ pub fn run(args: &BenchArgs) -> Result<()> {
          100 on a synthetic batch (`step_timing.rs` / `torch_colour_step.py`), one head step on cached 256x28x28 \
          features, batch 128, resized to 224x224.\n\n\
          Kernels. Stride-1 3x3 convolutions (batch of 2 or more, 8 or more channels) run as Winograd \
-         F(2x2,3x3) (`kernels/winograd.rs`); where their weight gradient has few outputs per transformed \
+         F(2x2,3x3) (`kernels/winograd.rs`), on blocks of whole images of up to 256 tiles (one 32x32 image), \
+         128 where a side has 128 or more channels (ResNet-101: two 14x14 phase images, whose GEMMs and \
+         transforms ran faster than those of four or one); where their weight gradient has few outputs per transformed \
          position (24x24, 32x24), its GEMMs are our own kernel (`gemm_abt` in `kernels/gemm.rs`: 4x4 sums in \
          vector lanes over ~800 tiles), not the `gemm` crate's 64-row kernels, which such outputs leave partly empty; \
          stride-2 convolutions read every tap from the image's four parity \
