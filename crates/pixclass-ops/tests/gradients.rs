@@ -544,6 +544,31 @@ fn depthwise_conv_matches_grouped_conv_and_finite_differences() {
             "weight gradient s={stride} d={dilation}"
         );
     }
+    // Planes wider than the kernel's 16-column blocks (several blocks and a
+    // short last one), at every stride and dilation MobileNetV2 uses, and
+    // one-column outputs: forwards only (against grouped convolution).
+    for (h, w_, stride, dilation, ph, pw) in [
+        (37, 35, 1, 1, (1, 1), (1, 1)),
+        (37, 35, 2, 1, (0, 1), (0, 1)),
+        (33, 33, 1, 2, (2, 2), (2, 2)),
+        (33, 34, 1, 4, (4, 4), (4, 4)),
+        (20, 40, 2, 2, (2, 2), (2, 2)),
+        (5, 1, 1, 1, (1, 1), (1, 1)),
+    ] {
+        let x = rand_tensor(&[2, 3, h, w_], 24);
+        let w = rand_tensor(&[3, 1, 3, 3], 25);
+        let ours = ops::depthwise_conv2d(&x, &w, ph, pw, stride, dilation).unwrap();
+        let grouped = ops::conv2d_portable(&x, &w, ph, pw, stride, dilation, 3).unwrap();
+        assert_eq!(
+            ours.dims(),
+            grouped.dims(),
+            "{h}x{w_} s={stride} d={dilation}"
+        );
+        assert!(
+            max_rel(&ours, &grouped) < 1e-12,
+            "forward {h}x{w_} s={stride} d={dilation}"
+        );
+    }
 }
 
 #[test]
