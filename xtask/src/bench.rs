@@ -718,8 +718,8 @@ pub fn run(args: &BenchArgs) -> Result<()> {
          the direct sum instead of 2.25x) was implemented and measured slower on this machine, so it is not used: \
          the colourization layers ran 10-100 % slower per pass (its 36 transformed positions make the GEMMs of \
          a block that fits L2 thin, and its transforms cost about 1.3x F(2x2,3x3)'s per image and channel), \
-         ResNet-101 at 224, batch 8, took 3.7-4.0 s against 3.1-3.4 s. Tried and not kept (same binary, alternating rounds): an f32 GEMM of 6x64 register blocks \
-         reading `b` in place (106-114 GFLOP/s against the `gemm` crate's 76-86 on small isolated shapes) changed \
+         ResNet-101 at 224, batch 8, took 3.7-4.0 s against 3.1-3.4 s. Tried and not kept (alternating rounds of the old and \
+         new kernels): an f32 GEMM of 6x64 register blocks reading `b` in place (106-114 GFLOP/s against the `gemm` crate's 76-86 on small isolated shapes) changed \
          the UNet step's convolutions by under 1 % and made DeepLab forwards 4-33 % slower; a depthwise kernel \
          summing 16-column chunks of a zero-padded plane in registers left MobileNetV2's depthwise time as it was \
          (batch 1 at 257: 4.8-6.0 ms against 4.1-5.8; batch 8: 38-50 ms against 34-52).\n",

@@ -544,9 +544,10 @@ fn depthwise_conv_matches_grouped_conv_and_finite_differences() {
             "weight gradient s={stride} d={dilation}"
         );
     }
-    // Planes wider than the kernel's 16-column blocks (several blocks and a
-    // short last one), at every stride and dilation MobileNetV2 uses, and
-    // one-column outputs: forwards only (against grouped convolution).
+    // Planes wider than one 16-lane vector, so that each tap's run of valid
+    // columns has a vector body and a scalar tail, at every stride and
+    // dilation MobileNetV2 uses, and a one-column output: forwards only
+    // (against grouped convolution).
     for (h, w_, stride, dilation, ph, pw) in [
         (37, 35, 1, 1, (1, 1), (1, 1)),
         (37, 35, 2, 1, (0, 1), (0, 1)),
