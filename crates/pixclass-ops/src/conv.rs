@@ -3,7 +3,9 @@
 
 use candle_core::{Result, Tensor};
 
-use crate::elementwise::{add_channel_bias, add_channel_bias_clamp, check_bounds, NO_CLAMP};
+use crate::elementwise::{
+    add_channel_bias, add_channel_bias_clamp, check_bounds, clamp_portable, NO_CLAMP,
+};
 use crate::{cpu_float, kernels};
 
 /// Padding of one spatial dimension: `(before, after)` zeros.
@@ -81,6 +83,84 @@ pub fn conv2d_bias_clamp(
     check_bounds((lo, hi), "conv2d_bias_clamp")?;
     let bias = Some((bias, (lo, hi)));
     conv2d_epilogue(x, weight, bias, pad_h, pad_w, stride, dilation, groups)
+}
+
+/// [`conv2d_bias_clamp`] of the channel concatenation `[x, tail]` whose
+/// second part is a constant (needs no gradient: a UNet's skip connection
+/// from its input image), without building the concatenation:
+/// `clamp(conv(x, w_x) + bias + conv(tail, w_tail), lo, hi)`, `w_x` and
+/// `w_tail` the weight's first `C_x` and last `C_tail` input channels. On
+/// the CPU (f32/f64) one op whose backward gives `x` its gradient and the
+/// weight both parts' filter gradients, so autograd holds one output-sized
+/// gradient instead of three; elsewhere the sum of two [`conv2d_bias`]
+/// calls. A tracked `tail`, or one whose batch or size differs from `x`'s,
+/// is an error.
+///
+/// # Shapes
+/// `x` `[N, C_x, H, W]`, `tail` `[N, C_tail, H, W]`, `weight` `[O, C_x +
+/// C_tail, KH, KW]`, `bias` `[O]` -> as [`conv2d`].
+#[allow(clippy::too_many_arguments)]
+pub fn conv2d_bias_clamp_const_tail(
+    x: &Tensor,
+    tail: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    pad_h: Pad,
+    pad_w: Pad,
+    stride: usize,
+    dilation: usize,
+    (lo, hi): (f64, f64),
+) -> Result<Tensor> {
+    check_bounds((lo, hi), "conv2d_bias_clamp_const_tail")?;
+    let (n, cx, h, w) = x.dims4()?;
+    let (tn, ct, th, tw) = tail.dims4()?;
+    if tail.track_op() {
+        candle_core::bail!(
+            "conv2d_bias_clamp_const_tail: the tail {:?} needs a gradient",
+            tail.dims()
+        );
+    }
+    if (tn, th, tw) != (n, h, w) || weight.rank() != 4 || weight.dim(1)? != cx + ct {
+        candle_core::bail!(
+            "conv2d_bias_clamp_const_tail: x {:?} and tail {:?} do not make the weight's {:?} input channels",
+            x.dims(),
+            tail.dims(),
+            weight.dims()
+        );
+    }
+    let same_dtype = [tail, weight, bias].iter().all(|t| t.dtype() == x.dtype());
+    if cpu_float(x) && same_dtype && tail.device().same_device(x.device()) {
+        let pad = (pad_h, pad_w);
+        return kernels::conv::conv2d_bias_tail(
+            (x, tail),
+            weight,
+            bias,
+            pad,
+            stride,
+            dilation,
+            (lo, hi),
+        );
+    }
+    let head = conv2d_bias(
+        x,
+        &weight.narrow(1, 0, cx)?,
+        Some(bias),
+        pad_h,
+        pad_w,
+        stride,
+        dilation,
+        1,
+    )?;
+    let rest = conv2d(
+        tail,
+        &weight.narrow(1, cx, ct)?,
+        pad_h,
+        pad_w,
+        stride,
+        dilation,
+        1,
+    )?;
+    clamp_portable((head + rest)?, (lo, hi))
 }
 
 /// [`conv2d`] then, when there is a bias, `clamp(y + bias, lo, hi)`: fused

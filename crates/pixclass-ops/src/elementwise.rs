@@ -46,7 +46,11 @@ pub fn add_channel_bias_clamp(x: &Tensor, b: &Tensor, lo: f64, hi: f64) -> Resul
         let op = kernels::elementwise::ChannelBias { bounds: (lo, hi) };
         return x.contiguous()?.apply_op2(&b.contiguous()?, op);
     }
-    let y = x.broadcast_add(&b.reshape((1, (), 1, 1))?)?;
+    clamp_portable(x.broadcast_add(&b.reshape((1, (), 1, 1))?)?, (lo, hi))
+}
+
+/// `clamp(y, lo, hi)` from candle's ops, skipping the infinite bounds.
+pub(crate) fn clamp_portable(y: Tensor, (lo, hi): (f64, f64)) -> Result<Tensor> {
     match (lo > f64::NEG_INFINITY, hi < f64::INFINITY) {
         (false, false) => Ok(y),
         (true, false) => y.maximum(lo),

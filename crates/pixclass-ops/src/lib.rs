@@ -39,8 +39,8 @@ pub mod profile;
 mod resize;
 
 pub use conv::{
-    conv2d, conv2d_bias, conv2d_bias_clamp, conv2d_portable, conv_transpose2d,
-    conv_transpose2d_bias, depthwise_conv2d, depthwise_conv2d_bias_clamp,
+    conv2d, conv2d_bias, conv2d_bias_clamp, conv2d_bias_clamp_const_tail, conv2d_portable,
+    conv_transpose2d, conv_transpose2d_bias, depthwise_conv2d, depthwise_conv2d_bias_clamp,
     depthwise_conv2d_portable, same_padding, Pad,
 };
 pub use elementwise::{

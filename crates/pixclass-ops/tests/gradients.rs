@@ -917,3 +917,67 @@ fn convolutions_with_fused_bias_and_clamp_match_the_separate_ops_and_finite_diff
     let w = rand_tensor(&[4, 4, 1, 1], 86);
     assert!(ops::conv2d_bias_clamp(&x, &w, &b, (0, 0), (0, 0), 1, 1, 1, (f64::NAN, 1.0)).is_err());
 }
+
+#[test]
+fn conv_with_a_constant_tail_matches_the_concatenation_and_finite_differences() {
+    // `conv2d_bias_clamp_const_tail(x, tail)` against the same convolution
+    // of `cat([x, tail], 1)`: a "same" 3x3 (the UNet's last layer: features
+    // plus a 1-channel image), a strided one with a 2-channel tail, and a
+    // 1x1; with a ReLU, a two-sided clamp and none. The tail is a plain
+    // tensor (no gradient); x, the weight and the bias get theirs, checked
+    // by finite differences.
+    let layers = [
+        (5, 1, 3, 1, (1, 1)),
+        (3, 2, 3, 2, (1, 1)),
+        (4, 3, 1, 1, (0, 0)),
+    ];
+    for bounds in [
+        (0.0, f64::INFINITY),
+        (-0.3, 0.4),
+        (f64::NEG_INFINITY, f64::INFINITY),
+    ] {
+        for (cx, ct, k, stride, pad) in layers {
+            let what = format!("x {cx} + tail {ct} channels, {k}x{k} stride {stride}, {bounds:?}");
+            let x = rand_tensor(&[3, cx, 7, 6], 91);
+            let tail = rand_tensor(&[3, ct, 7, 6], 92);
+            let w = rand_tensor(&[4, cx + ct, k, k], 93);
+            let b = rand_tensor(&[4], 94);
+            let fused = |x: &Tensor, w: &Tensor, b: &Tensor| {
+                ops::conv2d_bias_clamp_const_tail(x, &tail, w, b, pad, pad, stride, 1, bounds)
+            };
+            let y = fused(&x, &w, &b).unwrap();
+            let cat = Tensor::cat(&[&x, &tail], 1).unwrap();
+            let whole = ops::conv2d_bias_clamp(&cat, &w, &b, pad, pad, stride, 1, 1, bounds);
+            assert!(max_rel(&y, &whole.unwrap()) < 1e-14, "{what}: values");
+            let r = rand_tensor(y.dims(), 95);
+            assert!(
+                gradient_ok(&|t| weighted_sum(&fused(t, &w, &b)?, &r), &x, 1e-6),
+                "{what}: input"
+            );
+            assert!(
+                gradient_ok(&|t| weighted_sum(&fused(&x, t, &b)?, &r), &w, 1e-6),
+                "{what}: weight"
+            );
+            assert!(
+                gradient_ok(&|t| weighted_sum(&fused(&x, &w, t)?, &r), &b, 1e-6),
+                "{what}: bias"
+            );
+        }
+    }
+    // A tail that needs a gradient, one of another size, and channels that
+    // do not make the weight's are errors, not panics.
+    let x = rand_tensor(&[2, 3, 5, 5], 96);
+    let w = rand_tensor(&[4, 4, 3, 3], 97);
+    let b = rand_tensor(&[4], 98);
+    let p = (1, 1);
+    let tracked = candle_core::Var::from_tensor(&rand_tensor(&[2, 1, 5, 5], 99)).unwrap();
+    let call = |tail: &Tensor| {
+        ops::conv2d_bias_clamp_const_tail(&x, tail, &w, &b, p, p, 1, 1, ops::NO_CLAMP)
+    };
+    let err = call(tracked.as_tensor()).unwrap_err().to_string();
+    assert!(err.contains("needs a gradient"), "{err}");
+    for shape in [[2, 1, 5, 4], [2, 2, 5, 5]] {
+        let err = call(&rand_tensor(&shape, 100)).unwrap_err().to_string();
+        assert!(err.contains("do not make"), "{shape:?}: {err}");
+    }
+}

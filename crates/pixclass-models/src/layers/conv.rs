@@ -169,8 +169,10 @@ impl Conv2d {
     /// copy in the forward and no strided slicing of its gradient in the
     /// backward, and each part gets the kernel that suits its channel count
     /// (the UNet's last layer: 24 feature channels through the Winograd
-    /// kernel, the 1-channel grey input through a direct one). Grouped
-    /// convolutions concatenate.
+    /// kernel, the 1-channel grey input through a direct one). Two parts
+    /// whose second needs no gradient (that grey input) are one op
+    /// ([`ops::conv2d_bias_clamp_const_tail`]), so autograd keeps one
+    /// output-sized gradient, not three. Grouped convolutions concatenate.
     ///
     /// # Shapes
     /// `parts[i]` `[N, C_i, H, W]` with `Σ C_i = C_in` -> `[N, C_out, H', W']`.
@@ -186,6 +188,25 @@ impl Conv2d {
             return self.forward(&Tensor::cat(parts, 1)?);
         }
         let (ph, pw) = self.pads();
+        // Two parts, the second a constant (the network's input image) and
+        // a bias to add: one op, whose backward leaves the constant alone.
+        if let ([x, tail], Some(bias)) = (parts, &self.bias) {
+            if !tail.track_op() {
+                let (s, d) = (self.cfg.stride, self.cfg.dilation);
+                let b = ops::NO_CLAMP;
+                return ops::conv2d_bias_clamp_const_tail(
+                    x,
+                    tail,
+                    &self.weight,
+                    bias,
+                    ph,
+                    pw,
+                    s,
+                    d,
+                    b,
+                );
+            }
+        }
         let mut sum: Option<Tensor> = None;
         let mut start = 0;
         for (i, (part, c)) in parts.iter().zip(channels).enumerate() {

@@ -401,6 +401,170 @@ impl CustomOp3 for ConvBias {
     }
 }
 
+/// The forward kernel over the channel concatenation of a tracked input `a`
+/// and a constant `tail` (one that needs no gradient: an image), with the
+/// layer's bias and clamp: inputs (a, w, bias), `w` covering both parts'
+/// channels. `clamp(conv(a, w_a) + bias + conv(tail, w_tail))`, summed in
+/// that order, in one op: the sum of two convolution ops would add two
+/// output-sized tensors, and autograd would zero and accumulate a gradient
+/// for each of them. The backward gives `a` its gradient through `w_a` only,
+/// and `w` the concatenation of both parts' filter gradients.
+#[derive(Debug, Clone)]
+struct ConvBiasTail {
+    /// The convolution of `a` (its channels, `o` outputs).
+    head: ConvKernel,
+    /// The convolution of the tail (its channels, the same outputs).
+    tail_kernel: ConvKernel,
+    /// `[N, C_tail, H, W]`, contiguous, not tracked.
+    tail: Tensor,
+    /// `(-inf, inf)` for no clamp.
+    bounds: (f64, f64),
+}
+
+/// Splits `[O, C_a + C_t, kh, kw]` filters into `[O, C_a, ..]` and `[O, C_t, ..]`.
+fn split_filters<T: Copy>(w: &[T], o: usize, ca: usize, kk: usize) -> (Vec<T>, Vec<T>) {
+    let per_out = w.len() / o.max(1);
+    let (mut wa, mut wt) = (Vec::with_capacity(o * ca * kk), Vec::new());
+    for filter in w.chunks_exact(per_out) {
+        wa.extend_from_slice(&filter[..ca * kk]);
+        wt.extend_from_slice(&filter[ca * kk..]);
+    }
+    (wa, wt)
+}
+
+impl ConvBiasTail {
+    fn run<T: Real>(&self, a: &[T], w: &[T], bias: &[T], tail: &[T]) -> Vec<T> {
+        let g = &self.head.g;
+        let (wa, wt) = split_filters(w, self.head.o, g.c, g.kh * g.kw);
+        let mut y = self.head.run(a, &wa, Some(bias));
+        let yt = self.tail_kernel.run(tail, &wt, None);
+        const CHUNK: usize = 1 << 14;
+        y.par_chunks_mut(CHUNK)
+            .zip(yt.par_chunks(CHUNK))
+            .for_each(|(y, t)| y.iter_mut().zip(t).for_each(|(y, t)| *y += *t));
+        clamp_in_place(&mut y, self.bounds);
+        y
+    }
+}
+
+impl CustomOp3 for ConvBiasTail {
+    fn name(&self) -> &'static str {
+        "pixclass-conv2d-bias-tail"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let _time = crate::profile::scope(self.name());
+        let (tail_storage, tail_layout) = self.tail.storage_and_layout();
+        let candle_core::Storage::Cpu(st) = &*tail_storage else {
+            candle_core::bail!("{}: the constant part is not on the CPU", self.name());
+        };
+        let out = dispatch!(
+            (s1, l1) => a, (s2, l2) => w, (s3, l3) => bias, (st, tail_layout) => tail;
+            self.run(a, w, bias, tail)
+        );
+        Ok((out, self.head.shape()))
+    }
+
+    fn bwd(
+        &self,
+        a: &Tensor,
+        w: &Tensor,
+        bias: &Tensor,
+        res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let grad = clamp_gradient(res, grad, self.bounds)?.contiguous()?;
+        let ca = self.head.g.c;
+        let da = if a.track_op() {
+            let wa = w.narrow(1, 0, ca)?.contiguous()?;
+            Some(grad.apply_op2_no_bwd(&wa, &self.head.with(Kind::BwdData))?)
+        } else {
+            None
+        };
+        let dw = if w.track_op() {
+            let dwa = a.apply_op2_no_bwd(&grad, &self.head.with(Kind::BwdFilter))?;
+            let filter = self.tail_kernel.with(Kind::BwdFilter);
+            let dwt = self.tail.apply_op2_no_bwd(&grad, &filter)?;
+            Some(Tensor::cat(&[dwa, dwt], 1)?)
+        } else {
+            None
+        };
+        Ok((da, dw, bias_gradient(bias, &grad)?))
+    }
+}
+
+/// [`ConvBiasTail`] on `x` and the constant `tail`: `weight` `[O, C_x +
+/// C_tail, kh, kw]`, the bias clamped to `bounds`. The caller has checked
+/// the shapes (the tail's batch and size equal `x`'s) and that the tail is
+/// not tracked.
+pub(crate) fn conv2d_bias_tail(
+    (x, tail): (&Tensor, &Tensor),
+    weight: &Tensor,
+    bias: &Tensor,
+    pad: ((usize, usize), (usize, usize)),
+    stride: usize,
+    dilation: usize,
+    bounds: (f64, f64),
+) -> Result<Tensor> {
+    let (n, c, h, w) = x.dims4()?;
+    let ct = tail.dim(1)?;
+    let (o, _, kh, kw) = weight.dims4()?;
+    let g = geometry((n, c, h, w), (kh, kw), pad, stride, dilation);
+    let head = ConvKernel {
+        g,
+        o,
+        kind: Kind::Fwd,
+    };
+    let tail_kernel = ConvKernel {
+        g: Geometry { c: ct, ..g },
+        o,
+        kind: Kind::Fwd,
+    };
+    let op = ConvBiasTail {
+        head,
+        tail_kernel,
+        tail: tail.contiguous()?,
+        bounds,
+    };
+    x.contiguous()?
+        .apply_op3(&weight.contiguous()?, &bias.contiguous()?, op)
+}
+
+/// The geometry of a convolution of an `[N, C, H, W]` input with a `kh x kw`
+/// kernel.
+fn geometry(
+    (n, c, h, w): (usize, usize, usize, usize),
+    (kh, kw): (usize, usize),
+    ((pt, pb), (pl, pr)): ((usize, usize), (usize, usize)),
+    stride: usize,
+    dilation: usize,
+) -> Geometry {
+    let ho = (h + pt + pb - (dilation * (kh - 1) + 1)) / stride + 1;
+    let wo = (w + pl + pr - (dilation * (kw - 1) + 1)) / stride + 1;
+    Geometry {
+        n,
+        c,
+        h,
+        w,
+        kh,
+        kw,
+        stride,
+        dilation,
+        pad_top: pt,
+        pad_left: pl,
+        ho,
+        wo,
+    }
+}
+
 /// Convolution (groups 1) on the CPU, with an optional per-output-channel
 /// bias added in the same pass, clamped to its bounds (`(-inf, inf)`: none).
 ///
@@ -414,25 +578,8 @@ pub(crate) fn conv2d(
     stride: usize,
     dilation: usize,
 ) -> Result<Tensor> {
-    let (n, c, h, w) = x.dims4()?;
     let (o, _, kh, kw) = weight.dims4()?;
-    let ((pt, pb), (pl, pr)) = pad;
-    let ho = (h + pt + pb - (dilation * (kh - 1) + 1)) / stride + 1;
-    let wo = (w + pl + pr - (dilation * (kw - 1) + 1)) / stride + 1;
-    let g = Geometry {
-        n,
-        c,
-        h,
-        w,
-        kh,
-        kw,
-        stride,
-        dilation,
-        pad_top: pt,
-        pad_left: pl,
-        ho,
-        wo,
-    };
+    let g = geometry(x.dims4()?, (kh, kw), pad, stride, dilation);
     apply(
         x,
         weight,
