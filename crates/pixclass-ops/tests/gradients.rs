@@ -926,28 +926,33 @@ fn conv_with_a_constant_tail_matches_the_concatenation_and_finite_differences() 
     // 1x1; with a ReLU, a two-sided clamp and none. The tail is a plain
     // tensor (no gradient); x, the weight and the bias get theirs, checked
     // by finite differences.
+    // (x channels, tail channels, kernel, stride, padding, dilation).
     let layers = [
-        (5, 1, 3, 1, (1, 1)),
-        (3, 2, 3, 2, (1, 1)),
-        (4, 3, 1, 1, (0, 0)),
+        (5, 1, 3, 1, (1, 1), 1),
+        (3, 2, 3, 2, (1, 1), 1),
+        (4, 3, 1, 1, (0, 0), 1),
+        (2, 1, 3, 1, (2, 2), 2),
+        (3, 4, 3, 1, (1, 1), 1),
     ];
     for bounds in [
         (0.0, f64::INFINITY),
         (-0.3, 0.4),
         (f64::NEG_INFINITY, f64::INFINITY),
     ] {
-        for (cx, ct, k, stride, pad) in layers {
-            let what = format!("x {cx} + tail {ct} channels, {k}x{k} stride {stride}, {bounds:?}");
+        for (cx, ct, k, stride, pad, d) in layers {
+            let what = format!(
+                "x {cx} + tail {ct} channels, {k}x{k} stride {stride} dilation {d}, {bounds:?}"
+            );
             let x = rand_tensor(&[3, cx, 7, 6], 91);
             let tail = rand_tensor(&[3, ct, 7, 6], 92);
             let w = rand_tensor(&[4, cx + ct, k, k], 93);
             let b = rand_tensor(&[4], 94);
             let fused = |x: &Tensor, w: &Tensor, b: &Tensor| {
-                ops::conv2d_bias_clamp_const_tail(x, &tail, w, b, pad, pad, stride, 1, bounds)
+                ops::conv2d_bias_clamp_const_tail(x, &tail, w, b, pad, pad, stride, d, bounds)
             };
             let y = fused(&x, &w, &b).unwrap();
             let cat = Tensor::cat(&[&x, &tail], 1).unwrap();
-            let whole = ops::conv2d_bias_clamp(&cat, &w, &b, pad, pad, stride, 1, 1, bounds);
+            let whole = ops::conv2d_bias_clamp(&cat, &w, &b, pad, pad, stride, d, 1, bounds);
             assert!(max_rel(&y, &whole.unwrap()) < 1e-14, "{what}: values");
             let r = rand_tensor(y.dims(), 95);
             assert!(
