@@ -201,6 +201,15 @@ impl Block {
             };
             t.push(&format!("{n}.0"), kind, params, x, &y);
         }
+        // Training without a layer summary: the resampling and the
+        // normalisation as one node.
+        if let (true, None, Some(r)) = (train, trace.as_deref(), self.resample) {
+            let how = match r {
+                Resample::Pool => ops::Resample::MaxPool(2),
+                Resample::Up => ops::Resample::Upsample(2),
+            };
+            return Ok(self.bn.forward_relu_resampled_t(&y, how, train)?);
+        }
         let (y2, next) = match self.resample {
             Some(Resample::Pool) => (ops::max_pool2d(&y, 2)?, 2),
             Some(Resample::Up) => (ops::upsample_nearest(&y, 2)?, 2),

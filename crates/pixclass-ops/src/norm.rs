@@ -48,6 +48,68 @@ pub fn batch_norm_train(
     }
 }
 
+/// How [`batch_norm_train_resampled`] makes its input from `x`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resample {
+    /// [`crate::max_pool2d`] with this window.
+    MaxPool(usize),
+    /// [`crate::upsample_nearest`] by this factor.
+    Upsample(usize),
+}
+
+impl Resample {
+    /// `x` resampled ([`crate::max_pool2d`] or [`crate::upsample_nearest`]).
+    pub fn apply(self, x: &Tensor) -> Result<Tensor> {
+        match self {
+            Self::MaxPool(k) => crate::max_pool2d(x, k),
+            Self::Upsample(f) => crate::upsample_nearest(x, f),
+        }
+    }
+}
+
+/// [`batch_norm_train`] of `how.apply(x)`: the same values and gradients.
+/// On the CPU (f32/f64, with `γ` and `β`, a pooling window that tiles `x`)
+/// one autograd node: the resampled tensor is computed without a node of
+/// its own, and the backward goes from the normalisation's kernel straight
+/// into the resampling's, sparing autograd an output-sized gradient to
+/// zero and accumulate. Otherwise the two ops one after the other. The
+/// statistics are the resampled batch's.
+///
+/// # Shapes
+/// `x` `[N, C, H, W]` -> the resampled `[N, C, H', W']` (and `[C]` statistics).
+pub fn batch_norm_train_resampled(
+    x: &Tensor,
+    how: Resample,
+    affine: Option<(&Tensor, &Tensor)>,
+    eps: f64,
+    relu: bool,
+) -> Result<BatchNormTrain> {
+    let (n, c, h, w) = x.dims4()?;
+    let resampled = match how {
+        Resample::MaxPool(k) if k > 0 && h >= k && w >= k && h % k == 0 && w % k == 0 => {
+            Some((kernels::batch_norm::Resampling::MaxPool(k), (h / k, w / k)))
+        }
+        Resample::Upsample(f) if f > 0 => {
+            Some((kernels::batch_norm::Resampling::Upsample(f), (h * f, w * f)))
+        }
+        _ => None,
+    };
+    match (affine, resampled) {
+        (Some(affine), Some((how, (ho, wo)))) if cpu_float(x) => {
+            check_dims(&[n, c, ho, wo])?;
+            let (y, mean, var) =
+                kernels::batch_norm::batch_norm_train_resampled(x, how, affine, eps, relu)?;
+            let dev = x.device();
+            Ok(BatchNormTrain {
+                y,
+                mean: Tensor::new(mean.as_slice(), dev)?,
+                var: Tensor::new(var.as_slice(), dev)?,
+            })
+        }
+        _ => batch_norm_train(&how.apply(x)?, affine, eps, relu),
+    }
+}
+
 /// [`batch_norm_train`] from candle primitives (sums one dimension at a
 /// time; the path CUDA and Metal take).
 ///
@@ -150,11 +212,16 @@ fn scale_by(y: Tensor, affine: Option<(&Tensor, &Tensor)>) -> Result<Tensor> {
 /// refuses it too).
 fn check_count(x: &Tensor) -> Result<(usize, usize, usize, usize)> {
     let d = x.dims4()?;
-    if d.0 * d.2 * d.3 < 2 {
+    check_dims(x.dims())?;
+    Ok(d)
+}
+
+/// An error unless `[N, C, H, W]` holds more than one value per channel.
+fn check_dims(dims: &[usize]) -> Result<()> {
+    if dims[0] * dims[2] * dims[3] < 2 {
         candle_core::bail!(
-            "batch norm in train mode needs more than one value per channel, got input {:?}",
-            x.dims()
+            "batch norm in train mode needs more than one value per channel, got input {dims:?}"
         );
     }
-    Ok(d)
+    Ok(())
 }

@@ -986,3 +986,69 @@ fn conv_with_a_constant_tail_matches_the_concatenation_and_finite_differences() 
         assert!(err.contains("do not make"), "{shape:?}: {err}");
     }
 }
+
+#[test]
+fn batch_norm_of_a_resampled_input_matches_the_two_ops() {
+    // `batch_norm_train_resampled(x, how)` against `batch_norm_train` of the
+    // pooled or upsampled tensor: bit-identical outputs, statistics and
+    // gradients (x, γ, β), with and without the ReLU; an odd-sized input for
+    // the 2x2 pooling (which takes the two-op path) gives the same values too.
+    let gamma = rand_tensor(&[3], 111);
+    let beta = rand_tensor(&[3], 112);
+    let cases = [
+        ([2, 3, 6, 8], ops::Resample::MaxPool(2)),
+        ([2, 3, 9, 6], ops::Resample::MaxPool(3)),
+        ([2, 3, 7, 6], ops::Resample::MaxPool(2)),
+        ([2, 3, 3, 4], ops::Resample::Upsample(2)),
+        ([1, 3, 2, 3], ops::Resample::Upsample(3)),
+    ];
+    for (shape, how) in cases {
+        for relu in [true, false] {
+            let what = format!("{shape:?} {how:?} relu {relu}");
+            let x = candle_core::Var::from_tensor(&rand_tensor(&shape, 113)).unwrap();
+            let (g, b) = (
+                candle_core::Var::from_tensor(&gamma).unwrap(),
+                candle_core::Var::from_tensor(&beta).unwrap(),
+            );
+            let affine = Some((g.as_tensor(), b.as_tensor()));
+            let fused =
+                ops::batch_norm_train_resampled(x.as_tensor(), how, affine, 1e-5, relu).unwrap();
+            let resampled = how.apply(x.as_tensor()).unwrap();
+            let apart = ops::batch_norm_train(&resampled, affine, 1e-5, relu).unwrap();
+            assert_eq!(max_rel_strict(&fused.y, &apart.y), 0.0, "{what}: values");
+            assert_eq!(
+                max_rel_strict(&fused.mean, &apart.mean),
+                0.0,
+                "{what}: mean"
+            );
+            assert_eq!(
+                max_rel_strict(&fused.var, &apart.var),
+                0.0,
+                "{what}: variance"
+            );
+            let r = rand_tensor(fused.y.dims(), 114);
+            let g_fused = weighted_sum(&fused.y, &r).unwrap().backward().unwrap();
+            let g_apart = weighted_sum(&apart.y, &r).unwrap().backward().unwrap();
+            for (name, t) in [
+                ("x", x.as_tensor()),
+                ("gamma", g.as_tensor()),
+                ("beta", b.as_tensor()),
+            ] {
+                let (a, e) = (g_fused.get(t).unwrap(), g_apart.get(t).unwrap());
+                assert_eq!(max_rel_strict(a, e), 0.0, "{what}: gradient of {name}");
+            }
+        }
+    }
+    // A batch with one value per channel after pooling is an error.
+    let x = rand_tensor(&[1, 3, 2, 2], 115);
+    let err = ops::batch_norm_train_resampled(
+        &x,
+        ops::Resample::MaxPool(2),
+        Some((&gamma, &beta)),
+        1e-5,
+        true,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("more than one value per channel"), "{err}");
+}

@@ -129,6 +129,32 @@ impl BatchNorm2d {
         self.forward_impl(x, train, true, true)
     }
 
+    /// `relu(batch_norm(how.apply(x)))`: in train mode on the CPU one
+    /// autograd node over `x` ([`pixclass_ops::batch_norm_train_resampled`]),
+    /// the running statistics updated from the resampled batch; otherwise
+    /// the resampling, then [`Self::forward_relu_t`].
+    ///
+    /// # Shapes
+    /// `[N, C, H, W]` -> the resampled `[N, C, H', W']`.
+    pub fn forward_relu_resampled_t(
+        &self,
+        x: &Tensor,
+        how: pixclass_ops::Resample,
+        train: bool,
+    ) -> Result<Tensor> {
+        if !train {
+            return self.forward_relu_t(&how.apply(x)?, train);
+        }
+        if let Ok(mut folded) = self.folded.lock() {
+            *folded = None;
+        }
+        let out =
+            pixclass_ops::batch_norm_train_resampled(x, how, self.affine(), self.cfg.eps, true)?;
+        let (n, _, h, w) = out.y.dims4()?;
+        self.update_running(&out.mean, &out.var, n * h * w)?;
+        Ok(out.y)
+    }
+
     /// `bn(conv(x))`, with a ReLU when `relu`. In eval mode, when this layer
     /// and the convolution were loaded frozen (plain tensors, as a
     /// pretrained backbone is), the BatchNorm is folded into the

@@ -241,18 +241,123 @@ pub(crate) fn batch_norm_train(
     relu: bool,
 ) -> Result<(Tensor, Vec<f64>, Vec<f64>)> {
     let x = x.contiguous()?;
-    let stats: Vec<f64> = x
-        .apply_op1_no_bwd(&ChannelStats)?
-        .flatten_all()?
-        .to_vec1()?;
-    let c = stats.len() / 2;
-    let (mean, var) = (stats[..c].to_vec(), stats[c..].to_vec());
-    let invstd: Vec<f64> = var.iter().map(|v| 1.0 / (v + eps).sqrt()).collect();
-    let op = BnTrain {
-        mean: Arc::new(mean.clone()),
-        invstd: Arc::new(invstd),
-        relu,
+    let (op, mean, var) = BnTrain::from_batch(&x, eps, relu)?;
+    let y = x.apply_op3(&gamma.contiguous()?, &beta.contiguous()?, op)?;
+    Ok((y, mean, var))
+}
+
+impl BnTrain {
+    /// The normalisation of `x` by its own per-channel statistics, with
+    /// those statistics (mean, biased variance).
+    fn from_batch(x: &Tensor, eps: f64, relu: bool) -> Result<(Self, Vec<f64>, Vec<f64>)> {
+        let stats: Vec<f64> = x
+            .apply_op1_no_bwd(&ChannelStats)?
+            .flatten_all()?
+            .to_vec1()?;
+        let c = stats.len() / 2;
+        let (mean, var) = (stats[..c].to_vec(), stats[c..].to_vec());
+        let invstd: Vec<f64> = var.iter().map(|v| 1.0 / (v + eps).sqrt()).collect();
+        let op = Self {
+            mean: Arc::new(mean.clone()),
+            invstd: Arc::new(invstd),
+            relu,
+        };
+        Ok((op, mean, var))
+    }
+}
+
+/// How the input of [`batch_norm_train_resampled`] is made from `x`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Resampling {
+    /// Max pooling, window = stride = k, the size a multiple of k.
+    MaxPool(usize),
+    /// Nearest upsampling by a factor.
+    Upsample(usize),
+}
+
+/// [`BnTrain`] of `resampled = resample(x)` as one autograd node over `x`:
+/// inputs (x, γ, β). `resampled` is computed beforehand without a node of
+/// its own, so its gradient goes from the normalisation's backward straight
+/// into the resampling's, with no output-sized gradient for autograd to
+/// zero and accumulate in between.
+#[derive(Debug, Clone)]
+struct BnTrainResampled {
+    bn: BnTrain,
+    /// `resample(x)`, contiguous, not tracked.
+    resampled: Tensor,
+    how: Resampling,
+}
+
+impl CustomOp3 for BnTrainResampled {
+    fn name(&self) -> &'static str {
+        "pixclass-batchnorm-train"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _s1: &CpuStorage,
+        _l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let _time = crate::profile::scope(self.name());
+        let (storage, layout) = self.resampled.storage_and_layout();
+        let candle_core::Storage::Cpu(st) = &*storage else {
+            candle_core::bail!("{}: the resampled input is not on the CPU", self.name());
+        };
+        let (_, c, h, w) = dims4(layout)?;
+        let out = dispatch!(
+            (st, layout) => x, (s2, l2) => g, (s3, l3) => b;
+            bn_fwd(&self.bn, x, g, b, c, h * w)
+        );
+        Ok((out, layout.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        gamma: &Tensor,
+        beta: &Tensor,
+        res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let bn = <BnTrain as CustomOp3>::bwd(&self.bn, &self.resampled, gamma, beta, res, grad)?;
+        let (Some(d_resampled), dg, db) = bn else {
+            candle_core::bail!("{}: no gradient of the resampled input", self.name());
+        };
+        let d_resampled = d_resampled.contiguous()?;
+        let dx = match self.how {
+            Resampling::MaxPool(k) => x
+                .contiguous()?
+                .apply_op2_no_bwd(&d_resampled, &super::pool::MaxPoolBwd(k))?,
+            Resampling::Upsample(f) => d_resampled.apply_op1_no_bwd(&super::pool::BlockSum(f))?,
+        };
+        Ok((Some(dx), dg, db))
+    }
+}
+
+/// [`batch_norm_train`] of `resample(x)` (max pooling whose window tiles
+/// `x`, or nearest upsampling) as one autograd node: returns the output and
+/// the resampled batch's per-channel mean and biased variance (f64).
+///
+/// # Shapes
+/// `x` `[N, C, H, W]`, `gamma`/`beta` `[C]` -> the resampled shape, `[C]`, `[C]`.
+pub(crate) fn batch_norm_train_resampled(
+    x: &Tensor,
+    how: Resampling,
+    (gamma, beta): (&Tensor, &Tensor),
+    eps: f64,
+    relu: bool,
+) -> Result<(Tensor, Vec<f64>, Vec<f64>)> {
+    let x = x.contiguous()?;
+    let resampled = match how {
+        Resampling::MaxPool(k) => x.apply_op1_no_bwd(&super::pool::MaxPool(k))?,
+        Resampling::Upsample(f) => x.apply_op1_no_bwd(&super::pool::Upsample(f))?,
     };
+    let (bn, mean, var) = BnTrain::from_batch(&resampled, eps, relu)?;
+    let op = BnTrainResampled { bn, resampled, how };
     let y = x.apply_op3(&gamma.contiguous()?, &beta.contiguous()?, op)?;
     Ok((y, mean, var))
 }

@@ -113,8 +113,9 @@ fn maxpool_bwd<T: WithDType>(x: &[T], g: &[T], h: usize, w: usize, k: usize) -> 
     out
 }
 
+/// The gradient of [`MaxPool`]: inputs (x, dy) -> dx.
 #[derive(Debug, Clone, Copy)]
-struct MaxPoolBwd(usize);
+pub(crate) struct MaxPoolBwd(pub usize);
 
 impl CustomOp1 for MaxPool {
     fn name(&self) -> &'static str {
@@ -178,7 +179,7 @@ pub(crate) struct Upsample(pub usize);
 
 /// Its adjoint: sums each `f x f` block.
 #[derive(Debug, Clone, Copy)]
-struct BlockSum(usize);
+pub(crate) struct BlockSum(pub usize);
 
 fn upsample_fwd<T: WithDType>(x: &[T], h: usize, w: usize, f: usize) -> Vec<T> {
     let (oh, ow) = (h * f, w * f);
