@@ -178,6 +178,17 @@ impl Block {
 
     fn forward(&self, x: &Tensor, train: bool, mut trace: Option<&mut Trace>) -> Result<Tensor> {
         let n = &self.name;
+        // Training without a layer summary or a resampling: the convolution
+        // and the normalisation as one node.
+        if let (true, None, None) = (train, trace.as_deref(), self.resample) {
+            let fused = match &self.op {
+                Op::Conv(c) => c.spec().zip(c.bias()).map(|(s, b)| (c.weight(), b, s)),
+                Op::ConvT(c) => Some((c.weight(), c.bias(), c.spec())),
+            };
+            if let Some((w, b, spec)) = fused {
+                return Ok(self.bn.forward_relu_after_conv_t(x, (w, b), spec, train)?);
+            }
+        }
         let y = match &self.op {
             Op::Conv(c) => c.forward(x)?,
             Op::ConvT(c) => c.forward(x)?,

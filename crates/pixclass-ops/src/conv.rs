@@ -163,6 +163,113 @@ pub fn conv2d_bias_clamp_const_tail(
     clamp_portable((head + rest)?, (lo, hi))
 }
 
+/// A convolution (groups 1) in front of a BatchNorm
+/// ([`batch_norm_train_after_conv`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConvSpec {
+    /// [`conv2d`] with these paddings, stride and dilation.
+    Conv2d {
+        /// Rows of zeros above and below.
+        pad_h: Pad,
+        /// Columns of zeros left and right.
+        pad_w: Pad,
+        /// Stride.
+        stride: usize,
+        /// Dilation.
+        dilation: usize,
+    },
+    /// [`conv_transpose2d`] with these settings.
+    ConvTranspose2d {
+        /// Padding removed from each side.
+        padding: usize,
+        /// Extra rows/columns on one side.
+        output_padding: usize,
+        /// Stride.
+        stride: usize,
+        /// Dilation.
+        dilation: usize,
+    },
+}
+
+impl ConvSpec {
+    /// The convolution of `x` with `weight`, plus `bias` per output channel
+    /// ([`conv2d_bias`] or [`conv_transpose2d_bias`]).
+    pub fn apply(self, x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+        match self {
+            Self::Conv2d {
+                pad_h,
+                pad_w,
+                stride,
+                dilation,
+            } => conv2d_bias(x, weight, bias, pad_h, pad_w, stride, dilation, 1),
+            Self::ConvTranspose2d {
+                padding,
+                output_padding,
+                stride,
+                dilation,
+            } => conv_transpose2d_bias(x, weight, bias, padding, output_padding, stride, dilation),
+        }
+    }
+}
+
+/// [`crate::batch_norm_train`] of `conv.apply(x, weight, Some(bias))`: the
+/// same values, statistics and gradients. On the CPU (f32/f64, with `γ` and
+/// `β`) one autograd node: the convolution's output is computed without a
+/// node of its own, and the backward goes from the normalisation's kernel
+/// straight into the convolution's, sparing autograd an output-sized
+/// gradient to zero and accumulate (a block of a colourization net).
+/// Otherwise the two ops one after the other.
+///
+/// # Shapes
+/// `x` and `weight` as `conv` takes them, `bias` `[C_out]` -> the
+/// convolution's `[N, C_out, H', W']` (and `[C_out]` statistics).
+pub fn batch_norm_train_after_conv(
+    x: &Tensor,
+    (weight, bias): (&Tensor, &Tensor),
+    conv: ConvSpec,
+    affine: Option<(&Tensor, &Tensor)>,
+    eps: f64,
+    relu: bool,
+) -> Result<crate::BatchNormTrain> {
+    let one_dtype = [weight, bias].iter().all(|t| t.dtype() == x.dtype());
+    let (Some(affine), true) = (affine, cpu_float(x) && one_dtype) else {
+        return crate::batch_norm_train(&conv.apply(x, weight, Some(bias))?, affine, eps, relu);
+    };
+    let kernel = match conv {
+        ConvSpec::Conv2d {
+            pad_h,
+            pad_w,
+            stride,
+            dilation,
+        } => {
+            ConvExtent::new(x, weight, pad_h, pad_w, dilation)?;
+            kernels::conv::conv2d_kernel(x, weight, (pad_h, pad_w), stride, dilation)?
+        }
+        ConvSpec::ConvTranspose2d {
+            padding,
+            output_padding,
+            stride,
+            dilation,
+        } => kernels::conv::conv_transpose2d_kernel(
+            x,
+            weight,
+            padding,
+            output_padding,
+            stride,
+            dilation,
+        )?,
+    };
+    let (y, mean, var) =
+        kernels::conv_bn::conv_batch_norm_train((x, weight, bias), kernel, affine, eps, relu)?;
+    crate::norm::check_dims(y.dims())?;
+    let dev = x.device();
+    Ok(crate::BatchNormTrain {
+        y,
+        mean: Tensor::new(mean.as_slice(), dev)?,
+        var: Tensor::new(var.as_slice(), dev)?,
+    })
+}
+
 /// [`conv2d`] then, when there is a bias, `clamp(y + bias, lo, hi)`: fused
 /// into the kernel on the CPU (groups 1), [`add_channel_bias_clamp`]
 /// elsewhere.

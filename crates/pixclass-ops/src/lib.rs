@@ -39,9 +39,10 @@ pub mod profile;
 mod resize;
 
 pub use conv::{
-    conv2d, conv2d_bias, conv2d_bias_clamp, conv2d_bias_clamp_const_tail, conv2d_portable,
-    conv_transpose2d, conv_transpose2d_bias, depthwise_conv2d, depthwise_conv2d_bias_clamp,
-    depthwise_conv2d_portable, same_padding, Pad,
+    batch_norm_train_after_conv, conv2d, conv2d_bias, conv2d_bias_clamp,
+    conv2d_bias_clamp_const_tail, conv2d_portable, conv_transpose2d, conv_transpose2d_bias,
+    depthwise_conv2d, depthwise_conv2d_bias_clamp, depthwise_conv2d_portable, same_padding,
+    ConvSpec, Pad,
 };
 pub use elementwise::{
     add_channel_bias, add_channel_bias_clamp, add_relu, argmax_classes, NO_CLAMP,

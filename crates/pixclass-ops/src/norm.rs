@@ -217,7 +217,7 @@ fn check_count(x: &Tensor) -> Result<(usize, usize, usize, usize)> {
 }
 
 /// An error unless `[N, C, H, W]` holds more than one value per channel.
-fn check_dims(dims: &[usize]) -> Result<()> {
+pub(crate) fn check_dims(dims: &[usize]) -> Result<()> {
     if dims[0] * dims[2] * dims[3] < 2 {
         candle_core::bail!(
             "batch norm in train mode needs more than one value per channel, got input {dims:?}"

@@ -1052,3 +1052,104 @@ fn batch_norm_of_a_resampled_input_matches_the_two_ops() {
     .to_string();
     assert!(err.contains("more than one value per channel"), "{err}");
 }
+
+#[test]
+fn batch_norm_after_a_convolution_matches_the_two_ops() {
+    // `batch_norm_train_after_conv` against `batch_norm_train` of the
+    // convolution's output: bit-identical outputs, statistics and gradients
+    // (input, weight, conv bias, γ, β), for a strided convolution on a
+    // mixed-parity input, a "same" 3x3 (the Winograd kernels), a 1x1 and the
+    // colourization nets' transposed convolution; with and without ReLU.
+    let gamma = rand_tensor(&[4], 121);
+    let beta = rand_tensor(&[4], 122);
+    let bias = rand_tensor(&[4], 123);
+    let conv2d = |pad, stride| ops::ConvSpec::Conv2d {
+        pad_h: pad,
+        pad_w: pad,
+        stride,
+        dilation: 1,
+    };
+    let cases = [
+        ([2, 3, 7, 6], [4, 3, 3, 3], conv2d((1, 1), 2)),
+        ([2, 5, 6, 6], [4, 5, 3, 3], conv2d((1, 1), 1)),
+        ([2, 3, 5, 4], [4, 3, 1, 1], conv2d((0, 0), 1)),
+        (
+            [2, 3, 4, 5],
+            [3, 4, 3, 3],
+            ops::ConvSpec::ConvTranspose2d {
+                padding: 1,
+                output_padding: 1,
+                stride: 2,
+                dilation: 1,
+            },
+        ),
+    ];
+    for (x_shape, w_shape, spec) in cases {
+        for relu in [true, false] {
+            let what = format!("{x_shape:?} {w_shape:?} {spec:?} relu {relu}");
+            let var = |t: &Tensor| candle_core::Var::from_tensor(t).unwrap();
+            let (x, w, b) = (
+                var(&rand_tensor(&x_shape, 124)),
+                var(&rand_tensor(&w_shape, 125)),
+                var(&bias),
+            );
+            let (g, be) = (var(&gamma), var(&beta));
+            let affine = Some((g.as_tensor(), be.as_tensor()));
+            let fused = ops::batch_norm_train_after_conv(
+                x.as_tensor(),
+                (w.as_tensor(), b.as_tensor()),
+                spec,
+                affine,
+                1e-5,
+                relu,
+            )
+            .unwrap();
+            let conv = spec
+                .apply(x.as_tensor(), w.as_tensor(), Some(b.as_tensor()))
+                .unwrap();
+            let apart = ops::batch_norm_train(&conv, affine, 1e-5, relu).unwrap();
+            assert_eq!(max_rel_strict(&fused.y, &apart.y), 0.0, "{what}: values");
+            assert_eq!(
+                max_rel_strict(&fused.mean, &apart.mean),
+                0.0,
+                "{what}: mean"
+            );
+            assert_eq!(
+                max_rel_strict(&fused.var, &apart.var),
+                0.0,
+                "{what}: variance"
+            );
+            let r = rand_tensor(fused.y.dims(), 126);
+            let g_fused = weighted_sum(&fused.y, &r).unwrap().backward().unwrap();
+            let g_apart = weighted_sum(&apart.y, &r).unwrap().backward().unwrap();
+            let watched = [
+                ("x", &x),
+                ("weight", &w),
+                ("bias", &b),
+                ("gamma", &g),
+                ("beta", &be),
+            ];
+            for (name, v) in watched {
+                let (a, e) = (
+                    g_fused.get(v.as_tensor()).unwrap(),
+                    g_apart.get(v.as_tensor()).unwrap(),
+                );
+                assert_eq!(max_rel_strict(a, e), 0.0, "{what}: gradient of {name}");
+            }
+        }
+    }
+    // A kernel larger than the padded input is an error, not a panic.
+    let x = rand_tensor(&[2, 3, 2, 2], 127);
+    let w = rand_tensor(&[4, 3, 5, 5], 128);
+    let err = ops::batch_norm_train_after_conv(
+        &x,
+        (&w, &bias),
+        conv2d((0, 0), 1),
+        Some((&gamma, &beta)),
+        1e-5,
+        true,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("does not fit"), "{err}");
+}

@@ -155,6 +155,40 @@ impl BatchNorm2d {
         Ok(out.y)
     }
 
+    /// `relu(batch_norm(conv.apply(x, weight, bias)))`: in train mode on the
+    /// CPU one autograd node ([`pixclass_ops::batch_norm_train_after_conv`]),
+    /// the running statistics updated from the convolution's output;
+    /// otherwise the convolution, then [`Self::forward_relu_t`].
+    ///
+    /// # Shapes
+    /// `x` as `conv` takes it -> `[N, C, H', W']`.
+    pub fn forward_relu_after_conv_t(
+        &self,
+        x: &Tensor,
+        (weight, bias): (&Tensor, &Tensor),
+        conv: pixclass_ops::ConvSpec,
+        train: bool,
+    ) -> Result<Tensor> {
+        if !train {
+            return self.forward_relu_t(&conv.apply(x, weight, Some(bias))?, train);
+        }
+        if let Ok(mut folded) = self.folded.lock() {
+            *folded = None;
+        }
+        let eps = self.cfg.eps;
+        let out = pixclass_ops::batch_norm_train_after_conv(
+            x,
+            (weight, bias),
+            conv,
+            self.affine(),
+            eps,
+            true,
+        )?;
+        let (n, _, h, w) = out.y.dims4()?;
+        self.update_running(&out.mean, &out.var, n * h * w)?;
+        Ok(out.y)
+    }
+
     /// `bn(conv(x))`, with a ReLU when `relu`. In eval mode, when this layer
     /// and the convolution were loaded frozen (plain tensors, as a
     /// pretrained backbone is), the BatchNorm is folded into the

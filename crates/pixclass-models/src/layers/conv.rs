@@ -120,6 +120,18 @@ impl Conv2d {
         &self.cfg
     }
 
+    /// The convolution as an [`ops::ConvSpec`] (for an op that fuses it
+    /// with what follows); `None` for a grouped one.
+    pub fn spec(&self) -> Option<ops::ConvSpec> {
+        let (pad_h, pad_w) = self.pads();
+        (self.cfg.groups == 1).then_some(ops::ConvSpec::Conv2d {
+            pad_h,
+            pad_w,
+            stride: self.cfg.stride,
+            dilation: self.cfg.dilation,
+        })
+    }
+
     fn pads(&self) -> (Pad, Pad) {
         let k = self.weight.dim(2).unwrap_or(1);
         match self.cfg.padding {
@@ -316,6 +328,27 @@ impl ConvTranspose2d {
     /// The configuration.
     pub fn config(&self) -> &ConvTranspose2dConfig {
         &self.cfg
+    }
+
+    /// The weight `[in, out, k, k]`.
+    pub fn weight(&self) -> &Tensor {
+        &self.weight
+    }
+
+    /// The bias `[out]`.
+    pub fn bias(&self) -> &Tensor {
+        &self.bias
+    }
+
+    /// The transposed convolution as an [`ops::ConvSpec`].
+    pub fn spec(&self) -> ops::ConvSpec {
+        let c = self.cfg;
+        ops::ConvSpec::ConvTranspose2d {
+            padding: c.padding,
+            output_padding: c.output_padding,
+            stride: c.stride,
+            dilation: c.dilation,
+        }
     }
 }
 

@@ -82,7 +82,7 @@ impl BnTrain {
     }
 }
 
-fn bn_fwd<T: WithDType>(
+pub(crate) fn bn_fwd<T: WithDType>(
     op: &BnTrain,
     x: &[T],
     gamma: &[T],
@@ -249,7 +249,11 @@ pub(crate) fn batch_norm_train(
 impl BnTrain {
     /// The normalisation of `x` by its own per-channel statistics, with
     /// those statistics (mean, biased variance).
-    fn from_batch(x: &Tensor, eps: f64, relu: bool) -> Result<(Self, Vec<f64>, Vec<f64>)> {
+    pub(crate) fn from_batch(
+        x: &Tensor,
+        eps: f64,
+        relu: bool,
+    ) -> Result<(Self, Vec<f64>, Vec<f64>)> {
         let stats: Vec<f64> = x
             .apply_op1_no_bwd(&ChannelStats)?
             .flatten_all()?

@@ -229,7 +229,7 @@ fn bwd_filter<T: Real>(x: &[T], dy: &[T], g: &Geometry, o: usize) -> Vec<T> {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
+pub(crate) enum Kind {
     /// (x, w) -> y.
     Fwd,
     /// (dy, w) -> dx.
@@ -240,7 +240,7 @@ enum Kind {
 
 /// One of the three kernels for a geometry `g` and `o` output channels.
 #[derive(Debug, Clone, Copy)]
-struct ConvKernel {
+pub(crate) struct ConvKernel {
     g: Geometry,
     o: usize,
     kind: Kind,
@@ -340,10 +340,10 @@ impl CustomOp2 for ConvKernel {
 /// inputs (x, w, bias). The gradient passes where `lo < y < hi`; the bias
 /// gradient is its per-channel sum.
 #[derive(Debug, Clone, Copy)]
-struct ConvBias {
-    kernel: ConvKernel,
+pub(crate) struct ConvBias {
+    pub kernel: ConvKernel,
     /// `(-inf, inf)` for no clamp.
-    bounds: (f64, f64),
+    pub bounds: (f64, f64),
 }
 
 impl ConvBias {
@@ -578,18 +578,29 @@ pub(crate) fn conv2d(
     stride: usize,
     dilation: usize,
 ) -> Result<Tensor> {
-    let (o, _, kh, kw) = weight.dims4()?;
-    let g = geometry(x.dims4()?, (kh, kw), pad, stride, dilation);
     apply(
         x,
         weight,
         bias,
-        ConvKernel {
-            g,
-            o,
-            kind: Kind::Fwd,
-        },
+        conv2d_kernel(x, weight, pad, stride, dilation)?,
     )
+}
+
+/// The forward kernel of a convolution of `x` with `weight`.
+pub(crate) fn conv2d_kernel(
+    x: &Tensor,
+    weight: &Tensor,
+    pad: ((usize, usize), (usize, usize)),
+    stride: usize,
+    dilation: usize,
+) -> Result<ConvKernel> {
+    let (o, _, kh, kw) = weight.dims4()?;
+    let g = geometry(x.dims4()?, (kh, kw), pad, stride, dilation);
+    Ok(ConvKernel {
+        g,
+        o,
+        kind: Kind::Fwd,
+    })
 }
 
 /// Runs `kernel` on (x, w), with the bias (and its clamp) fused in when
@@ -622,6 +633,20 @@ pub(crate) fn conv_transpose2d(
     stride: usize,
     dilation: usize,
 ) -> Result<Tensor> {
+    let kernel = conv_transpose2d_kernel(x, weight, padding, output_padding, stride, dilation)?;
+    apply(x, weight, bias.map(|b| (b, crate::NO_CLAMP)), kernel)
+}
+
+/// The kernel of a transposed convolution of `x` with `weight` (the
+/// backward-data kernel of the convolution it transposes).
+pub(crate) fn conv_transpose2d_kernel(
+    x: &Tensor,
+    weight: &Tensor,
+    padding: usize,
+    output_padding: usize,
+    stride: usize,
+    dilation: usize,
+) -> Result<ConvKernel> {
     let (n, cin, h, w) = x.dims4()?;
     let (_, cout, kh, kw) = weight.dims4()?;
     let oh = (h - 1) * stride + dilation * (kh - 1) + output_padding + 1 - 2 * padding;
@@ -640,14 +665,9 @@ pub(crate) fn conv_transpose2d(
         ho: h,
         wo: w,
     };
-    apply(
-        x,
-        weight,
-        bias.map(|b| (b, crate::NO_CLAMP)),
-        ConvKernel {
-            g,
-            o: cin,
-            kind: Kind::BwdData,
-        },
-    )
+    Ok(ConvKernel {
+        g,
+        o: cin,
+        kind: Kind::BwdData,
+    })
 }

@@ -15,7 +15,9 @@
 //!   taps;
 //! - [`depthwise`]: direct depthwise convolution;
 //! - [`batch_norm`]: train-mode BatchNorm (+ReLU) and the eval-mode
-//!   per-channel affine map;
+//!   per-channel affine map, also after a pooling or upsampling as one
+//!   autograd node; [`conv_bn`]: a convolution and a train-mode BatchNorm
+//!   as one autograd node;
 //! - [`pool`]: max-pooling (window = stride, and strided/padded) and
 //!   nearest upsampling;
 //! - [`loss`]: per-pixel cross-entropy and the two-class margin losses;
@@ -32,6 +34,7 @@ use simd::Real;
 pub(crate) mod bands;
 pub(crate) mod batch_norm;
 pub(crate) mod conv;
+pub(crate) mod conv_bn;
 pub(crate) mod depthwise;
 pub(crate) mod dilated;
 pub(crate) mod elementwise;
