@@ -178,15 +178,20 @@ impl Block {
 
     fn forward(&self, x: &Tensor, train: bool, mut trace: Option<&mut Trace>) -> Result<Tensor> {
         let n = &self.name;
-        // Training without a layer summary or a resampling: the convolution
-        // and the normalisation as one node.
-        if let (true, None, None) = (train, trace.as_deref(), self.resample) {
+        // Training without a layer summary: the convolution, the
+        // resampling and the normalisation as one node.
+        if let (true, None) = (train, trace.as_deref()) {
             let fused = match &self.op {
                 Op::Conv(c) => c.spec().zip(c.bias()).map(|(s, b)| (c.weight(), b, s)),
                 Op::ConvT(c) => Some((c.weight(), c.bias(), c.spec())),
             };
+            let how = self.resample.map(|r| match r {
+                Resample::Pool => ops::Resample::MaxPool(2),
+                Resample::Up => ops::Resample::Upsample(2),
+            });
             if let Some((w, b, spec)) = fused {
-                return Ok(self.bn.forward_relu_after_conv_t(x, (w, b), spec, train)?);
+                let bn = &self.bn;
+                return Ok(bn.forward_relu_after_conv_t(x, (w, b), spec, how, train)?);
             }
         }
         let y = match &self.op {
@@ -211,15 +216,6 @@ impl Block {
                 Op::ConvT(c) => c.num_params(),
             };
             t.push(&format!("{n}.0"), kind, params, x, &y);
-        }
-        // Training without a layer summary: the resampling and the
-        // normalisation as one node.
-        if let (true, None, Some(r)) = (train, trace.as_deref(), self.resample) {
-            let how = match r {
-                Resample::Pool => ops::Resample::MaxPool(2),
-                Resample::Up => ops::Resample::Upsample(2),
-            };
-            return Ok(self.bn.forward_relu_resampled_t(&y, how, train)?);
         }
         let (y2, next) = match self.resample {
             Some(Resample::Pool) => (ops::max_pool2d(&y, 2)?, 2),

@@ -212,28 +212,39 @@ impl ConvSpec {
     }
 }
 
-/// [`crate::batch_norm_train`] of `conv.apply(x, weight, Some(bias))`: the
-/// same values, statistics and gradients. On the CPU (f32/f64, with `γ` and
-/// `β`) one autograd node: the convolution's output is computed without a
-/// node of its own, and the backward goes from the normalisation's kernel
-/// straight into the convolution's, sparing autograd an output-sized
-/// gradient to zero and accumulate (a block of a colourization net).
-/// Otherwise the two ops one after the other.
+/// [`crate::batch_norm_train`] of `conv.apply(x, weight, Some(bias))`,
+/// resampled first when `resample` says (a block of a colourization net):
+/// the same values, statistics and gradients. On the CPU (f32/f64, with `γ`
+/// and `β`, a pooling window that tiles the convolution's output) one
+/// autograd node: the intermediate tensors are computed without nodes of
+/// their own, and the backward goes from the normalisation's kernel
+/// (through the resampling's) straight into the convolution's, sparing
+/// autograd output-sized gradients to zero and accumulate. Otherwise the
+/// ops one after the other.
 ///
 /// # Shapes
 /// `x` and `weight` as `conv` takes them, `bias` `[C_out]` -> the
-/// convolution's `[N, C_out, H', W']` (and `[C_out]` statistics).
+/// (resampled) convolution's `[N, C_out, H', W']` (and `[C_out]` statistics).
 pub fn batch_norm_train_after_conv(
     x: &Tensor,
     (weight, bias): (&Tensor, &Tensor),
     conv: ConvSpec,
+    resample: Option<crate::Resample>,
     affine: Option<(&Tensor, &Tensor)>,
     eps: f64,
     relu: bool,
 ) -> Result<crate::BatchNormTrain> {
     let one_dtype = [weight, bias].iter().all(|t| t.dtype() == x.dtype());
+    let apart = || -> Result<crate::BatchNormTrain> {
+        let y = conv.apply(x, weight, Some(bias))?;
+        let y = match resample {
+            Some(how) => how.apply(&y)?,
+            None => y,
+        };
+        crate::batch_norm_train(&y, affine, eps, relu)
+    };
     let (Some(affine), true) = (affine, cpu_float(x) && one_dtype) else {
-        return crate::batch_norm_train(&conv.apply(x, weight, Some(bias))?, affine, eps, relu);
+        return apart();
     };
     let kernel = match conv {
         ConvSpec::Conv2d {
@@ -259,8 +270,14 @@ pub fn batch_norm_train_after_conv(
             dilation,
         )?,
     };
+    let (_, _, ho, wo) = kernel.shape().dims4()?;
+    let how = match resample.map(|how| how.kernel_for(ho, wo)) {
+        Some(Some(how)) => Some(how),
+        Some(None) => return apart(),
+        None => None,
+    };
     let (y, mean, var) =
-        kernels::conv_bn::conv_batch_norm_train((x, weight, bias), kernel, affine, eps, relu)?;
+        kernels::conv_bn::conv_batch_norm_train((x, weight, bias), kernel, how, affine, eps, relu)?;
     crate::norm::check_dims(y.dims())?;
     let dev = x.device();
     Ok(crate::BatchNormTrain {

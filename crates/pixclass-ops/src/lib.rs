@@ -53,7 +53,7 @@ pub use loss::{
 };
 pub use norm::{
     batch_norm_eval, batch_norm_eval_portable, batch_norm_train, batch_norm_train_portable,
-    batch_norm_train_resampled, BatchNormTrain, Resample,
+    BatchNormTrain, Resample,
 };
 pub use pool::{
     max_pool2d, max_pool2d_portable, max_pool2d_strided, upsample_nearest,

@@ -48,7 +48,8 @@ pub fn batch_norm_train(
     }
 }
 
-/// How [`batch_norm_train_resampled`] makes its input from `x`.
+/// A resampling between a convolution and its BatchNorm
+/// ([`crate::batch_norm_train_after_conv`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Resample {
     /// [`crate::max_pool2d`] with this window.
@@ -58,55 +59,27 @@ pub enum Resample {
 }
 
 impl Resample {
+    /// The CPU kernels' resampling of an `h x w` plane, when they take it
+    /// (a pooling window that tiles the plane).
+    pub(crate) fn kernel_for(self, h: usize, w: usize) -> Option<kernels::batch_norm::Resampling> {
+        use kernels::batch_norm::Resampling;
+        match self {
+            Self::MaxPool(k)
+                if k > 0 && h >= k && w >= k && h.is_multiple_of(k) && w.is_multiple_of(k) =>
+            {
+                Some(Resampling::MaxPool(k))
+            }
+            Self::Upsample(f) if f > 0 => Some(Resampling::Upsample(f)),
+            _ => None,
+        }
+    }
+
     /// `x` resampled ([`crate::max_pool2d`] or [`crate::upsample_nearest`]).
     pub fn apply(self, x: &Tensor) -> Result<Tensor> {
         match self {
             Self::MaxPool(k) => crate::max_pool2d(x, k),
             Self::Upsample(f) => crate::upsample_nearest(x, f),
         }
-    }
-}
-
-/// [`batch_norm_train`] of `how.apply(x)`: the same values and gradients.
-/// On the CPU (f32/f64, with `γ` and `β`, a pooling window that tiles `x`)
-/// one autograd node: the resampled tensor is computed without a node of
-/// its own, and the backward goes from the normalisation's kernel straight
-/// into the resampling's, sparing autograd an output-sized gradient to
-/// zero and accumulate. Otherwise the two ops one after the other. The
-/// statistics are the resampled batch's.
-///
-/// # Shapes
-/// `x` `[N, C, H, W]` -> the resampled `[N, C, H', W']` (and `[C]` statistics).
-pub fn batch_norm_train_resampled(
-    x: &Tensor,
-    how: Resample,
-    affine: Option<(&Tensor, &Tensor)>,
-    eps: f64,
-    relu: bool,
-) -> Result<BatchNormTrain> {
-    let (n, c, h, w) = x.dims4()?;
-    let resampled = match how {
-        Resample::MaxPool(k) if k > 0 && h >= k && w >= k && h % k == 0 && w % k == 0 => {
-            Some((kernels::batch_norm::Resampling::MaxPool(k), (h / k, w / k)))
-        }
-        Resample::Upsample(f) if f > 0 => {
-            Some((kernels::batch_norm::Resampling::Upsample(f), (h * f, w * f)))
-        }
-        _ => None,
-    };
-    match (affine, resampled) {
-        (Some(affine), Some((how, (ho, wo)))) if cpu_float(x) => {
-            check_dims(&[n, c, ho, wo])?;
-            let (y, mean, var) =
-                kernels::batch_norm::batch_norm_train_resampled(x, how, affine, eps, relu)?;
-            let dev = x.device();
-            Ok(BatchNormTrain {
-                y,
-                mean: Tensor::new(mean.as_slice(), dev)?,
-                var: Tensor::new(var.as_slice(), dev)?,
-            })
-        }
-        _ => batch_norm_train(&how.apply(x)?, affine, eps, relu),
     }
 }
 

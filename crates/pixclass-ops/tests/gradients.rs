@@ -988,77 +988,12 @@ fn conv_with_a_constant_tail_matches_the_concatenation_and_finite_differences() 
 }
 
 #[test]
-fn batch_norm_of_a_resampled_input_matches_the_two_ops() {
-    // `batch_norm_train_resampled(x, how)` against `batch_norm_train` of the
-    // pooled or upsampled tensor: bit-identical outputs, statistics and
-    // gradients (x, γ, β), with and without the ReLU; an odd-sized input for
-    // the 2x2 pooling (which takes the two-op path) gives the same values too.
-    let gamma = rand_tensor(&[3], 111);
-    let beta = rand_tensor(&[3], 112);
-    let cases = [
-        ([2, 3, 6, 8], ops::Resample::MaxPool(2)),
-        ([2, 3, 9, 6], ops::Resample::MaxPool(3)),
-        ([2, 3, 7, 6], ops::Resample::MaxPool(2)),
-        ([2, 3, 3, 4], ops::Resample::Upsample(2)),
-        ([1, 3, 2, 3], ops::Resample::Upsample(3)),
-    ];
-    for (shape, how) in cases {
-        for relu in [true, false] {
-            let what = format!("{shape:?} {how:?} relu {relu}");
-            let x = candle_core::Var::from_tensor(&rand_tensor(&shape, 113)).unwrap();
-            let (g, b) = (
-                candle_core::Var::from_tensor(&gamma).unwrap(),
-                candle_core::Var::from_tensor(&beta).unwrap(),
-            );
-            let affine = Some((g.as_tensor(), b.as_tensor()));
-            let fused =
-                ops::batch_norm_train_resampled(x.as_tensor(), how, affine, 1e-5, relu).unwrap();
-            let resampled = how.apply(x.as_tensor()).unwrap();
-            let apart = ops::batch_norm_train(&resampled, affine, 1e-5, relu).unwrap();
-            assert_eq!(max_rel_strict(&fused.y, &apart.y), 0.0, "{what}: values");
-            assert_eq!(
-                max_rel_strict(&fused.mean, &apart.mean),
-                0.0,
-                "{what}: mean"
-            );
-            assert_eq!(
-                max_rel_strict(&fused.var, &apart.var),
-                0.0,
-                "{what}: variance"
-            );
-            let r = rand_tensor(fused.y.dims(), 114);
-            let g_fused = weighted_sum(&fused.y, &r).unwrap().backward().unwrap();
-            let g_apart = weighted_sum(&apart.y, &r).unwrap().backward().unwrap();
-            for (name, t) in [
-                ("x", x.as_tensor()),
-                ("gamma", g.as_tensor()),
-                ("beta", b.as_tensor()),
-            ] {
-                let (a, e) = (g_fused.get(t).unwrap(), g_apart.get(t).unwrap());
-                assert_eq!(max_rel_strict(a, e), 0.0, "{what}: gradient of {name}");
-            }
-        }
-    }
-    // A batch with one value per channel after pooling is an error.
-    let x = rand_tensor(&[1, 3, 2, 2], 115);
-    let err = ops::batch_norm_train_resampled(
-        &x,
-        ops::Resample::MaxPool(2),
-        Some((&gamma, &beta)),
-        1e-5,
-        true,
-    )
-    .unwrap_err()
-    .to_string();
-    assert!(err.contains("more than one value per channel"), "{err}");
-}
-
-#[test]
 fn batch_norm_after_a_convolution_matches_the_two_ops() {
     // `batch_norm_train_after_conv` against `batch_norm_train` of the
     // convolution's output: bit-identical outputs, statistics and gradients
     // (input, weight, conv bias, γ, β), for a strided convolution on a
-    // mixed-parity input, a "same" 3x3 (the Winograd kernels), a 1x1 and the
+    // mixed-parity input, a "same" 3x3 (the Winograd kernels, also followed
+    // by a 2x2 max-pooling), a 1x1 followed by an upsampling, and the
     // colourization nets' transposed convolution; with and without ReLU.
     let gamma = rand_tensor(&[4], 121);
     let beta = rand_tensor(&[4], 122);
@@ -1069,10 +1004,17 @@ fn batch_norm_after_a_convolution_matches_the_two_ops() {
         stride,
         dilation: 1,
     };
+    let (pool, up) = (
+        Some(ops::Resample::MaxPool(2)),
+        Some(ops::Resample::Upsample(2)),
+    );
     let cases = [
-        ([2, 3, 7, 6], [4, 3, 3, 3], conv2d((1, 1), 2)),
-        ([2, 5, 6, 6], [4, 5, 3, 3], conv2d((1, 1), 1)),
-        ([2, 3, 5, 4], [4, 3, 1, 1], conv2d((0, 0), 1)),
+        ([2, 3, 7, 6], [4, 3, 3, 3], conv2d((1, 1), 2), None),
+        ([2, 5, 6, 6], [4, 5, 3, 3], conv2d((1, 1), 1), None),
+        ([2, 5, 6, 6], [4, 5, 3, 3], conv2d((1, 1), 1), pool),
+        ([2, 3, 5, 4], [4, 3, 1, 1], conv2d((0, 0), 1), up),
+        // A pooling window that does not tile the output: the ops apart.
+        ([2, 3, 5, 4], [4, 3, 1, 1], conv2d((0, 0), 1), pool),
         (
             [2, 3, 4, 5],
             [3, 4, 3, 3],
@@ -1082,11 +1024,12 @@ fn batch_norm_after_a_convolution_matches_the_two_ops() {
                 stride: 2,
                 dilation: 1,
             },
+            None,
         ),
     ];
-    for (x_shape, w_shape, spec) in cases {
+    for (x_shape, w_shape, spec, resample) in cases {
         for relu in [true, false] {
-            let what = format!("{x_shape:?} {w_shape:?} {spec:?} relu {relu}");
+            let what = format!("{x_shape:?} {w_shape:?} {spec:?} {resample:?} relu {relu}");
             let var = |t: &Tensor| candle_core::Var::from_tensor(t).unwrap();
             let (x, w, b) = (
                 var(&rand_tensor(&x_shape, 124)),
@@ -1099,6 +1042,7 @@ fn batch_norm_after_a_convolution_matches_the_two_ops() {
                 x.as_tensor(),
                 (w.as_tensor(), b.as_tensor()),
                 spec,
+                resample,
                 affine,
                 1e-5,
                 relu,
@@ -1107,6 +1051,10 @@ fn batch_norm_after_a_convolution_matches_the_two_ops() {
             let conv = spec
                 .apply(x.as_tensor(), w.as_tensor(), Some(b.as_tensor()))
                 .unwrap();
+            let conv = match resample {
+                Some(how) => how.apply(&conv).unwrap(),
+                None => conv,
+            };
             let apart = ops::batch_norm_train(&conv, affine, 1e-5, relu).unwrap();
             assert_eq!(max_rel_strict(&fused.y, &apart.y), 0.0, "{what}: values");
             assert_eq!(
@@ -1145,6 +1093,7 @@ fn batch_norm_after_a_convolution_matches_the_two_ops() {
         &x,
         (&w, &bias),
         conv2d((0, 0), 1),
+        None,
         Some((&gamma, &beta)),
         1e-5,
         true,

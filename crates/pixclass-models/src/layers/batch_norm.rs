@@ -129,58 +129,40 @@ impl BatchNorm2d {
         self.forward_impl(x, train, true, true)
     }
 
-    /// `relu(batch_norm(how.apply(x)))`: in train mode on the CPU one
-    /// autograd node over `x` ([`pixclass_ops::batch_norm_train_resampled`]),
-    /// the running statistics updated from the resampled batch; otherwise
-    /// the resampling, then [`Self::forward_relu_t`].
+    /// `relu(batch_norm([resample](conv.apply(x, weight, bias))))`: in train
+    /// mode on the CPU one autograd node
+    /// ([`pixclass_ops::batch_norm_train_after_conv`]), the running
+    /// statistics updated from what was normalised; otherwise the ops one
+    /// after the other.
     ///
     /// # Shapes
-    /// `[N, C, H, W]` -> the resampled `[N, C, H', W']`.
-    pub fn forward_relu_resampled_t(
-        &self,
-        x: &Tensor,
-        how: pixclass_ops::Resample,
-        train: bool,
-    ) -> Result<Tensor> {
-        if !train {
-            return self.forward_relu_t(&how.apply(x)?, train);
-        }
-        if let Ok(mut folded) = self.folded.lock() {
-            *folded = None;
-        }
-        let out =
-            pixclass_ops::batch_norm_train_resampled(x, how, self.affine(), self.cfg.eps, true)?;
-        let (n, _, h, w) = out.y.dims4()?;
-        self.update_running(&out.mean, &out.var, n * h * w)?;
-        Ok(out.y)
-    }
-
-    /// `relu(batch_norm(conv.apply(x, weight, bias)))`: in train mode on the
-    /// CPU one autograd node ([`pixclass_ops::batch_norm_train_after_conv`]),
-    /// the running statistics updated from the convolution's output;
-    /// otherwise the convolution, then [`Self::forward_relu_t`].
-    ///
-    /// # Shapes
-    /// `x` as `conv` takes it -> `[N, C, H', W']`.
+    /// `x` as `conv` takes it -> `[N, C, H', W']` (resampled).
     pub fn forward_relu_after_conv_t(
         &self,
         x: &Tensor,
         (weight, bias): (&Tensor, &Tensor),
         conv: pixclass_ops::ConvSpec,
+        resample: Option<pixclass_ops::Resample>,
         train: bool,
     ) -> Result<Tensor> {
         if !train {
-            return self.forward_relu_t(&conv.apply(x, weight, Some(bias))?, train);
+            let y = conv.apply(x, weight, Some(bias))?;
+            let y = match resample {
+                Some(how) => how.apply(&y)?,
+                None => y,
+            };
+            return self.forward_relu_t(&y, train);
         }
         if let Ok(mut folded) = self.folded.lock() {
             *folded = None;
         }
-        let eps = self.cfg.eps;
+        let (eps, affine) = (self.cfg.eps, self.affine());
         let out = pixclass_ops::batch_norm_train_after_conv(
             x,
             (weight, bias),
             conv,
-            self.affine(),
+            resample,
+            affine,
             eps,
             true,
         )?;

@@ -270,7 +270,8 @@ impl BnTrain {
     }
 }
 
-/// How the input of [`batch_norm_train_resampled`] is made from `x`.
+/// A resampling between a convolution and its BatchNorm
+/// ([`super::conv_bn`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Resampling {
     /// Max pooling, window = stride = k, the size a multiple of k.
@@ -279,91 +280,25 @@ pub(crate) enum Resampling {
     Upsample(usize),
 }
 
-/// [`BnTrain`] of `resampled = resample(x)` as one autograd node over `x`:
-/// inputs (x, γ, β). `resampled` is computed beforehand without a node of
-/// its own, so its gradient goes from the normalisation's backward straight
-/// into the resampling's, with no output-sized gradient for autograd to
-/// zero and accumulate in between.
-#[derive(Debug, Clone)]
-struct BnTrainResampled {
-    bn: BnTrain,
-    /// `resample(x)`, contiguous, not tracked.
-    resampled: Tensor,
-    how: Resampling,
-}
-
-impl CustomOp3 for BnTrainResampled {
-    fn name(&self) -> &'static str {
-        "pixclass-batchnorm-train"
+impl Resampling {
+    /// `x` resampled, without an autograd node.
+    pub(crate) fn forward(self, x: &Tensor) -> Result<Tensor> {
+        match self {
+            Self::MaxPool(k) => x.apply_op1_no_bwd(&super::pool::MaxPool(k)),
+            Self::Upsample(f) => x.apply_op1_no_bwd(&super::pool::Upsample(f)),
+        }
     }
 
-    fn cpu_fwd(
-        &self,
-        _s1: &CpuStorage,
-        _l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let _time = crate::profile::scope(self.name());
-        let (storage, layout) = self.resampled.storage_and_layout();
-        let candle_core::Storage::Cpu(st) = &*storage else {
-            candle_core::bail!("{}: the resampled input is not on the CPU", self.name());
-        };
-        let (_, c, h, w) = dims4(layout)?;
-        let out = dispatch!(
-            (st, layout) => x, (s2, l2) => g, (s3, l3) => b;
-            bn_fwd(&self.bn, x, g, b, c, h * w)
-        );
-        Ok((out, layout.shape().clone()))
-    }
-
-    fn bwd(
-        &self,
-        x: &Tensor,
-        gamma: &Tensor,
-        beta: &Tensor,
-        res: &Tensor,
-        grad: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let bn = <BnTrain as CustomOp3>::bwd(&self.bn, &self.resampled, gamma, beta, res, grad)?;
-        let (Some(d_resampled), dg, db) = bn else {
-            candle_core::bail!("{}: no gradient of the resampled input", self.name());
-        };
-        let d_resampled = d_resampled.contiguous()?;
-        let dx = match self.how {
-            Resampling::MaxPool(k) => x
+    /// The gradient of `x` from that of `self.forward(x)`.
+    pub(crate) fn backward(self, x: &Tensor, grad: &Tensor) -> Result<Tensor> {
+        let grad = grad.contiguous()?;
+        match self {
+            Self::MaxPool(k) => x
                 .contiguous()?
-                .apply_op2_no_bwd(&d_resampled, &super::pool::MaxPoolBwd(k))?,
-            Resampling::Upsample(f) => d_resampled.apply_op1_no_bwd(&super::pool::BlockSum(f))?,
-        };
-        Ok((Some(dx), dg, db))
+                .apply_op2_no_bwd(&grad, &super::pool::MaxPoolBwd(k)),
+            Self::Upsample(f) => grad.apply_op1_no_bwd(&super::pool::BlockSum(f)),
+        }
     }
-}
-
-/// [`batch_norm_train`] of `resample(x)` (max pooling whose window tiles
-/// `x`, or nearest upsampling) as one autograd node: returns the output and
-/// the resampled batch's per-channel mean and biased variance (f64).
-///
-/// # Shapes
-/// `x` `[N, C, H, W]`, `gamma`/`beta` `[C]` -> the resampled shape, `[C]`, `[C]`.
-pub(crate) fn batch_norm_train_resampled(
-    x: &Tensor,
-    how: Resampling,
-    (gamma, beta): (&Tensor, &Tensor),
-    eps: f64,
-    relu: bool,
-) -> Result<(Tensor, Vec<f64>, Vec<f64>)> {
-    let x = x.contiguous()?;
-    let resampled = match how {
-        Resampling::MaxPool(k) => x.apply_op1_no_bwd(&super::pool::MaxPool(k))?,
-        Resampling::Upsample(f) => x.apply_op1_no_bwd(&super::pool::Upsample(f))?,
-    };
-    let (bn, mean, var) = BnTrain::from_batch(&resampled, eps, relu)?;
-    let op = BnTrainResampled { bn, resampled, how };
-    let y = x.apply_op3(&gamma.contiguous()?, &beta.contiguous()?, op)?;
-    Ok((y, mean, var))
 }
 
 /// `y = [relu](x·scale + shift)` per channel: eval-mode batch normalisation

@@ -264,7 +264,8 @@ impl ConvKernel {
         }
     }
 
-    fn shape(&self) -> Shape {
+    /// The shape of the kernel's output.
+    pub(crate) fn shape(&self) -> Shape {
         let g = &self.g;
         match self.kind {
             Kind::Fwd => Shape::from((g.n, self.o, g.ho, g.wo)),

@@ -1,26 +1,36 @@
-//! A convolution (or transposed convolution) with its bias, followed by a
-//! train-mode BatchNorm (+ReLU), as one autograd node: the convolution's
-//! output is computed without a node of its own, so the backward goes from
-//! the normalisation's kernel straight into the convolution's, and autograd
-//! holds no gradient of that output to zero and accumulate. Both halves are
+//! A convolution (or transposed convolution) with its bias, optionally a
+//! max-pooling or nearest upsampling, then a train-mode BatchNorm (+ReLU),
+//! as one autograd node: the intermediate tensors are computed without
+//! nodes of their own, so the backward goes from the normalisation's kernel
+//! through the resampling's straight into the convolution's, and autograd
+//! holds no gradient of them to zero and accumulate. Both halves are
 //! the existing kernels ([`super::conv`], [`super::batch_norm`]); only the
 //! bookkeeping between them goes.
 
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 
-use super::batch_norm::{bn_fwd, BnTrain};
+use super::batch_norm::{bn_fwd, BnTrain, Resampling};
 use super::conv::{ConvBias, ConvKernel};
 use super::{contiguous_slice, dims4, dispatch};
 
-/// `bn(conv(x, w) + bias)`: inputs (x, w, `[bias; γ; β]` (`[3C]`)); the
-/// three per-channel vectors travel as one input because a custom op has
-/// at most three.
+/// `bn([resample](conv(x, w) + bias))`: inputs (x, w, `[bias; γ; β]`
+/// (`[3C]`)); the three per-channel vectors travel as one input because a
+/// custom op has at most three.
 #[derive(Debug, Clone)]
 struct ConvBnTrain {
     conv: ConvBias,
     bn: BnTrain,
     /// `conv(x, w) + bias`, contiguous, not tracked.
     conv_out: Tensor,
+    /// The resampling between the two and its output (not tracked).
+    resampled: Option<(Resampling, Tensor)>,
+}
+
+impl ConvBnTrain {
+    /// What the normalisation reads.
+    fn bn_input(&self) -> &Tensor {
+        self.resampled.as_ref().map_or(&self.conv_out, |(_, t)| t)
+    }
 }
 
 impl CustomOp3 for ConvBnTrain {
@@ -38,7 +48,7 @@ impl CustomOp3 for ConvBnTrain {
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let _time = crate::profile::scope(self.name());
-        let (storage, layout) = self.conv_out.storage_and_layout();
+        let (storage, layout) = self.bn_input().storage_and_layout();
         let candle_core::Storage::Cpu(st) = &*storage else {
             candle_core::bail!(
                 "{}: the convolution's output is not on the CPU",
@@ -72,12 +82,15 @@ impl CustomOp3 for ConvBnTrain {
         let c = params.elem_count() / 3;
         let part = |i: usize| params.narrow(0, i * c, c);
         let (bias, gamma, beta) = (part(0)?, part(1)?, part(2)?);
-        let (d_conv, dg, db) =
-            <BnTrain as CustomOp3>::bwd(&self.bn, &self.conv_out, &gamma, &beta, res, grad)?;
-        let Some(d_conv) = d_conv else {
-            candle_core::bail!("{}: no gradient of the convolution's output", self.name());
+        let (d_bn, dg, db) =
+            <BnTrain as CustomOp3>::bwd(&self.bn, self.bn_input(), &gamma, &beta, res, grad)?;
+        let Some(d_bn) = d_bn else {
+            candle_core::bail!("{}: no gradient of the normalised input", self.name());
         };
-        let d_conv = d_conv.contiguous()?;
+        let d_conv = match &self.resampled {
+            Some((how, _)) => how.backward(&self.conv_out, &d_bn)?,
+            None => d_bn.contiguous()?,
+        };
         let (dx, dw, dbias) =
             <ConvBias as CustomOp3>::bwd(&self.conv, x, w, &bias, &self.conv_out, &d_conv)?;
         let dparams = match (dbias, dg, db) {
@@ -88,10 +101,10 @@ impl CustomOp3 for ConvBnTrain {
     }
 }
 
-/// `kernel`'s convolution of `x` with `w` plus `bias`, then train-mode
-/// BatchNorm (+ReLU when `relu`) with `γ`, `β`, as one autograd node;
-/// returns the output and the batch's per-channel mean and biased variance
-/// of the convolution's output (f64).
+/// `kernel`'s convolution of `x` with `w` plus `bias`, then (when `how`
+/// says) a pooling or upsampling, then train-mode BatchNorm (+ReLU when
+/// `relu`) with `γ`, `β`, as one autograd node; returns the output and the
+/// per-channel mean and biased variance of what was normalised (f64).
 ///
 /// # Shapes
 /// `x`, `w` as the kernel's; `bias`/`gamma`/`beta` `[C_out]` -> its output
@@ -99,6 +112,7 @@ impl CustomOp3 for ConvBnTrain {
 pub(crate) fn conv_batch_norm_train(
     (x, w, bias): (&Tensor, &Tensor, &Tensor),
     kernel: ConvKernel,
+    how: Option<Resampling>,
     (gamma, beta): (&Tensor, &Tensor),
     eps: f64,
     relu: bool,
@@ -109,9 +123,19 @@ pub(crate) fn conv_batch_norm_train(
     };
     let (x, w) = (x.contiguous()?, w.contiguous()?);
     let conv_out = x.apply_op3_no_bwd(&w, &bias.contiguous()?, &conv)?;
-    let (bn, mean, var) = BnTrain::from_batch(&conv_out, eps, relu)?;
+    let resampled = match how {
+        Some(how) => Some((how, how.forward(&conv_out)?)),
+        None => None,
+    };
+    let bn_input = resampled.as_ref().map_or(&conv_out, |(_, t)| t);
+    let (bn, mean, var) = BnTrain::from_batch(bn_input, eps, relu)?;
     let params = Tensor::cat(&[bias, gamma, beta], 0)?;
-    let op = ConvBnTrain { conv, bn, conv_out };
+    let op = ConvBnTrain {
+        conv,
+        bn,
+        conv_out,
+        resampled,
+    };
     let y = x.apply_op3(&w, &params, op)?;
     Ok((y, mean, var))
 }

@@ -15,9 +15,8 @@
 //!   taps;
 //! - [`depthwise`]: direct depthwise convolution;
 //! - [`batch_norm`]: train-mode BatchNorm (+ReLU) and the eval-mode
-//!   per-channel affine map, also after a pooling or upsampling as one
-//!   autograd node; [`conv_bn`]: a convolution and a train-mode BatchNorm
-//!   as one autograd node;
+//!   per-channel affine map; [`conv_bn`]: a convolution, optionally a
+//!   pooling or upsampling, and a train-mode BatchNorm as one autograd node;
 //! - [`pool`]: max-pooling (window = stride, and strided/padded) and
 //!   nearest upsampling;
 //! - [`loss`]: per-pixel cross-entropy and the two-class margin losses;
