@@ -618,9 +618,10 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         let nominal = nominal_gflops(threads)
             .map(|g| {
                 format!(
-                    " Its nominal clock would give {g:.0} GFLOP/s ({threads} cores x {:.2} GHz x 32 FLOP per cycle); \
-                     it runs faster (boost clock), and shares of the nominal figure, published before 6 December \
-                     2026 evening, overstated the kernels' efficiency.",
+                    " Its nominal clock would give {g:.0} GFLOP/s ({threads} cores x {:.2} GHz x 32 FLOP per cycle, \
+                     two 8-lane FMA units; a core with two 16-lane AVX-512 FMA units does twice that, and boost \
+                     clocks run faster): the measured figure is the ceiling, and shares of the nominal one, \
+                     published before 6 December 2026 evening, overstated the kernels' efficiency.",
                     g / threads as f64 / 32.0
                 )
             })
@@ -718,11 +719,25 @@ pub fn run(args: &BenchArgs) -> Result<()> {
          the direct sum instead of 2.25x) was implemented and measured slower on this machine, so it is not used: \
          the colourization layers ran 10-100 % slower per pass (its 36 transformed positions make the GEMMs of \
          a block that fits L2 thin, and its transforms cost about 1.3x F(2x2,3x3)'s per image and channel), \
-         ResNet-101 at 224, batch 8, took 3.7-4.0 s against 3.1-3.4 s. Tried and not kept (alternating rounds of the old and \
-         new kernels): an f32 GEMM of 6x64 register blocks reading `b` in place (106-114 GFLOP/s against the `gemm` crate's 76-86 on small isolated shapes) changed \
+         ResNet-101 at 224, batch 8, took 3.7-4.0 s against 3.1-3.4 s (on the AMD EPYC machine of the earlier runs). \
+         Autograd: candle's backward gives every node's output a zero-filled gradient tensor and adds each \
+         incoming gradient to it, a memory-bound pass over every intermediate tensor of the step. In training, \
+         each colourization block (convolution or transposed convolution with its bias, the pooling or \
+         upsampling, BatchNorm + ReLU) is one node (`batch_norm_train_after_conv`, `kernels/conv_bn.rs`: the \
+         intermediate tensors are computed without nodes, and the backward chains the existing kernels), and \
+         the UNet's last convolution over its features and the grey input is one op that leaves the constant \
+         input alone (`conv2d_bias_clamp_const_tail`), where the sum of two convolutions added two more \
+         output-sized gradients; on the Intel Xeon machine of 7 December this took \"other\" in the profiled \
+         step below from 20.6 to 8.7-10.3 ms and the training steps from 84-97 to 72-76 ms (UNet), 65-71 to \
+         59-66 (ConvTranspose) and 92-98 to 81-84 (PoolUpsample), same binary alternating. Tried and not kept \
+         (alternating rounds of the old and new kernels): an f32 GEMM of 6x64 register blocks reading `b` in \
+         place (106-114 GFLOP/s against the `gemm` crate's 76-86 on small isolated shapes) changed \
          the UNet step's convolutions by under 1 % and made DeepLab forwards 4-33 % slower; a depthwise kernel \
          summing 16-column chunks of a zero-padded plane in registers left MobileNetV2's depthwise time as it was \
-         (batch 1 at 257: 4.8-6.0 ms against 4.1-5.8; batch 8: 38-50 ms against 34-52).\n",
+         (batch 1 at 257: 4.8-6.0 ms against 4.1-5.8; batch 8: 38-50 ms against 34-52); adding the UNet's \
+         grey-input taps to the output directly instead of through a 9-deep GEMM and an add made that op \
+         slower (8.9-9.5 ms against 7.3); a branch-free 2x2 max-pool backward (selects instead of the \
+         window's local array) did not vectorise and took 11-12 ms against 5.5-5.9.\n",
         args.epochs
     );
     std::fs::write(out.join(page), &text)?;
