@@ -130,6 +130,7 @@ pub fn conv2d_bias_clamp_const_tail(
     }
     let same_dtype = [tail, weight, bias].iter().all(|t| t.dtype() == x.dtype());
     if cpu_float(x) && same_dtype && tail.device().same_device(x.device()) {
+        ConvExtent::new(x, weight, pad_h, pad_w, dilation)?;
         let pad = (pad_h, pad_w);
         return kernels::conv::conv2d_bias_tail(
             (x, tail),

@@ -985,6 +985,17 @@ fn conv_with_a_constant_tail_matches_the_concatenation_and_finite_differences() 
         let err = call(&rand_tensor(&shape, 100)).unwrap_err().to_string();
         assert!(err.contains("do not make"), "{shape:?}: {err}");
     }
+    // So is a kernel larger than the padded input.
+    let (x, tail) = (
+        rand_tensor(&[2, 3, 2, 2], 101),
+        rand_tensor(&[2, 1, 2, 2], 102),
+    );
+    let w = rand_tensor(&[4, 4, 5, 5], 103);
+    let z = (0, 0);
+    let err = ops::conv2d_bias_clamp_const_tail(&x, &tail, &w, &b, z, z, 1, 1, ops::NO_CLAMP)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("does not fit"), "{err}");
 }
 
 #[test]

@@ -23,7 +23,7 @@ use super::im2col::{add_bias, all_taps, col2im_image, im2col_taps, live_taps};
 use super::simd::Real;
 use super::winograd::{self, Filters};
 use super::{bands, dilated};
-use super::{contiguous_slice, dispatch, zeros, Geometry};
+use super::{contiguous_slice, dispatch, with_cpu_storage, zeros, Geometry};
 
 /// `Y[n] = W · im2col(X[n]) (+ bias)`: x `[N, C, H, W]`, w `[O, C, kh, kw]`,
 /// bias `[O]` -> `[N, O, ho, wo]`.
@@ -463,14 +463,12 @@ impl CustomOp3 for ConvBiasTail {
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let _time = crate::profile::scope(self.name());
-        let (tail_storage, tail_layout) = self.tail.storage_and_layout();
-        let candle_core::Storage::Cpu(st) = &*tail_storage else {
-            candle_core::bail!("{}: the constant part is not on the CPU", self.name());
-        };
-        let out = dispatch!(
-            (s1, l1) => a, (s2, l2) => w, (s3, l3) => bias, (st, tail_layout) => tail;
-            self.run(a, w, bias, tail)
-        );
+        let out = with_cpu_storage(&self.tail, self.name(), |st, tail_layout| {
+            Ok(dispatch!(
+                (s1, l1) => a, (s2, l2) => w, (s3, l3) => bias, (st, tail_layout) => tail;
+                self.run(a, w, bias, tail)
+            ))
+        })?;
         Ok((out, self.head.shape()))
     }
 

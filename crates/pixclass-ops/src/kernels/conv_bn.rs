@@ -11,7 +11,7 @@ use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 
 use super::batch_norm::{bn_fwd, BnTrain, Resampling};
 use super::conv::{ConvBias, ConvKernel};
-use super::{contiguous_slice, dims4, dispatch};
+use super::{contiguous_slice, dims4, dispatch, with_cpu_storage};
 
 /// `bn([resample](conv(x, w) + bias))`: inputs (x, w, `[bias; γ; β]`
 /// (`[3C]`)); the three per-channel vectors travel as one input because a
@@ -48,27 +48,22 @@ impl CustomOp3 for ConvBnTrain {
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let _time = crate::profile::scope(self.name());
-        let (storage, layout) = self.bn_input().storage_and_layout();
-        let candle_core::Storage::Cpu(st) = &*storage else {
-            candle_core::bail!(
-                "{}: the convolution's output is not on the CPU",
-                self.name()
+        with_cpu_storage(self.bn_input(), self.name(), |st, layout| {
+            let (_, c, h, w) = dims4(layout)?;
+            if l3.shape().elem_count() != 3 * c {
+                candle_core::bail!(
+                    "{}: [bias; gamma; beta] {:?} must have {} values",
+                    self.name(),
+                    l3.shape().dims(),
+                    3 * c
+                );
+            }
+            let out = dispatch!(
+                (st, layout) => y, (s3, l3) => p;
+                bn_fwd(&self.bn, y, &p[c..2 * c], &p[2 * c..], c, h * w)
             );
-        };
-        let (_, c, h, w) = dims4(layout)?;
-        if l3.shape().elem_count() != 3 * c {
-            candle_core::bail!(
-                "{}: [bias; gamma; beta] {:?} must have {} values",
-                self.name(),
-                l3.shape().dims(),
-                3 * c
-            );
-        }
-        let out = dispatch!(
-            (st, layout) => y, (s3, l3) => p;
-            bn_fwd(&self.bn, y, &p[c..2 * c], &p[2 * c..], c, h * w)
-        );
-        Ok((out, layout.shape().clone()))
+            Ok((out, layout.shape().clone()))
+        })
     }
 
     fn bwd(

@@ -25,7 +25,7 @@
 //! - [`simd`]: run-time SIMD dispatch, a vectorisable `exp`, fixed-order
 //!   lane sums.
 
-use candle_core::{CpuStorage, Layout, Result, WithDType};
+use candle_core::{CpuStorage, Layout, Result, Tensor, WithDType};
 use rayon::prelude::*;
 
 use simd::Real;
@@ -141,6 +141,21 @@ pub(crate) fn contiguous_slice<'a, T: WithDType>(s: &'a CpuStorage, l: &Layout) 
         Some((a, b)) => Ok(&s.as_slice::<T>()?[a..b]),
         None => candle_core::bail!("pixclass CPU kernels need a contiguous input"),
     }
+}
+
+/// Runs `f` on the CPU storage of a tensor that `op` captured (one it reads
+/// besides its inputs, computed beforehand without an autograd node), or
+/// an error naming the op when that tensor is elsewhere.
+pub(crate) fn with_cpu_storage<R>(
+    t: &Tensor,
+    op: &str,
+    f: impl FnOnce(&CpuStorage, &Layout) -> Result<R>,
+) -> Result<R> {
+    let (storage, layout) = t.storage_and_layout();
+    let candle_core::Storage::Cpu(s) = &*storage else {
+        candle_core::bail!("{op}: the captured tensor {:?} is not on the CPU", t.dims());
+    };
+    f(s, layout)
 }
 
 /// The `[N, C, H, W]` dimensions of a 4-D layout.
