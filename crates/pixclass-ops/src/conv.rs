@@ -271,15 +271,21 @@ pub fn batch_norm_train_after_conv(
             dilation,
         )?,
     };
-    let (_, _, ho, wo) = kernel.shape().dims4()?;
-    let how = match resample.map(|how| how.kernel_for(ho, wo)) {
-        Some(Some(how)) => Some(how),
+    let (n, c, ho, wo) = kernel.shape().dims4()?;
+    let (ho, wo) = match resample.map(|how| how.out_size(ho, wo)) {
+        Some(Some(size)) => size,
         Some(None) => return apart(),
-        None => None,
+        None => (ho, wo),
     };
-    let (y, mean, var) =
-        kernels::conv_bn::conv_batch_norm_train((x, weight, bias), kernel, how, affine, eps, relu)?;
-    crate::norm::check_dims(y.dims())?;
+    crate::norm::check_dims(&[n, c, ho, wo])?;
+    let (y, mean, var) = kernels::conv_bn::conv_batch_norm_train(
+        (x, weight, bias),
+        kernel,
+        resample,
+        affine,
+        eps,
+        relu,
+    )?;
     let dev = x.device();
     Ok(crate::BatchNormTrain {
         y,

@@ -59,17 +59,16 @@ pub enum Resample {
 }
 
 impl Resample {
-    /// The CPU kernels' resampling of an `h x w` plane, when they take it
-    /// (a pooling window that tiles the plane).
-    pub(crate) fn kernel_for(self, h: usize, w: usize) -> Option<kernels::batch_norm::Resampling> {
-        use kernels::batch_norm::Resampling;
+    /// The size of an `h x w` plane resampled by the CPU kernels, when they
+    /// take it (a pooling window that tiles the plane).
+    pub(crate) fn out_size(self, h: usize, w: usize) -> Option<(usize, usize)> {
         match self {
             Self::MaxPool(k)
                 if k > 0 && h >= k && w >= k && h.is_multiple_of(k) && w.is_multiple_of(k) =>
             {
-                Some(Resampling::MaxPool(k))
+                Some((h / k, w / k))
             }
-            Self::Upsample(f) if f > 0 => Some(Resampling::Upsample(f)),
+            Self::Upsample(f) if f > 0 => Some((h * f, w * f)),
             _ => None,
         }
     }

@@ -270,37 +270,6 @@ impl BnTrain {
     }
 }
 
-/// A resampling between a convolution and its BatchNorm
-/// ([`super::conv_bn`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Resampling {
-    /// Max pooling, window = stride = k, the size a multiple of k.
-    MaxPool(usize),
-    /// Nearest upsampling by a factor.
-    Upsample(usize),
-}
-
-impl Resampling {
-    /// `x` resampled, without an autograd node.
-    pub(crate) fn forward(self, x: &Tensor) -> Result<Tensor> {
-        match self {
-            Self::MaxPool(k) => x.apply_op1_no_bwd(&super::pool::MaxPool(k)),
-            Self::Upsample(f) => x.apply_op1_no_bwd(&super::pool::Upsample(f)),
-        }
-    }
-
-    /// The gradient of `x` from that of `self.forward(x)`.
-    pub(crate) fn backward(self, x: &Tensor, grad: &Tensor) -> Result<Tensor> {
-        let grad = grad.contiguous()?;
-        match self {
-            Self::MaxPool(k) => x
-                .contiguous()?
-                .apply_op2_no_bwd(&grad, &super::pool::MaxPoolBwd(k)),
-            Self::Upsample(f) => grad.apply_op1_no_bwd(&super::pool::BlockSum(f)),
-        }
-    }
-}
-
 /// `y = [relu](x·scale + shift)` per channel: eval-mode batch normalisation
 /// with its statistics folded into `scale`/`shift` (one pass instead of
 /// four broadcasts). Inputs: x `[N, C, H, W]`, scale `[C]`, shift `[C]`.

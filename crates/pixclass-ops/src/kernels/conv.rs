@@ -513,19 +513,14 @@ pub(crate) fn conv2d_bias_tail(
     dilation: usize,
     bounds: (f64, f64),
 ) -> Result<Tensor> {
-    let (n, c, h, w) = x.dims4()?;
-    let ct = tail.dim(1)?;
-    let (o, _, kh, kw) = weight.dims4()?;
-    let g = geometry((n, c, h, w), (kh, kw), pad, stride, dilation);
-    let head = ConvKernel {
-        g,
-        o,
-        kind: Kind::Fwd,
-    };
+    // The weight's input channels are both parts'; the geometry takes x's.
+    let head = conv2d_kernel(x, weight, pad, stride, dilation)?;
     let tail_kernel = ConvKernel {
-        g: Geometry { c: ct, ..g },
-        o,
-        kind: Kind::Fwd,
+        g: Geometry {
+            c: tail.dim(1)?,
+            ..head.g
+        },
+        ..head
     };
     let op = ConvBiasTail {
         head,

@@ -9,9 +9,11 @@
 
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 
-use super::batch_norm::{bn_fwd, BnTrain, Resampling};
+use super::batch_norm::{bn_fwd, BnTrain};
 use super::conv::{ConvBias, ConvKernel};
+use super::pool::{resample_backward, resample_no_bwd};
 use super::{contiguous_slice, dims4, dispatch, with_cpu_storage};
+use crate::Resample;
 
 /// `bn([resample](conv(x, w) + bias))`: inputs (x, w, `[bias; γ; β]`
 /// (`[3C]`)); the three per-channel vectors travel as one input because a
@@ -23,7 +25,7 @@ struct ConvBnTrain {
     /// `conv(x, w) + bias`, contiguous, not tracked.
     conv_out: Tensor,
     /// The resampling between the two and its output (not tracked).
-    resampled: Option<(Resampling, Tensor)>,
+    resampled: Option<(Resample, Tensor)>,
 }
 
 impl ConvBnTrain {
@@ -83,7 +85,7 @@ impl CustomOp3 for ConvBnTrain {
             candle_core::bail!("{}: no gradient of the normalised input", self.name());
         };
         let d_conv = match &self.resampled {
-            Some((how, _)) => how.backward(&self.conv_out, &d_bn)?,
+            Some((how, _)) => resample_backward(*how, &self.conv_out, &d_bn)?,
             None => d_bn.contiguous()?,
         };
         let (dx, dw, dbias) =
@@ -107,7 +109,7 @@ impl CustomOp3 for ConvBnTrain {
 pub(crate) fn conv_batch_norm_train(
     (x, w, bias): (&Tensor, &Tensor, &Tensor),
     kernel: ConvKernel,
-    how: Option<Resampling>,
+    how: Option<Resample>,
     (gamma, beta): (&Tensor, &Tensor),
     eps: f64,
     relu: bool,
@@ -119,7 +121,7 @@ pub(crate) fn conv_batch_norm_train(
     let (x, w) = (x.contiguous()?, w.contiguous()?);
     let conv_out = x.apply_op3_no_bwd(&w, &bias.contiguous()?, &conv)?;
     let resampled = match how {
-        Some(how) => Some((how, how.forward(&conv_out)?)),
+        Some(how) => Some((how, resample_no_bwd(how, &conv_out)?)),
         None => None,
     };
     let bn_input = resampled.as_ref().map_or(&conv_out, |(_, t)| t);

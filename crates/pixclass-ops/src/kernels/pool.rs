@@ -113,9 +113,8 @@ fn maxpool_bwd<T: WithDType>(x: &[T], g: &[T], h: usize, w: usize, k: usize) -> 
     out
 }
 
-/// The gradient of [`MaxPool`]: inputs (x, dy) -> dx.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct MaxPoolBwd(pub usize);
+struct MaxPoolBwd(usize);
 
 impl CustomOp1 for MaxPool {
     fn name(&self) -> &'static str {
@@ -179,7 +178,7 @@ pub(crate) struct Upsample(pub usize);
 
 /// Its adjoint: sums each `f x f` block.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct BlockSum(pub usize);
+struct BlockSum(usize);
 
 fn upsample_fwd<T: WithDType>(x: &[T], h: usize, w: usize, f: usize) -> Vec<T> {
     let (oh, ow) = (h * f, w * f);
@@ -271,6 +270,24 @@ impl CustomOp1 for BlockSum {
         let (h, w) = (gh / f, gw / f);
         let out = dispatch!((s, l) => g; block_sum(g, h, w, f));
         Ok((out, Shape::from((n, c, h, w))))
+    }
+}
+
+/// `how.apply(x)` without an autograd node (`x` contiguous; a pooling
+/// window that tiles it: [`crate::Resample::out_size`]).
+pub(crate) fn resample_no_bwd(how: crate::Resample, x: &Tensor) -> Result<Tensor> {
+    match how {
+        crate::Resample::MaxPool(k) => x.apply_op1_no_bwd(&MaxPool(k)),
+        crate::Resample::Upsample(f) => x.apply_op1_no_bwd(&Upsample(f)),
+    }
+}
+
+/// The gradient of `x` from that of `resample_no_bwd(how, x)`.
+pub(crate) fn resample_backward(how: crate::Resample, x: &Tensor, grad: &Tensor) -> Result<Tensor> {
+    let grad = grad.contiguous()?;
+    match how {
+        crate::Resample::MaxPool(k) => x.contiguous()?.apply_op2_no_bwd(&grad, &MaxPoolBwd(k)),
+        crate::Resample::Upsample(f) => grad.apply_op1_no_bwd(&BlockSum(f)),
     }
 }
 
