@@ -9,8 +9,9 @@ use std::sync::Arc;
 use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Result, Shape, Tensor, WithDType};
 use rayon::prelude::*;
 
+use super::output::{output, output_then};
 use super::simd::{vectorized, Real};
-use super::{contiguous_slice, dims4, dispatch, zeros};
+use super::{contiguous_slice, dims4, dispatch};
 
 /// Per-channel mean and biased variance of `[N, C, H, W]`, as `[2, C]` f64.
 #[derive(Debug, Clone, Copy)]
@@ -128,38 +129,36 @@ fn bn_bwd<T: Real>(
         })
         .collect();
     // Pass 2: dx = γσ⁻¹/M · (M·dy' - Σdy' - x̂·Σdy'x̂).
-    let mut out = zeros(x.len() + 2 * c);
-    let (dx, rest) = out.split_at_mut(x.len());
-    dx.par_chunks_mut(hw).enumerate().for_each(|(p, o)| {
-        let ch = p % c;
-        let (g, b) = (gb[ch].to_f64(), gb[c + ch].to_f64());
-        let (s, sx) = sums[ch];
-        let k = g * op.invstd[ch] / m;
-        // k·(M·d - s - x̂·sx) with x̂ = (x - μ)σ⁻¹, as d·p + x·q + r in the
-        // element type.
-        let pp = T::from_f64(k * m);
-        let q = T::from_f64(-k * sx * op.invstd[ch]);
-        let r = T::from_f64(k * (sx * op.mean[ch] * op.invstd[ch] - s));
-        let (a, sh) = op.scale_shift(ch, g, b);
-        let (a, sh) = (T::from_f64(a), T::from_f64(sh));
-        let xs = &x[p * hw..(p + 1) * hw];
-        let ds = &dy[p * hw..(p + 1) * hw];
-        let relu = op.relu;
-        vectorized(
-            #[inline(always)]
-            move || {
-                for ((o, &xv), &dv) in o.iter_mut().zip(xs).zip(ds) {
-                    let dead = relu && xv * a + sh <= T::zero();
-                    let d = if dead { T::zero() } else { dv };
-                    *o = d * pp + xv * q + r;
-                }
-            },
-        );
+    let mut out = output_then(x.len(), hw, 2 * c, |planes| {
+        planes.enumerate().for_each(|(p, o)| {
+            let ch = p % c;
+            let (g, b) = (gb[ch].to_f64(), gb[c + ch].to_f64());
+            let (s, sx) = sums[ch];
+            let k = g * op.invstd[ch] / m;
+            // k·(M·d - s - x̂·sx) with x̂ = (x - μ)σ⁻¹, as d·p + x·q + r in the
+            // element type.
+            let pp = T::from_f64(k * m);
+            let q = T::from_f64(-k * sx * op.invstd[ch]);
+            let r = T::from_f64(k * (sx * op.mean[ch] * op.invstd[ch] - s));
+            let (a, sh) = op.scale_shift(ch, g, b);
+            let (a, sh) = (T::from_f64(a), T::from_f64(sh));
+            let xs = &x[p * hw..(p + 1) * hw];
+            let ds = &dy[p * hw..(p + 1) * hw];
+            let relu = op.relu;
+            vectorized(
+                #[inline(always)]
+                move || {
+                    o.write(xs.iter().zip(ds).map(|(&xv, &dv)| {
+                        let dead = relu && xv * a + sh <= T::zero();
+                        let d = if dead { T::zero() } else { dv };
+                        d * pp + xv * q + r
+                    }));
+                },
+            );
+        })
     });
-    for ch in 0..c {
-        rest[ch] = T::from_f64(sums[ch].1);
-        rest[c + ch] = T::from_f64(sums[ch].0);
-    }
+    out.extend(sums.iter().map(|s| T::from_f64(s.1)));
+    out.extend(sums.iter().map(|s| T::from_f64(s.0)));
     out
 }
 
@@ -292,29 +291,31 @@ fn affine_fwd<T: WithDType>(
     c: usize,
     hw: usize,
 ) -> Vec<T> {
-    let mut out = zeros(x.len());
-    out.par_chunks_mut(hw.max(1))
-        .zip(x.par_chunks(hw.max(1)))
-        .enumerate()
-        .for_each(|(p, (o, xs))| {
-            let (a, b) = (scale[p % c], shift[p % c]);
-            vectorized(
-                #[inline(always)]
-                move || {
-                    if op.relu {
-                        for (o, &v) in o.iter_mut().zip(xs) {
-                            let y = v * a + b;
-                            *o = if y > T::zero() { y } else { T::zero() };
+    output(x.len(), hw, |planes| {
+        planes
+            .zip(x.par_chunks(hw.max(1)))
+            .enumerate()
+            .for_each(|(p, (o, xs))| {
+                let (a, b) = (scale[p % c], shift[p % c]);
+                vectorized(
+                    #[inline(always)]
+                    move || {
+                        if op.relu {
+                            o.write(xs.iter().map(|&v| {
+                                let y = v * a + b;
+                                if y > T::zero() {
+                                    y
+                                } else {
+                                    T::zero()
+                                }
+                            }));
+                        } else {
+                            o.write(xs.iter().map(|&v| v * a + b));
                         }
-                    } else {
-                        for (o, &v) in o.iter_mut().zip(xs) {
-                            *o = v * a + b;
-                        }
-                    }
-                },
-            )
-        });
-    out
+                    },
+                )
+            })
+    })
 }
 
 fn affine_bwd<T: Real>(
@@ -326,23 +327,27 @@ fn affine_bwd<T: Real>(
     c: usize,
     hw: usize,
 ) -> Vec<T> {
-    let mut out = zeros(x.len() + 2 * c);
-    let (dx, rest) = out.split_at_mut(x.len());
     // dx = dy'·scale, where dy' is dy masked by the ReLU (y > 0).
-    dx.par_chunks_mut(hw.max(1)).enumerate().for_each(|(p, o)| {
-        let ch = p % c;
-        let (a, b) = (ss[ch], ss[c + ch]);
-        let xs = &x[p * hw..(p + 1) * hw];
-        let ds = &dy[p * hw..(p + 1) * hw];
-        vectorized(
-            #[inline(always)]
-            move || {
-                for ((o, &xv), &d) in o.iter_mut().zip(xs).zip(ds) {
-                    let live = !op.relu || xv * a + b > T::zero();
-                    *o = if live { d * a } else { T::zero() };
-                }
-            },
-        );
+    let mut out = output_then(x.len(), hw, 2 * c, |planes| {
+        planes.enumerate().for_each(|(p, o)| {
+            let ch = p % c;
+            let (a, b) = (ss[ch], ss[c + ch]);
+            let xs = &x[p * hw..(p + 1) * hw];
+            let ds = &dy[p * hw..(p + 1) * hw];
+            vectorized(
+                #[inline(always)]
+                move || {
+                    o.write(xs.iter().zip(ds).map(|(&xv, &d)| {
+                        let live = !op.relu || xv * a + b > T::zero();
+                        if live {
+                            d * a
+                        } else {
+                            T::zero()
+                        }
+                    }));
+                },
+            );
+        })
     });
     // dscale = Σ dy'·x, dshift = Σ dy' per channel (f64 sums, fixed order).
     let sums: Vec<(f64, f64)> = (0..c)
@@ -356,10 +361,8 @@ fn affine_bwd<T: Real>(
             })
         })
         .collect();
-    for (ch, (sx, s)) in sums.into_iter().enumerate() {
-        rest[ch] = T::from_f64(sx);
-        rest[c + ch] = T::from_f64(s);
-    }
+    out.extend(sums.iter().map(|s| T::from_f64(s.0)));
+    out.extend(sums.iter().map(|s| T::from_f64(s.1)));
     out
 }
 

@@ -18,12 +18,13 @@ use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tenso
 use rayon::prelude::*;
 
 use super::elementwise::{bias_gradient, clamp_gradient, clamp_in_place, clamps};
-use super::gemm::{col_ld, gemm_into, inner_threads};
+use super::gemm::{col_ld, gemm_into, gemm_overwrite, inner_threads};
 use super::im2col::{add_bias, all_taps, col2im_image, im2col_taps, live_taps};
+use super::output::output;
 use super::simd::Real;
 use super::winograd::{self, Filters};
 use super::{bands, dilated};
-use super::{contiguous_slice, dispatch, with_cpu_storage, zeros, Geometry};
+use super::{contiguous_slice, dispatch, with_cpu_storage, Geometry};
 
 /// `Y[n] = W · im2col(X[n]) (+ bias)`: x `[N, C, H, W]`, w `[O, C, kh, kw]`,
 /// bias `[O]` -> `[N, O, ho, wo]`.
@@ -39,24 +40,15 @@ fn fwd<T: WithDType>(x: &[T], w: &[T], bias: Option<&[T]>, g: &Geometry, o: usiz
     if let Some(rects) = bands::plan(g) {
         return bands::conv(x, w, bias, g, o, &rects);
     }
-    let mut y = zeros(g.n * o * ohw);
     let threads = inner_threads(g.n);
     if g.is_pointwise() {
-        y.par_chunks_mut(o * ohw).enumerate().for_each(|(n, yn)| {
-            let xn = &x[n * chw..(n + 1) * chw];
-            gemm_into(
-                o,
-                ohw,
-                ckk,
-                (yn, ohw),
-                (w, ckk, 1),
-                (xn, ohw, 1),
-                false,
-                threads,
-            );
-            add_bias(yn, bias, ohw, threads);
+        return output(g.n * o * ohw, o * ohw, |images| {
+            images.enumerate().for_each(|(n, yn)| {
+                let xn = &x[n * chw..(n + 1) * chw];
+                let yn = gemm_overwrite((o, ohw, ckk), yn, (w, ckk, 1), (xn, ohw, 1), threads);
+                add_bias(yn, bias, ohw, threads);
+            })
         });
-        return y;
     }
     // Taps that only read padding contribute exact zeros: leave them out of
     // both the column matrix and the weights.
@@ -75,31 +67,23 @@ fn fwd<T: WithDType>(x: &[T], w: &[T], bias: Option<&[T]>, g: &Geometry, o: usiz
     // One image: the column matrix is built by all threads.
     let parallel_cols = threads > 1;
     let ld = col_ld(ohw);
-    y.par_chunks_mut(o * ohw).enumerate().for_each_init(
-        || vec![T::zero(); k * ld],
-        |cols, (n, yn)| {
-            im2col_taps(
-                &x[n * chw..(n + 1) * chw],
-                g,
-                &taps,
-                cols,
-                ld,
-                parallel_cols,
-            );
-            gemm_into(
-                o,
-                ohw,
-                k,
-                (yn, ohw),
-                (w, k, 1),
-                (cols, ld, 1),
-                false,
-                threads,
-            );
-            add_bias(yn, bias, ohw, threads);
-        },
-    );
-    y
+    output(g.n * o * ohw, o * ohw, |images| {
+        images.enumerate().for_each_init(
+            || vec![T::zero(); k * ld],
+            |cols, (n, yn)| {
+                im2col_taps(
+                    &x[n * chw..(n + 1) * chw],
+                    g,
+                    &taps,
+                    cols,
+                    ld,
+                    parallel_cols,
+                );
+                let yn = gemm_overwrite((o, ohw, k), yn, (w, k, 1), (cols, ld, 1), threads);
+                add_bias(yn, bias, ohw, threads);
+            },
+        )
+    })
 }
 
 /// `dX[n] = col2im(Wᵀ · dY[n]) (+ bias)`: dy `[N, O, ho, wo]`, w `[O, C, kh, kw]`,
@@ -128,46 +112,39 @@ fn bwd_data<T: WithDType>(dy: &[T], w: &[T], bias: Option<&[T]>, g: &Geometry, o
             g.dilation,
         );
     }
-    let mut dx = zeros(g.n * chw);
     let threads = inner_threads(g.n);
     if g.is_pointwise() {
         // col2im is the identity: the GEMM writes the image directly.
-        dx.par_chunks_mut(chw).enumerate().for_each(|(n, dxn)| {
-            let dyn_ = &dy[n * o * ohw..(n + 1) * o * ohw];
-            gemm_into(
-                ckk,
-                ohw,
-                o,
-                (dxn, ohw),
-                (w, 1, ckk),
-                (dyn_, ohw, 1),
-                false,
-                threads,
-            );
-            add_bias(dxn, bias, g.h * g.w, threads);
+        return output(g.n * chw, chw, |images| {
+            images.enumerate().for_each(|(n, dxn)| {
+                let dyn_ = &dy[n * o * ohw..(n + 1) * o * ohw];
+                let dxn = gemm_overwrite((ckk, ohw, o), dxn, (w, 1, ckk), (dyn_, ohw, 1), threads);
+                add_bias(dxn, bias, g.h * g.w, threads);
+            })
         });
-        return dx;
     }
     let ld = col_ld(ohw);
-    dx.par_chunks_mut(chw).enumerate().for_each_init(
-        || vec![T::zero(); ckk * ld],
-        |cols, (n, dxn)| {
-            // Wᵀ is W read with swapped strides: (row stride 1, column stride ckk).
-            gemm_into(
-                ckk,
-                ohw,
-                o,
-                (cols, ld),
-                (w, 1, ckk),
-                (&dy[n * o * ohw..(n + 1) * o * ohw], ohw, 1),
-                false,
-                threads,
-            );
-            col2im_image(cols, g, ld, dxn);
-            add_bias(dxn, bias, g.h * g.w, threads);
-        },
-    );
-    dx
+    output(g.n * chw, chw, |images| {
+        images.enumerate().for_each_init(
+            || vec![T::zero(); ckk * ld],
+            |cols, (n, dxn)| {
+                // Wᵀ is W read with swapped strides: (row stride 1, column stride ckk).
+                gemm_into(
+                    ckk,
+                    ohw,
+                    o,
+                    (cols, ld),
+                    (w, 1, ckk),
+                    (&dy[n * o * ohw..(n + 1) * o * ohw], ohw, 1),
+                    false,
+                    threads,
+                );
+                let dxn = dxn.zeroed();
+                col2im_image(cols, g, ld, dxn);
+                add_bias(dxn, bias, g.h * g.w, threads);
+            },
+        )
+    })
 }
 
 /// Images per partial sum of [`bwd_filter`]: a fixed partition, so the

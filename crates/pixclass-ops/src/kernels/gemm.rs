@@ -4,6 +4,7 @@
 
 use candle_core::WithDType;
 
+use super::output::Slots;
 use super::simd::Real;
 
 /// Columns per thread below which a GEMM on several threads is left to the
@@ -46,8 +47,6 @@ pub(crate) fn gemm_into<T: WithDType>(
     if m == 0 || n == 0 {
         return;
     }
-    let (a, a_rs, a_cs) = a;
-    let (b, b_rs, b_cs) = b;
     let (c, c_rs) = c;
     assert!(
         c_rs >= n && c.len() >= (m - 1) * c_rs + n,
@@ -61,6 +60,46 @@ pub(crate) fn gemm_into<T: WithDType>(
         }
         return;
     }
+    run_checked((m, n, k), (c.as_mut_ptr(), c_rs), a, b, accumulate, threads);
+}
+
+/// `c = a·b` into a chunk of a kernel's output not yet written, `m×n` with
+/// rows contiguous (`c.len() == m·n`), which comes back written; `a`, `b` and
+/// `threads` as in [`gemm_into`]. The GEMM writes every value of `c` without
+/// reading it: no zero-fill first.
+pub(crate) fn gemm_overwrite<'c, T: WithDType>(
+    (m, n, k): (usize, usize, usize),
+    mut c: Slots<'c, T>,
+    a: (&[T], usize, usize),
+    b: (&[T], usize, usize),
+    threads: usize,
+) -> &'c mut [T] {
+    assert_eq!(c.len(), m * n, "gemm: output of another size");
+    if m == 0 || n == 0 || k == 0 {
+        return c.zeroed();
+    }
+    run_checked((m, n, k), (c.as_mut_ptr(), n), a, b, false, threads);
+    // SAFETY: with `accumulate` false the GEMM writes every value of the
+    // `m×n` output, rows `n` apart, which is all of `c` (its length is
+    // `m·n`, checked above), and reads none of them (`read_dst` false).
+    #[allow(unsafe_code)]
+    unsafe {
+        c.assume_written()
+    }
+}
+
+/// Checks the operands of a GEMM whose `m×n` output at `c` (row stride
+/// `c_rs`) the caller has checked, and runs it, split over `threads`.
+fn run_checked<T: WithDType>(
+    (m, n, k): (usize, usize, usize),
+    (c, c_rs): (*mut T, usize),
+    a: (&[T], usize, usize),
+    b: (&[T], usize, usize),
+    accumulate: bool,
+    threads: usize,
+) {
+    let (a, a_rs, a_cs) = a;
+    let (b, b_rs, b_cs) = b;
     assert!(
         (m - 1) * a_rs + (k - 1) * a_cs < a.len(),
         "gemm: lhs out of bounds"
@@ -72,7 +111,7 @@ pub(crate) fn gemm_into<T: WithDType>(
     let raw = RawGemm {
         m,
         k,
-        c: c.as_mut_ptr(),
+        c,
         c_rs,
         a: (a.as_ptr(), a_rs, a_cs),
         b: (b.as_ptr(), b_rs, b_cs),
@@ -99,7 +138,7 @@ pub(crate) fn gemm_into<T: WithDType>(
     }
 }
 
-/// One GEMM whose operands [`gemm_into`] has checked, run over a block of
+/// One GEMM whose operands [`run_checked`] has checked, run over a block of
 /// its columns.
 #[derive(Clone, Copy)]
 struct RawGemm<T> {
@@ -112,8 +151,9 @@ struct RawGemm<T> {
     accumulate: bool,
 }
 
-// SAFETY: the pointers come from slices borrowed for the whole of
-// `gemm_into` (shared for `a` and `b`, exclusive for `c`), and the threads
+// SAFETY: the pointers come from slices (or an output chunk) borrowed for
+// the whole of `gemm_into` or `gemm_overwrite` (shared for `a` and `b`,
+// exclusive for `c`), and the threads
 // that share a `RawGemm` write disjoint column blocks of `c` (`run`).
 #[allow(unsafe_code)]
 unsafe impl<T: Send> Send for RawGemm<T> {}
@@ -126,7 +166,8 @@ impl<T: WithDType> RawGemm<T> {
     fn run(&self, cols: std::ops::Range<usize>, par: gemm::Parallelism) {
         let (a, a_rs, a_cs) = self.a;
         let (b, b_rs, b_cs) = self.b;
-        // SAFETY: `gemm_into` checked that the `m×n` output, the `m×k` lhs
+        // SAFETY: `gemm_into` / `gemm_overwrite` checked that the `m×n`
+        // output, and `run_checked` that the `m×k` lhs
         // and the `k×n` rhs lie inside their slices; `cols` is inside
         // `0..n`, so the offset pointers and the `cols.len()` columns from
         // them do too. Concurrent calls get disjoint column ranges, so no
@@ -325,6 +366,8 @@ pub(crate) fn col_ld(ohw: usize) -> usize {
 
 #[cfg(test)]
 mod tests {
+    use rayon::prelude::*;
+
     use super::*;
 
     /// Column blocks on several threads give the single-threaded result bit
@@ -365,6 +408,38 @@ mod tests {
             }
             // Untouched padding between rows.
             assert_eq!(one[n..ldc], start[n..ldc]);
+        }
+    }
+
+    /// `gemm_overwrite` into unwritten output chunks gives `gemm_into`'s
+    /// result bit for bit (one and several threads, column splits), and
+    /// zeros when the sum is empty.
+    #[test]
+    fn overwriting_unwritten_chunks_matches_gemm_into() {
+        let val = |i: usize| ((i * 7919) % 1013) as f32 / 1013.0 - 0.5;
+        for (m, n, k, threads) in [
+            (5, 7, 3, 1),
+            (37, 2 * MIN_SPLIT_COLUMNS + 45, 70, 2),
+            (16, 300, 24, 2),
+            (3, 4, 0, 1),
+        ] {
+            let a: Vec<f32> = (0..m * k).map(val).collect();
+            let b: Vec<f32> = (0..k * n).map(|i| val(i + 3)).collect();
+            let mut want = vec![f32::NAN; 2 * m * n];
+            for c in want.chunks_exact_mut(m * n) {
+                gemm_into(m, n, k, (c, n), (&a, k, 1), (&b, n, 1), false, threads);
+            }
+            let got = super::super::output::output::<f32>(2 * m * n, m * n, |chunks| {
+                chunks.for_each(|c| {
+                    gemm_overwrite((m, n, k), c, (&a, k, 1), (&b, n, 1), threads);
+                })
+            });
+            assert!(
+                want.iter()
+                    .zip(&got)
+                    .all(|(x, y)| x.to_bits() == y.to_bits()),
+                "{m}x{n}x{k} on {threads} threads"
+            );
         }
     }
 

@@ -10,8 +10,9 @@ use std::sync::Arc;
 use candle_core::{CpuStorage, Layout, Result, Shape, Tensor, WithDType};
 use rayon::prelude::*;
 
+use super::output::{par_output, Slots};
 use super::simd::Real;
-use super::{contiguous_slice, dims4, dispatch, zeros};
+use super::{contiguous_slice, dims4, dispatch};
 use crate::Loss;
 
 /// Mean per-pixel cross-entropy of `[N, K, H, W]` logits against `[N, H, W]`
@@ -57,7 +58,7 @@ struct CeImage<'a, T> {
     img: &'a [T],
     target: &'a [u32],
     hw: usize,
-    grad: Option<&'a mut [T]>,
+    grad: Option<Slots<'a, T>>,
     scale: T,
     /// Per-pixel maximum, sum of exponentials and gradient factor (`3·hw`,
     /// reused).
@@ -90,14 +91,15 @@ impl<T: Real> pulp::WithSimd for CeImage<'_, T> {
         }
         match grad {
             Some(grad) => {
-                for (g, plane) in grad.chunks_exact_mut(hw).zip(img.chunks_exact(hw)) {
-                    for (((g, s), &m), &v) in g.iter_mut().zip(sum.iter_mut()).zip(&*max).zip(plane)
-                    {
+                // The exponentials, written to the gradient class by class.
+                let grad = grad.write_parts(hw, |class, g| {
+                    let plane = &img[class * hw..][..hw];
+                    g.write(sum.iter_mut().zip(&*max).zip(plane).map(|((s, &m), &v)| {
                         let e = (v - m).exp_fast();
-                        *g = e;
                         *s += e;
-                    }
-                }
+                        e
+                    }));
+                });
                 // scale / sum per pixel, then every class's share of it.
                 for (r, &s) in r.iter_mut().zip(&*sum) {
                     *r = scale / s;
@@ -142,7 +144,7 @@ fn ce_fwd<T: Real>(
         candle_core::bail!("cross_entropy: target class {bad} out of range for {k} classes");
     }
     let scale = T::from_f64(grad_scale.unwrap_or(0.0));
-    let image = |i: usize, grad: Option<&mut [T]>, scratch: &mut Vec<T>| {
+    let image = |i: usize, grad: Option<Slots<'_, T>>, scratch: &mut Vec<T>| {
         pulp::Arch::new().dispatch(CeImage {
             img: &x[i * k * hw..(i + 1) * k * hw],
             target: &t[i * hw..(i + 1) * hw],
@@ -154,12 +156,12 @@ fn ce_fwd<T: Real>(
     };
     let (per_image, grad): (Vec<f64>, _) = match grad_scale {
         Some(_) => {
-            let mut grad = zeros(x.len());
-            let per_image = grad
-                .par_chunks_mut(k * hw)
-                .enumerate()
-                .map_init(Vec::new, |scratch, (i, g)| image(i, Some(g), scratch))
-                .collect();
+            let (grad, per_image) = par_output(x.len(), k * hw, 0, |images| {
+                images
+                    .enumerate()
+                    .map_init(Vec::new, |scratch, (i, g)| image(i, Some(g), scratch))
+                    .collect()
+            });
             (per_image, Some(grad))
         }
         None => (

@@ -7,7 +7,7 @@
 //! - [`conv`]: convolution forward, backward-data and backward-filter as
 //!   per-image GEMMs (the transposed convolution is backward-data), with
 //!   [`im2col`] building column matrices and [`gemm`] holding the crate's
-//!   one `unsafe` call;
+//!   `unsafe` GEMM call;
 //!   [`winograd`] computing the stride-1 3x3 ones (all three passes) with
 //!   2.25x fewer multiplications, and [`dilated`] the dilated 3x3 ones as
 //!   batches of undilated phase images for it, and [`bands`] the forwards
@@ -23,7 +23,9 @@
 //! - [`elementwise`]: channel bias (with an optional clamp: ReLU, ReLU6),
 //!   residual add+ReLU, argmax over classes;
 //! - [`simd`]: run-time SIMD dispatch, a vectorisable `exp`, fixed-order
-//!   lane sums.
+//!   lane sums;
+//! - [`output`]: output buffers zero-filled chunk by chunk by the tasks that
+//!   write them (one pass over memory instead of two; the other `unsafe`).
 
 use candle_core::{CpuStorage, Layout, Result, Tensor, WithDType};
 use rayon::prelude::*;
@@ -40,6 +42,7 @@ pub(crate) mod elementwise;
 pub(crate) mod gemm;
 pub(crate) mod im2col;
 pub(crate) mod loss;
+pub(crate) mod output;
 pub(crate) mod pool;
 pub(crate) mod simd;
 #[cfg(test)]

@@ -28,6 +28,7 @@ use candle_core::WithDType;
 use rayon::prelude::*;
 
 use super::gemm::{gemm_abt, gemm_into, inner_threads};
+use super::output::{output, Slots};
 use super::simd::Real;
 use super::{zeros, Geometry};
 
@@ -157,12 +158,10 @@ pub(crate) fn conv3x3<T: WithDType>(
     );
     let blocks = n.div_ceil(images);
     let threads = inner_threads(blocks);
-    let mut y = zeros(n * cout * h * wd);
     // Each job's transformed inputs and GEMM outputs, reused from block to
     // block (both are overwritten entirely).
-    y.par_chunks_mut(images * cout * h * wd)
-        .enumerate()
-        .for_each_init(
+    output(n * cout * h * wd, images * cout * h * wd, |blocks| {
+        blocks.enumerate().for_each_init(
             || (Vec::new(), Vec::new()),
             |(v, m), (b, yb)| {
                 let nb = yb.len() / (cout * h * wd);
@@ -185,8 +184,8 @@ pub(crate) fn conv3x3<T: WithDType>(
                 }
                 transform_outputs(m, bias, yb, cout, t);
             },
-        );
-    y
+        )
+    })
 }
 
 /// `buf` as a slice of `len` values whose contents are unspecified (left
@@ -581,7 +580,7 @@ impl<T: WithDType> pulp::WithSimd for InputTransform<'_, T> {
 fn transform_outputs<T: WithDType>(
     m: &[T],
     bias: Option<&[T]>,
-    y: &mut [T],
+    y: Slots<'_, T>,
     cout: usize,
     t: Tiles,
 ) {
@@ -596,11 +595,12 @@ fn transform_outputs<T: WithDType>(
 
 /// [`transform_outputs`] compiled for the CPU's SIMD instruction set: both
 /// stages are flat loops over an image's tiles, then one pass writes the
-/// 2x2 outputs of each tile row into two image rows.
+/// 2x2 outputs of each tile row into two image rows of a scratch plane,
+/// which is then copied to the output.
 struct OutputTransform<'a, T> {
     m: &'a [T],
     bias: Option<&'a [T]>,
-    y: &'a mut [T],
+    y: Slots<'a, T>,
     cout: usize,
     t: Tiles,
 }
@@ -623,6 +623,8 @@ impl<T: WithDType> pulp::WithSimd for OutputTransform<'_, T> {
         let mut a = vec![T::zero(); 8 * l];
         // ·A: out(r, q) for the tile's row r and column q.
         let mut out = vec![T::zero(); 4 * l];
+        let mut plane = vec![T::zero(); h * w];
+        let mut planes = y.split(h * w);
         for i in 0..nb {
             for o in 0..cout {
                 let b = bias.map_or(T::zero(), |b| b[o]);
@@ -641,7 +643,6 @@ impl<T: WithDType> pulp::WithSimd for OutputTransform<'_, T> {
                     add3_into(o0, ar(0), ar(1), ar(2));
                     sub3_into(o1, ar(1), ar(2), ar(3));
                 }
-                let plane = &mut y[(i * cout + o) * h * w..][..h * w];
                 for (oy, dst) in plane.chunks_exact_mut(w).enumerate() {
                     let (ty, r) = (oy / 2, oy % 2);
                     let even = &out[2 * r * l + ty * w1..][..tw];
@@ -655,6 +656,8 @@ impl<T: WithDType> pulp::WithSimd for OutputTransform<'_, T> {
                         *last = even[tw - 1] + b;
                     }
                 }
+                let dst = planes.next().expect("the block holds nb·cout planes");
+                dst.write(plane.iter().copied());
             }
         }
     }
