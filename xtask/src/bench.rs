@@ -729,8 +729,19 @@ pub fn run(args: &BenchArgs) -> Result<()> {
          input alone (`conv2d_bias_clamp_const_tail`), where the sum of two convolutions added two more \
          output-sized gradients; on the Intel Xeon machine of 7 December this took \"other\" in the profiled \
          step below from 20.6 to 8.7-10.3 ms and the training steps from 84-97 to 72-76 ms (UNet), 65-71 to \
-         59-66 (ConvTranspose) and 92-98 to 81-84 (PoolUpsample), same binary alternating. Tried and not kept \
-         (alternating rounds of the old and new kernels): an f32 GEMM of 6x64 register blocks reading `b` in \
+         59-66 (ConvTranspose) and 92-98 to 81-84 (PoolUpsample), same binary alternating. Outputs: a kernel \
+         that zero-fills its output and then writes it passes over that memory twice, and the fill (~160 MB in a \
+         UNet step) has nothing to overlap it; the convolution forwards' GEMMs, the Winograd output transforms, \
+         BatchNorm forward and backward and the cross-entropy gradient write their outputs once \
+         (`kernels/output.rs`: chunks of unwritten values that only writers which initialise all of them turn \
+         into `&mut [T]`, counted before the buffer is handed out; `gemm_overwrite`), which took the UNet step \
+         from 62-68 to 60-65 ms (medians 65.8 and 62.0 over 5 alternating rounds; ConvTranspose and \
+         PoolUpsample within their noise). Tried and not kept \
+         (alternating rounds of the old and new kernels): zero-filling each output chunk by the task that \
+         writes it, just before, in its cache (the steps unchanged: the fill still pays for bringing the \
+         lines in); splitting an even-width image's columns by parity in one long loop in the Winograd input \
+         transform (unchanged); max-pooling and upsampling forwards written through iterators instead of \
+         zero-filled outputs (slower: 1.8 against 1.4 ms and 2.2 against 1.8 ms per PoolUpsample step); an f32 GEMM of 6x64 register blocks reading `b` in \
          place (106-114 GFLOP/s against the `gemm` crate's 76-86 on small isolated shapes) changed \
          the UNet step's convolutions by under 1 % and made DeepLab forwards 4-33 % slower; a depthwise kernel \
          summing 16-column chunks of a zero-padded plane in registers left MobileNetV2's depthwise time as it was \
