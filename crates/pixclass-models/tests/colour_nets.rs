@@ -172,7 +172,13 @@ fn whole_net_gradients_match_finite_differences() {
             num_colours: 3,
             in_channels: 1,
         };
-        let (vm, net) = build(cfg, DType::F64);
+        // Seeded weights: with candle's default initialisation (a fresh
+        // random draw every run) about one run in 40 put a ReLU or max-pool
+        // input within the finite difference's step of its kink, and the
+        // test failed at random.
+        let vm = VarMap::new();
+        let vb = pixclass_models::init::seeded_var_builder(&vm, 0, DType::F64, &Device::Cpu);
+        let net = ColourNet::new(cfg, vb).unwrap();
         let x = rand_tensor(&[2, 1, 8, 8], 30);
         let target = Tensor::from_vec(
             (0..128u32).map(|i| (i * 7 + 1) % 3).collect(),
