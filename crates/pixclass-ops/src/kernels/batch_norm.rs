@@ -9,7 +9,7 @@ use std::sync::Arc;
 use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Result, Shape, Tensor, WithDType};
 use rayon::prelude::*;
 
-use super::output::{output, output_then};
+use super::output::{output, par_output};
 use super::simd::{vectorized, Real};
 use super::{contiguous_slice, dims4, dispatch};
 
@@ -129,7 +129,7 @@ fn bn_bwd<T: Real>(
         })
         .collect();
     // Pass 2: dx = γσ⁻¹/M · (M·dy' - Σdy' - x̂·Σdy'x̂).
-    let mut out = output_then(x.len(), hw, 2 * c, |planes| {
+    let (mut out, ()) = par_output(x.len(), hw, 2 * c, |planes| {
         planes.enumerate().for_each(|(p, o)| {
             let ch = p % c;
             let (g, b) = (gb[ch].to_f64(), gb[c + ch].to_f64());
@@ -328,7 +328,7 @@ fn affine_bwd<T: Real>(
     hw: usize,
 ) -> Vec<T> {
     // dx = dy'·scale, where dy' is dy masked by the ReLU (y > 0).
-    let mut out = output_then(x.len(), hw, 2 * c, |planes| {
+    let (mut out, ()) = par_output(x.len(), hw, 2 * c, |planes| {
         planes.enumerate().for_each(|(p, o)| {
             let ch = p % c;
             let (a, b) = (ss[ch], ss[c + ch]);

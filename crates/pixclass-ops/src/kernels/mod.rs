@@ -24,8 +24,9 @@
 //!   residual add+ReLU, argmax over classes;
 //! - [`simd`]: run-time SIMD dispatch, a vectorisable `exp`, fixed-order
 //!   lane sums;
-//! - [`output`]: output buffers zero-filled chunk by chunk by the tasks that
-//!   write them (one pass over memory instead of two; the other `unsafe`).
+//! - [`output`]: kernel outputs written once, without a zero-fill first
+//!   (chunks of unwritten values that only full writers turn into
+//!   `&mut [T]`; the crate's other `unsafe`).
 
 use candle_core::{CpuStorage, Layout, Result, Tensor, WithDType};
 use rayon::prelude::*;

@@ -41,8 +41,8 @@ impl<'a, T: WithDType> Slots<'a, T> {
         }
     }
 
-    /// The chunk filled with `values` in order, which must yield exactly
-    /// [`Self::len`] of them (a kernel bug otherwise, caught by a panic).
+    /// The chunk filled with the first [`Self::len`] of `values`, in order
+    /// (fewer is a kernel bug, caught by a panic).
     /// Inlined into the caller, so a loop over zipped slices vectorises as
     /// the same loop over `&mut [T]` does.
     #[inline(always)]
@@ -179,17 +179,6 @@ pub(crate) fn output<T: WithDType>(
     write: impl for<'a> FnOnce(Chunks<'a, T>),
 ) -> Vec<T> {
     par_output(len, chunk, 0, write).0
-}
-
-/// [`par_output`] for a `write` that returns nothing, leaving room for
-/// `more` values to be pushed after the written ones.
-pub(crate) fn output_then<T: WithDType>(
-    len: usize,
-    chunk: usize,
-    more: usize,
-    write: impl for<'a> FnOnce(Chunks<'a, T>),
-) -> Vec<T> {
-    par_output(len, chunk, more, write).0
 }
 
 #[cfg(test)]
