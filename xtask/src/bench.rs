@@ -989,6 +989,7 @@ mod tests {
         for (op, want) in [
             ("pixclass-conv2d-bwd-filter", conv_bwd),
             ("pixclass-conv2d-bwd-data", conv_bwd),
+            ("pixclass-conv-transpose2d-bwd", conv_bwd),
             // A transposed convolution's input gradient: an unbiased conv.
             ("pixclass-conv2d", conv_bwd),
             ("pixclass-channel-sum", conv_bwd),

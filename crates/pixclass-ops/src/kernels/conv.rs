@@ -6,6 +6,11 @@
 //!   transposed convolution);
 //! - backward-filter: `dW = Σ_n dY_n · im2col(X_n)ᵀ`.
 //!
+//! A transposed convolution's backward needs the forward and backward-filter
+//! kernels over the same column matrix (that of its output gradient): where
+//! both take the column path, [`ConvTransposeGrads`] builds each image's
+//! columns once and computes both gradients from them.
+//!
 //! Working per image keeps the column matrix small (it stays in cache) and
 //! writes outputs in `[N, C, H, W]` order with no transposes. Stride-1 3x3
 //! convolutions take the Winograd kernels instead (all three passes;
@@ -20,7 +25,7 @@ use rayon::prelude::*;
 use super::elementwise::{bias_gradient, clamp_gradient, clamp_in_place, clamps};
 use super::gemm::{col_ld, gemm_into, gemm_overwrite, inner_threads};
 use super::im2col::{add_bias, all_taps, col2im_image, im2col_taps, live_taps};
-use super::output::output;
+use super::output::{output, par_output};
 use super::simd::Real;
 use super::winograd::{self, Filters};
 use super::{bands, dilated};
@@ -205,6 +210,79 @@ fn bwd_filter<T: Real>(x: &[T], dy: &[T], g: &Geometry, o: usize) -> Vec<T> {
     out
 }
 
+/// Whether [`fwd`] and [`bwd_filter`] of `g` both take the column path with
+/// every tap (no Winograd, phase, band or pointwise kernel, no tap that only
+/// reads padding): then they build the same column matrices, and
+/// [`fwd_and_filter`] can share them.
+fn shares_columns(g: &Geometry, o: usize) -> bool {
+    !winograd::applies(g, g.c, o)
+        && !dilated::applies(g, g.c, o)
+        && !g.is_pointwise()
+        && g.n * g.ho * g.wo * o > 0
+        && bands::plan(g).is_none()
+        && live_taps(g).len() == g.kh * g.kw
+}
+
+/// [`fwd`] and [`bwd_filter`] over one column matrix per image (the backward
+/// of a transposed convolution, whose input gradient is the convolution of
+/// its output gradient `img` and whose filter gradient pairs the same
+/// columns with its input `dy`): `Y[n] = W · im2col(img[n])` and
+/// `dW = Σ_n dy[n] · im2col(img[n])ᵀ`, img `[N, C, H, W]`, w and dW
+/// `[O, C, kh, kw]`, y and dy `[N, O, ho, wo]`; returns `y` followed by `dW`
+/// in one buffer. Each value is summed exactly as the two kernels sum it
+/// (the same GEMM calls, the same fixed chunks of [`FILTER_CHUNK`] images
+/// for the partial filter gradients), so the results are theirs bit for
+/// bit. Only where [`shares_columns`] holds.
+fn fwd_and_filter<T: Real>(img: &[T], w: &[T], dy: &[T], g: &Geometry, o: usize) -> Vec<T> {
+    let (ckk, ohw, chw) = (g.rows(), g.ho * g.wo, g.c * g.h * g.w);
+    let chunks = g.n.div_ceil(FILTER_CHUNK);
+    let threads = inner_threads(chunks);
+    let taps = all_taps(g);
+    let ld = col_ld(ohw);
+    let per_image = o * ohw;
+    let (mut out, partials) = par_output(
+        g.n * per_image,
+        FILTER_CHUNK * per_image,
+        o * ckk,
+        |images| -> Vec<Vec<T>> {
+            images
+                .enumerate()
+                .map_init(
+                    || vec![T::zero(); ckk * ld],
+                    |cols, (chunk, slots)| {
+                        let mut dw = vec![T::zero(); o * ckk];
+                        for (i, yn) in slots.split(per_image).enumerate() {
+                            let n = chunk * FILTER_CHUNK + i;
+                            let imn = &img[n * chw..(n + 1) * chw];
+                            im2col_taps(imn, g, &taps, cols, ld, threads > 1);
+                            gemm_overwrite((o, ohw, ckk), yn, (w, ckk, 1), (cols, ld, 1), threads);
+                            gemm_into(
+                                o,
+                                ckk,
+                                ohw,
+                                (&mut dw, ckk),
+                                (&dy[n * per_image..(n + 1) * per_image], ohw, 1),
+                                (cols, 1, ld),
+                                true,
+                                threads,
+                            );
+                        }
+                        dw
+                    },
+                )
+                .collect()
+        },
+    );
+    let mut dw = vec![T::zero(); o * ckk];
+    for p in &partials {
+        for (a, b) in dw.iter_mut().zip(p) {
+            *a += *b;
+        }
+    }
+    out.extend(dw);
+    out
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Kind {
     /// (x, w) -> y.
@@ -302,13 +380,74 @@ impl CustomOp2 for ConvKernel {
                 run(need_a, &grad, b, Kind::BwdData)?,
                 run(need_b, a, &grad, Kind::BwdFilter)?,
             )),
-            // y = conv_transpose(x, w) = bwd_data(x, w): dx = conv(dy, w), dw = bwd_filter(dy, x).
+            // y = conv_transpose(x, w) = bwd_data(x, w): dx = conv(dy, w), dw = bwd_filter(dy, x),
+            // both over im2col(dy): built once where both kernels use it.
+            Kind::BwdData if need_a && need_b && grad.device().is_cpu() => {
+                let conv = self.with(Kind::Fwd);
+                if !shares_columns(&conv.g, conv.o) {
+                    return Ok((
+                        run(true, &grad, b, Kind::Fwd)?,
+                        run(true, &grad, a, Kind::BwdFilter)?,
+                    ));
+                }
+                let both = grad.apply_op3_no_bwd(
+                    &a.contiguous()?,
+                    &b.contiguous()?,
+                    &ConvTransposeGrads { conv },
+                )?;
+                let nx = a.elem_count();
+                let dx = both.narrow(0, 0, nx)?.reshape(a.shape())?;
+                let dw = both.narrow(0, nx, b.elem_count())?.reshape(b.shape())?;
+                Ok((Some(dx), Some(dw)))
+            }
             Kind::BwdData => Ok((
                 run(need_a, &grad, b, Kind::Fwd)?,
                 run(need_b, &grad, a, Kind::BwdFilter)?,
             )),
             Kind::BwdFilter => candle_core::bail!("no second-order gradient for {}", self.name()),
         }
+    }
+}
+
+/// Both gradients of a transposed convolution from one column matrix per
+/// image ([`fwd_and_filter`]): inputs (its output gradient, its input, its
+/// filters) -> its input gradient's values followed by its filter
+/// gradient's, one flat tensor.
+#[derive(Debug, Clone, Copy)]
+struct ConvTransposeGrads {
+    /// The convolution of the output gradient with the filters (the input
+    /// gradient's kernel).
+    conv: ConvKernel,
+}
+
+impl CustomOp3 for ConvTransposeGrads {
+    fn name(&self) -> &'static str {
+        "pixclass-conv-transpose2d-bwd"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let _time = crate::profile::scope(self.name());
+        let (g, o) = (&self.conv.g, self.conv.o);
+        let (nx, nw) = (g.n * o * g.ho * g.wo, o * g.rows());
+        let expect = [g.n * g.c * g.h * g.w, nx, nw];
+        let got = [l1, l2, l3].map(|l| l.shape().elem_count());
+        if got != expect {
+            candle_core::bail!(
+                "{}: inputs of {got:?} values, the geometry needs {expect:?}",
+                self.name()
+            );
+        }
+        let out = dispatch!((s1, l1) => img, (s2, l2) => dy, (s3, l3) => w;
+            fwd_and_filter(img, w, dy, g, o));
+        Ok((out, Shape::from(nx + nw)))
     }
 }
 
@@ -641,4 +780,61 @@ pub(crate) fn conv_transpose2d_kernel(
         o: cin,
         kind: Kind::BwdData,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::values;
+    use super::*;
+
+    /// The colourization nets' transposed convolutions seen from their
+    /// backward: the stride-2 3x3 convolution of the output gradient.
+    fn transposed_layer(n: usize, c: usize, side: usize) -> Geometry {
+        geometry((n, c, side, side), (3, 3), ((1, 1), (1, 1)), 2, 1)
+    }
+
+    #[test]
+    fn shared_columns_give_both_kernels_results_bit_for_bit() {
+        let (c, o) = (5, 7);
+        for n in [1, 3, FILTER_CHUNK, FILTER_CHUNK + 1, 3 * FILTER_CHUNK + 2] {
+            for side in [8, 9] {
+                let g = transposed_layer(n, c, side);
+                assert!(shares_columns(&g, o), "{g:?}");
+                let to_f32 = |v: Vec<f64>| v.into_iter().map(|x| x as f32).collect::<Vec<f32>>();
+                let img = to_f32(values(n * c * side * side, 1));
+                let w = to_f32(values(o * c * 9, 2));
+                let dy = to_f32(values(n * o * g.ho * g.wo, 3));
+                let both = fwd_and_filter(&img, &w, &dy, &g, o);
+                let y = fwd(&img, &w, None, &g, o);
+                let dw = bwd_filter(&img, &dy, &g, o);
+                assert_eq!(both.len(), y.len() + dw.len());
+                assert!(
+                    both[..y.len()] == y[..],
+                    "forward differs, n {n}, side {side}"
+                );
+                assert!(
+                    both[y.len()..] == dw[..],
+                    "filter gradient differs, n {n}, side {side}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn columns_are_shared_only_where_both_kernels_build_them() {
+        assert!(!shares_columns(
+            &super::super::testing::same3x3(4, 16, (8, 8), 1),
+            16
+        ));
+        let pointwise = geometry((4, 8, 8, 8), (1, 1), ((0, 0), (0, 0)), 1, 1);
+        assert!(!shares_columns(&pointwise, 8));
+        // Stride 3 over a padded 3x3 image: one output, whose first row and
+        // column of taps read only padding; the forward leaves those taps
+        // out of its columns and the filter gradient keeps them.
+        let dead_taps = geometry((4, 8, 3, 3), (3, 3), ((1, 1), (1, 1)), 3, 1);
+        assert_eq!(live_taps(&dead_taps).len(), 4);
+        assert!(!shares_columns(&dead_taps, 8));
+        let empty = transposed_layer(0, 8, 8);
+        assert!(!shares_columns(&empty, 8));
+    }
 }
