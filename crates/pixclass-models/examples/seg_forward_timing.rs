@@ -22,6 +22,7 @@ mod allocator;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarMap;
+use clap::Parser;
 use pixclass_models::deeplab::{DeepLabConfig, DeepLabV3};
 use pixclass_models::init::{seeded_frozen_builder, seeded_var_builder};
 use pixclass_models::mobilenet::MobileNetV2DeepLab;
@@ -53,29 +54,30 @@ fn median_ms(dev: &Device, runs: usize, f: &dyn Fn() -> anyhow::Result<()>) -> a
     Ok((v[(n - 1) / 2] + v[n / 2]) / 2.0)
 }
 
-/// The value after `name` on the command line.
-fn arg(name: &str) -> Option<String> {
-    let args: Vec<String> = std::env::args().collect();
-    let i = args.iter().position(|a| a == name)?;
-    args.get(i + 1).cloned()
-}
-
-/// The `--device` argument: cpu (default) or cuda.
-fn device_arg() -> anyhow::Result<Device> {
-    match arg("--device").as_deref() {
-        None | Some("cpu") => Ok(Device::Cpu),
-        Some("cuda") => Ok(Device::new_cuda(0)?),
-        Some(d) => anyhow::bail!("--device {d:?}: cpu or cuda"),
-    }
+/// Times the DeepLabV3 forwards and the head fine-tuning step.
+#[derive(Parser)]
+struct Args {
+    /// cpu or cuda.
+    #[arg(long, default_value = "cpu", value_parser = ["cpu", "cuda"])]
+    device: String,
+    /// Only the rows whose name contains this text.
+    #[arg(long)]
+    only: Option<String>,
+    /// After each row, one more forward with the kernels' per-op timing on.
+    #[arg(long)]
+    profile: bool,
 }
 
 fn main() -> anyhow::Result<()> {
     allocator::keep_freed_memory();
     pixclass_ops::park_idle_candle_workers();
-    let dev = device_arg()?;
+    let args = Args::parse();
+    let dev = match args.device.as_str() {
+        "cuda" => Device::new_cuda(0)?,
+        _ => Device::Cpu,
+    };
     println!("THREADS {}", pixclass_ops::cpu_threads());
-    // `--only TEXT`: the rows whose name contains TEXT.
-    let only = arg("--only");
+    let only = args.only;
     let mb = MobileNetV2DeepLab::pretrained(&dev, true)?;
     let r = DeepLabV3::new(
         DeepLabConfig {
@@ -100,7 +102,7 @@ fn main() -> anyhow::Result<()> {
         })?;
         println!("{name}: {t:.1} ms");
         println!("BENCH {name}\t{t}");
-        if std::env::args().any(|a| a == "--profile") {
+        if args.profile {
             // One more forward with the kernels' per-op timing on.
             pixclass_ops::profile::take();
             pixclass_ops::profile::enable(true);

@@ -20,6 +20,7 @@ mod allocator;
 
 use anyhow::Context;
 use candle_core::{DType, Device};
+use clap::Parser;
 use pixclass_data::segment::{Blob, Preprocess, SegSample, SegSet};
 use pixclass_models::deeplab::{DeepLabConfig, DeepLabV3};
 use pixclass_models::init::seeded_frozen_builder;
@@ -28,11 +29,15 @@ use pixclass_models::segment::SegBackbone;
 /// Images per run.
 const IMAGES: usize = 64;
 
-/// The value after `name` on the command line.
-fn arg(name: &str) -> Option<String> {
-    let args: Vec<String> = std::env::args().collect();
-    let i = args.iter().position(|a| a == name)?;
-    args.get(i + 1).cloned()
+/// Times Part D's feature extraction over 64 Oxford-17 images.
+#[derive(Parser)]
+struct Args {
+    /// The data directory (with `flowers17/`).
+    #[arg(long, default_value = "../shared/data")]
+    data: std::path::PathBuf,
+    /// Only the rows whose name contains this text.
+    #[arg(long)]
+    only: Option<String>,
 }
 
 /// The first `n` trimaps under `dir/trimaps` (by name) with their photos.
@@ -90,10 +95,9 @@ fn main() -> anyhow::Result<()> {
     allocator::keep_freed_memory();
     pixclass_ops::park_idle_candle_workers();
     println!("THREADS {}", pixclass_ops::cpu_threads());
-    let data = arg("--data").unwrap_or_else(|| "../shared/data".into());
-    let only = arg("--only");
+    let Args { data, only } = Args::parse();
     let dev = Device::Cpu;
-    let all = samples(&Path::new(&data).join("flowers17"), IMAGES)?;
+    let all = samples(&data.join("flowers17"), IMAGES)?;
     let mobilenet = SegBackbone::load(
         pixclass_models::segment::SegModelKind::Deeplabv3Mobilenetv2Voc,
         None,

@@ -27,6 +27,7 @@ mod allocator;
 
 use candle_core::{DType, Tensor};
 use candle_nn::VarMap;
+use clap::Parser;
 use pixclass_models::init::seeded_var_builder;
 use pixclass_models::layers::trainable_vars;
 use pixclass_models::{ColourModelKind, ColourNet, ColourNetConfig};
@@ -38,33 +39,33 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-/// The value after `name` on the command line.
-fn arg(name: &str) -> Option<String> {
-    let args: Vec<String> = std::env::args().collect();
-    let i = args.iter().position(|a| a == name)?;
-    args.get(i + 1).cloned()
+/// Times the colourization nets' training step and inference.
+#[derive(Parser)]
+struct Args {
+    /// cpu, cuda or metal.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Times one net only (pool-upsample, conv-transpose or unet).
+    #[arg(long)]
+    model: Option<ColourModelKind>,
+    /// Timed steps, after 3 warm-ups.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    steps: u64,
+    /// Then the same steps again with the kernels' per-op timing on.
+    #[arg(long)]
+    profile: bool,
 }
 
 fn main() -> anyhow::Result<()> {
     allocator::keep_freed_memory();
     pixclass_ops::park_idle_candle_workers();
-    let device = arg("--device")
-        .map(|d| d.parse::<DeviceKind>())
-        .transpose()
-        .map_err(anyhow::Error::msg)?
-        .unwrap_or(DeviceKind::Cpu);
+    let args = Args::parse();
+    let device: DeviceKind = args.device.parse().map_err(anyhow::Error::msg)?;
     let dev = select_device(device, 0)?;
     println!("THREADS {}", rayon_threads());
-    // `--model NAME` times one net only (for profiling).
-    let only = arg("--model");
-    // `--steps N` timed steps (default 10) after 3 warm-ups.
-    let steps: usize = arg("--steps")
-        .map(|s| s.parse())
-        .transpose()?
-        .unwrap_or(10)
-        .max(1);
+    let steps = usize::try_from(args.steps)?;
     for kind in ColourModelKind::ALL {
-        if only.as_ref().is_some_and(|m| *m != kind.to_string()) {
+        if args.model.is_some_and(|m| m != kind) {
             continue;
         }
         let vm = VarMap::new();
@@ -108,7 +109,7 @@ fn main() -> anyhow::Result<()> {
         let macs = (net.summary(32, 32)?.total_connections() * 100) as f64;
         println!("FLOPS {kind} train step\t{}", 6.0 * macs);
         println!("FLOPS {kind} inference\t{}", 2.0 * macs);
-        if std::env::args().any(|a| a == "--profile") {
+        if args.profile {
             let mut step = || -> anyhow::Result<()> {
                 let loss = pixclass_metrics::cross_entropy(&net.forward_t(&x, true)?, &y)?;
                 adam.step(&loss.backward()?)?;
