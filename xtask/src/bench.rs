@@ -688,6 +688,11 @@ pub fn run(args: &BenchArgs) -> Result<()> {
          Machine: {machine}.\n\n\
          Figures published before December 2026 compared pixclass on 2 threads with **PyTorch on 1 thread** (an \
          exec'd fixture script reset the count); they are withdrawn. Every figure here is 2 against 2.\n\n\
+         The ratios depend on the machine: on the Intel Xeon machine of the morning of 7 December (AVX-512, \
+         measured peak 472 GFLOP/s on 2 threads), the bench of commit 41ecb7f (before the shared columns of \
+         transposed convolutions, below) gave colourization epochs 0.66-0.74, micro steps 0.78-0.79, DeepLab \
+         forwards 0.59-0.98 and feature extraction 0.60-0.84; PyTorch's oneDNN kernels gain more from AVX-512 \
+         than the `gemm` crate's micro-kernels do.\n\n\
          {targets}{md}\n\
          Workloads. *Colourization runs*: `pixclass colourize train --model NET --epochs E` against \
          `crates/pixclass-train/benches/torch_colour_reference.py`, the study's program as written (its own model \
@@ -736,8 +741,15 @@ pub fn run(args: &BenchArgs) -> Result<()> {
          (`kernels/output.rs`: chunks of unwritten values that only writers which initialise all of them turn \
          into `&mut [T]`, counted before the buffer is handed out; `gemm_overwrite`), which took the UNet step \
          from 62-68 to 60-65 ms (medians 65.8 and 62.0 over 5 alternating rounds; ConvTranspose and \
-         PoolUpsample within their noise). Tried and not kept \
-         (alternating rounds of the old and new kernels): zero-filling each output chunk by the task that \
+         PoolUpsample within their noise). Transposed convolutions: their backward's input gradient (a stride-2 \
+         convolution of the output gradient) and filter gradient read the same column matrix, which one op \
+         builds once per image for both (`ConvTransposeGrads` in `kernels/conv.rs`, the two kernels' results \
+         bit for bit), which took the UNet step from 68.5 to 60.8 ms and the ConvTranspose step from 54.5 to \
+         51.0 (medians of 6 alternating rounds on the AMD EPYC machine of the evening of 7 December, whose \
+         speed drifted by up to 30 % between minutes). Tried and not kept \
+         (alternating rounds of the old and new kernels): 5 images per partial filter gradient instead of 8 \
+         (20 chunks, which 2 threads share evenly, instead of 13: within the noise, UNet 63.7 against 63.4 ms, \
+         ConvTranspose 51.8 against 53.4, medians of 5 rounds); zero-filling each output chunk by the task that \
          writes it, just before, in its cache (the steps unchanged: the fill still pays for bringing the \
          lines in); splitting an even-width image's columns by parity in one long loop in the Winograd input \
          transform (unchanged); max-pooling and upsampling forwards written through iterators instead of \
