@@ -201,8 +201,14 @@ fn bwd_filter<T: Real>(x: &[T], dy: &[T], g: &Geometry, o: usize) -> Vec<T> {
         })
         .collect();
     // ...then summed in chunk order.
-    let mut out = vec![T::zero(); o * ckk];
-    for p in &partials {
+    sum_in_order(&partials, o * ckk)
+}
+
+/// The sum of equal-length partial results, added in their order (the
+/// fixed order that makes [`bwd_filter`] independent of thread scheduling).
+fn sum_in_order<T: Real>(partials: &[Vec<T>], len: usize) -> Vec<T> {
+    let mut out = vec![T::zero(); len];
+    for p in partials {
         for (a, b) in out.iter_mut().zip(p) {
             *a += *b;
         }
@@ -273,13 +279,7 @@ fn fwd_and_filter<T: Real>(img: &[T], w: &[T], dy: &[T], g: &Geometry, o: usize)
                 .collect()
         },
     );
-    let mut dw = vec![T::zero(); o * ckk];
-    for p in &partials {
-        for (a, b) in dw.iter_mut().zip(p) {
-            *a += *b;
-        }
-    }
-    out.extend(dw);
+    out.extend(sum_in_order(&partials, o * ckk));
     out
 }
 
