@@ -382,14 +382,13 @@ impl CustomOp2 for ConvKernel {
             )),
             // y = conv_transpose(x, w) = bwd_data(x, w): dx = conv(dy, w), dw = bwd_filter(dy, x),
             // both over im2col(dy): built once where both kernels use it.
-            Kind::BwdData if need_a && need_b && grad.device().is_cpu() => {
+            Kind::BwdData
+                if need_a
+                    && need_b
+                    && grad.device().is_cpu()
+                    && shares_columns(&self.g, self.o) =>
+            {
                 let conv = self.with(Kind::Fwd);
-                if !shares_columns(&conv.g, conv.o) {
-                    return Ok((
-                        run(true, &grad, b, Kind::Fwd)?,
-                        run(true, &grad, a, Kind::BwdFilter)?,
-                    ));
-                }
                 let both = grad.apply_op3_no_bwd(
                     &a.contiguous()?,
                     &b.contiguous()?,
