@@ -7,6 +7,7 @@
 use candle_core::WithDType;
 use rayon::prelude::*;
 
+use super::simd::{deinterleave, interleave};
 use super::Geometry;
 
 /// Every kernel tap `(ky, kx)` in row order.
@@ -129,10 +130,7 @@ impl Parity {
             let even = &mut even[i * self.pw..(i + 1) * self.pw][j0.min(self.pw)..];
             let odd = &mut odd[i * self.pw..(i + 1) * self.pw][j1.min(self.pw)..];
             let n = even.len().min(odd.len()).min(src.len() / 2);
-            for ((pair, e), o) in src.chunks_exact(2).zip(even.iter_mut()).zip(odd.iter_mut()) {
-                *e = pair[0];
-                *o = pair[1];
-            }
+            deinterleave(src, &mut even[..n], &mut odd[..n]);
             // The last column of an odd-width row, and any pixel whose
             // partner falls past its plane.
             for (x, &v) in src.iter().enumerate().skip(2 * n) {
@@ -159,10 +157,7 @@ impl Parity {
             };
             let (even, odd) = (row(b0, j0), row(b1, j1));
             let n = even.len().min(odd.len()).min(dst.len() / 2);
-            for ((pair, &e), &o) in dst.chunks_exact_mut(2).zip(even).zip(odd) {
-                pair[0] = e;
-                pair[1] = o;
-            }
+            interleave(dst, &even[..n], &odd[..n], |v| v);
             for (x, d) in dst.iter_mut().enumerate().skip(2 * n) {
                 let src = if x % 2 == 0 { even } else { odd };
                 *d = src.get(x / 2).copied().unwrap_or(T::zero());

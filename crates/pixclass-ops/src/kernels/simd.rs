@@ -185,6 +185,93 @@ impl pulp::WithSimd for ShiftedSumsF32<'_> {
     }
 }
 
+/// `first[j] = src[2j]` and `second[j] = src[2j + 1]` for every `j` below
+/// `first.len()` (`second` as long, `src` at least twice as long): a row's
+/// even and odd values. Fixed chunks of 16 pairs, then of 8, which the
+/// compiler turns into vector shuffles; a loop over pairs runs one value at
+/// a time on the rows here (16 or 32 values: too short for the vectorised
+/// body of a variable-length loop).
+#[inline(always)]
+pub(crate) fn deinterleave<T: Copy>(src: &[T], first: &mut [T], second: &mut [T]) {
+    let n = first.len();
+    let (src, second) = (&src[..2 * n], &mut second[..n]);
+    let mut done = deinterleave_chunks::<T, 16, 32>(src, first, second);
+    done +=
+        deinterleave_chunks::<T, 8, 16>(&src[2 * done..], &mut first[done..], &mut second[done..]);
+    for j in done..n {
+        first[j] = src[2 * j];
+        second[j] = src[2 * j + 1];
+    }
+}
+
+/// [`deinterleave`] over the whole chunks of `B` pairs (`B2 = 2·B` values);
+/// the pairs done.
+#[inline(always)]
+fn deinterleave_chunks<T: Copy, const B: usize, const B2: usize>(
+    src: &[T],
+    first: &mut [T],
+    second: &mut [T],
+) -> usize {
+    const { assert!(B2 == 2 * B) };
+    let chunks = first.len() / B;
+    for ((s, a), b) in src[..chunks * B2]
+        .chunks_exact(B2)
+        .zip(first.chunks_exact_mut(B))
+        .zip(second.chunks_exact_mut(B))
+    {
+        let s: &[T; B2] = s.try_into().expect("chunks of B2 values");
+        let a: &mut [T; B] = a.try_into().expect("chunks of B values");
+        let b: &mut [T; B] = b.try_into().expect("chunks of B values");
+        for j in 0..B {
+            a[j] = s[2 * j];
+            b[j] = s[2 * j + 1];
+        }
+    }
+    chunks * B
+}
+
+/// `dst[2j] = f(first[j])` and `dst[2j + 1] = f(second[j])` for every `j`
+/// below `first.len()` (`second` as long, `dst` at least twice as long):
+/// the inverse of [`deinterleave`], in the same chunks.
+#[inline(always)]
+pub(crate) fn interleave<T: Copy>(dst: &mut [T], first: &[T], second: &[T], f: impl Fn(T) -> T) {
+    let n = first.len();
+    let (dst, second) = (&mut dst[..2 * n], &second[..n]);
+    let mut done = interleave_chunks::<T, 16, 32>(dst, first, second, &f);
+    done +=
+        interleave_chunks::<T, 8, 16>(&mut dst[2 * done..], &first[done..], &second[done..], &f);
+    for j in done..n {
+        dst[2 * j] = f(first[j]);
+        dst[2 * j + 1] = f(second[j]);
+    }
+}
+
+/// [`interleave`] over the whole chunks of `B` pairs; the pairs done.
+#[inline(always)]
+fn interleave_chunks<T: Copy, const B: usize, const B2: usize>(
+    dst: &mut [T],
+    first: &[T],
+    second: &[T],
+    f: &impl Fn(T) -> T,
+) -> usize {
+    const { assert!(B2 == 2 * B) };
+    let chunks = first.len() / B;
+    for ((d, a), b) in dst[..chunks * B2]
+        .chunks_exact_mut(B2)
+        .zip(first.chunks_exact(B))
+        .zip(second.chunks_exact(B))
+    {
+        let d: &mut [T; B2] = d.try_into().expect("chunks of B2 values");
+        let a: &[T; B] = a.try_into().expect("chunks of B values");
+        let b: &[T; B] = b.try_into().expect("chunks of B values");
+        for j in 0..B {
+            d[2 * j] = f(a[j]);
+            d[2 * j + 1] = f(b[j]);
+        }
+    }
+    chunks * B
+}
+
 /// The floating-point element types the kernels work in (f32, f64).
 pub(crate) trait Real: WithDType {
     /// `exp(self)`: f64 uses the standard library; f32 a branch-free
@@ -376,6 +463,22 @@ impl pulp::WithSimd for FmaChains {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn interleaving_splits_and_joins_every_length() {
+        for n in 0..=40usize {
+            let src: Vec<f64> = (0..2 * n + 1).map(|i| i as f64).collect();
+            let (mut first, mut second) = (vec![-1.0; n], vec![-1.0; n]);
+            deinterleave(&src, &mut first, &mut second);
+            let want_first: Vec<f64> = (0..n).map(|j| (2 * j) as f64).collect();
+            let want_second: Vec<f64> = (0..n).map(|j| (2 * j + 1) as f64).collect();
+            assert_eq!((&first, &second), (&want_first, &want_second), "{n} pairs");
+            let mut joined = vec![-1.0; 2 * n + 1];
+            interleave(&mut joined, &first, &second, |v| v + 0.5);
+            let want: Vec<f64> = (0..2 * n).map(|i| i as f64 + 0.5).chain([-1.0]).collect();
+            assert_eq!(joined, want, "{n} pairs joined");
+        }
+    }
 
     #[test]
     fn exp_fast_matches_std_exp() {

@@ -29,7 +29,7 @@ use rayon::prelude::*;
 
 use super::gemm::{gemm_abt, gemm_into, inner_threads};
 use super::output::{output, Slots};
-use super::simd::Real;
+use super::simd::{deinterleave, interleave, Real};
 use super::{zeros, Geometry};
 
 /// Tiles per block of images (at most: a block holds at least one image;
@@ -401,7 +401,7 @@ impl<T: WithDType> pulp::WithSimd for OutputGradTransform<'_, T> {
                     let (ty, r) = (oy / 2, oy % 2);
                     let (d0, d1) = d[2 * r * l..(2 * r + 2) * l].split_at_mut(l);
                     let (d0, d1) = (&mut d0[ty * w1..][..tw], &mut d1[ty * w1..][..tw]);
-                    deinterleave(src, d0, d1);
+                    split_row(src, d0, d1);
                 }
                 let dd = |r: usize, s: usize| &d[(2 * r + s) * l..][..l];
                 for (idx, row) in a.chunks_exact_mut(l).enumerate() {
@@ -471,63 +471,23 @@ impl Tiles {
     }
 }
 
-/// `src[2j]` into `first[j]` and `src[2j + 1]` into `second[j]` for every
-/// `j` (`src` odd-length: its last value to `first` only). Fixed chunks of
-/// 16 pairs, which the compiler turns into vector shuffles; a loop over
-/// pairs ran one value at a time (a 32-wide row is too short for the
-/// vectorised body of a variable-length loop).
+/// A row's even values into `first`, odd ones into `second`; the last
+/// value of an odd-length row into `first` only.
 #[inline(always)]
-fn deinterleave<T: Copy>(src: &[T], first: &mut [T], second: &mut [T]) {
-    const B: usize = 16;
+fn split_row<T: Copy>(src: &[T], first: &mut [T], second: &mut [T]) {
     let pairs = src.len() / 2;
-    let full = pairs / B * B;
-    for ((s, e), o) in src[..2 * full]
-        .chunks_exact(2 * B)
-        .zip(first[..full].chunks_exact_mut(B))
-        .zip(second[..full].chunks_exact_mut(B))
-    {
-        let s: &[T; 2 * B] = s.try_into().expect("chunks of 2B");
-        let e: &mut [T; B] = e.try_into().expect("chunks of B");
-        let o: &mut [T; B] = o.try_into().expect("chunks of B");
-        for j in 0..B {
-            e[j] = s[2 * j];
-            o[j] = s[2 * j + 1];
-        }
-    }
-    for j in full..pairs {
-        first[j] = src[2 * j];
-        second[j] = src[2 * j + 1];
-    }
+    deinterleave(src, &mut first[..pairs], &mut second[..pairs]);
     if src.len() % 2 == 1 {
         first[pairs] = src[2 * pairs];
     }
 }
 
-/// `dst[2j] = first[j] + b`, `dst[2j + 1] = second[j] + b` for every `j`
-/// (`dst` odd-length: its last value from `first`), in fixed chunks as
-/// [`deinterleave`].
+/// `dst[2j] = first[j] + b`, `dst[2j + 1] = second[j] + b`: the inverse of
+/// [`split_row`] with a bias.
 #[inline(always)]
-fn interleave_add<T: WithDType>(dst: &mut [T], first: &[T], second: &[T], b: T) {
-    const B: usize = 16;
+fn join_row<T: WithDType>(dst: &mut [T], first: &[T], second: &[T], b: T) {
     let pairs = dst.len() / 2;
-    let full = pairs / B * B;
-    for ((d, f), s) in dst[..2 * full]
-        .chunks_exact_mut(2 * B)
-        .zip(first[..full].chunks_exact(B))
-        .zip(second[..full].chunks_exact(B))
-    {
-        let d: &mut [T; 2 * B] = d.try_into().expect("chunks of 2B");
-        let f: &[T; B] = f.try_into().expect("chunks of B");
-        let s: &[T; B] = s.try_into().expect("chunks of B");
-        for j in 0..B {
-            d[2 * j] = f[j] + b;
-            d[2 * j + 1] = s[j] + b;
-        }
-    }
-    for j in full..pairs {
-        dst[2 * j] = first[j] + b;
-        dst[2 * j + 1] = second[j] + b;
-    }
+    interleave(dst, &first[..pairs], &second[..pairs], |v| v + b);
     if dst.len() % 2 == 1 {
         dst[2 * pairs] = first[pairs] + b;
     }
@@ -588,7 +548,7 @@ impl<T: WithDType> pulp::WithSimd for InputTransform<'_, T> {
                     let (even, odd) = planes[2 * rp * size..(2 * rp + 2) * size].split_at_mut(size);
                     let even = &mut even[yy * w1 + 1..][..tw];
                     let odd = &mut odd[yy * w1..][..tw];
-                    deinterleave(src, odd, even);
+                    split_row(src, odd, even);
                 }
                 // d(k, parity)[t] = P[k % 2][parity][t + (k / 2)·w1].
                 let d = |k: usize, par: usize| {
@@ -695,7 +655,7 @@ impl<T: WithDType> pulp::WithSimd for OutputTransform<'_, T> {
                     let (ty, r) = (oy / 2, oy % 2);
                     let even = &out[2 * r * l + ty * w1..][..tw];
                     let odd = &out[(2 * r + 1) * l + ty * w1..][..tw];
-                    interleave_add(dst, even, odd, b);
+                    join_row(dst, even, odd, b);
                 }
                 let dst = planes.next().expect("the block holds nb·cout planes");
                 dst.write(plane.iter().copied());
@@ -774,18 +734,18 @@ mod tests {
     }
 
     #[test]
-    fn interleaving_splits_and_joins_every_length() {
+    fn rows_split_and_join_at_every_length() {
         for len in 0..=70usize {
             let src: Vec<f64> = (0..len).map(|i| i as f64).collect();
             let half = len.div_ceil(2);
             let (mut first, mut second) = (vec![-1.0; half], vec![-1.0; half]);
-            deinterleave(&src, &mut first, &mut second);
+            split_row(&src, &mut first, &mut second);
             let want_first: Vec<f64> = src.iter().step_by(2).copied().collect();
             let want_second: Vec<f64> = src.iter().skip(1).step_by(2).copied().collect();
             assert_eq!(first, want_first, "first of {len}");
             assert_eq!(second[..len / 2], want_second[..], "second of {len}");
             let mut joined = vec![0.0; len];
-            interleave_add(&mut joined, &first, &second, 0.5);
+            join_row(&mut joined, &first, &second, 0.5);
             let want: Vec<f64> = src.iter().map(|v| v + 0.5).collect();
             assert_eq!(joined, want, "joined {len}");
         }
