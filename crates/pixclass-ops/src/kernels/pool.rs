@@ -6,6 +6,7 @@
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor, WithDType};
 use rayon::prelude::*;
 
+use super::simd::{deinterleave, interleave, vectorized};
 use super::{contiguous_slice, dims4, dispatch, zeros};
 
 /// Max pooling with window and stride `k`; the gradient goes to the first
@@ -73,6 +74,54 @@ fn maxpool_fwd<T: WithDType>(x: &[T], h: usize, w: usize, k: usize) -> Vec<T> {
     out
 }
 
+/// Windows of 2x2 pooling whose gradients [`window_grads_2x2`] computes
+/// together: a chunk of their two input rows is [`deinterleave`]d into the
+/// windows' four corners, one vector each.
+const WINDOWS: usize = 16;
+
+/// The gradient of one row of 2x2 windows: input rows `x0`, `x1` into
+/// output rows `o0`, `o1` (a last odd column is left as it is), window
+/// gradients `g`. Windows do not overlap: each input gets `0 + g` or `0`,
+/// exactly what the general loop's `+=` gives, at the first maximum of its
+/// window. [`WINDOWS`] windows at a time, branch-free: their corners split
+/// into four arrays, the comparisons of [`argmax2x2`] as masks, the four
+/// gradient arrays joined back into the rows (one window at a time, the
+/// first maximum chose one of four stores, a branch that mispredicted on
+/// half the windows; selects over a window's own array did not vectorise).
+#[inline(always)]
+fn window_grads_2x2<T: WithDType>(x0: &[T], x1: &[T], o0: &mut [T], o1: &mut [T], g: &[T]) {
+    let zero = T::zero();
+    let full = g.len() / WINDOWS * WINDOWS;
+    for (j0, gs) in (0..full).step_by(WINDOWS).zip(g.chunks_exact(WINDOWS)) {
+        let span = j0 * 2..(j0 + WINDOWS) * 2;
+        let ([mut a, mut b, mut c, mut d], mut out) = ([[zero; WINDOWS]; 4], [[zero; WINDOWS]; 4]);
+        deinterleave(&x0[span.clone()], &mut a, &mut b);
+        deinterleave(&x1[span.clone()], &mut c, &mut d);
+        for j in 0..WINDOWS {
+            let to_b = b[j] > a[j];
+            let m = if to_b { b[j] } else { a[j] };
+            let to_c = c[j] > m;
+            let m = if to_c { c[j] } else { m };
+            let to_d = d[j] > m;
+            let gv = zero + gs[j];
+            let pick = |here: bool| if here { gv } else { zero };
+            out[3][j] = pick(to_d);
+            out[2][j] = pick(to_c && !to_d);
+            out[1][j] = pick(to_b && !to_c && !to_d);
+            out[0][j] = pick(!to_b && !to_c && !to_d);
+        }
+        interleave(&mut o0[span.clone()], &out[0], &out[1], |v| v);
+        interleave(&mut o1[span], &out[2], &out[3], |v| v);
+    }
+    for (j, &gv) in g.iter().enumerate().skip(full) {
+        let (best, _) = argmax2x2(x0[2 * j], x0[2 * j + 1], x1[2 * j], x1[2 * j + 1]);
+        let mut v = [zero; 4];
+        v[best] = zero + gv;
+        o0[2 * j..2 * j + 2].copy_from_slice(&v[..2]);
+        o1[2 * j..2 * j + 2].copy_from_slice(&v[2..]);
+    }
+}
+
 fn maxpool_bwd<T: WithDType>(x: &[T], g: &[T], h: usize, w: usize, k: usize) -> Vec<T> {
     let (ho, wo) = (h / k, w / k);
     let mut out = zeros(x.len());
@@ -80,27 +129,14 @@ fn maxpool_bwd<T: WithDType>(x: &[T], g: &[T], h: usize, w: usize, k: usize) -> 
         let plane = &x[p * h * w..(p + 1) * h * w];
         let gp = &g[p * ho * wo..(p + 1) * ho * wo];
         if k == 2 {
-            // Windows do not overlap: each input gets `0 + g` or `0`,
-            // exactly what the general loop's `+=` gives. The first maximum
-            // picks a value in a local window, not one of four stores (a
-            // branch that mispredicts on half the windows), and each
-            // window's two output pairs are written whole.
-            let zero = T::zero();
             let rows = plane.chunks_exact(2 * w).zip(o.chunks_exact_mut(2 * w));
             for ((xrows, orows), grow) in rows.zip(gp.chunks_exact(wo)) {
                 let (x0, x1) = xrows.split_at(w);
                 let (o0, o1) = orows.split_at_mut(w);
-                let windows = x0
-                    .chunks_exact(2)
-                    .zip(x1.chunks_exact(2))
-                    .zip(o0.chunks_exact_mut(2).zip(o1.chunks_exact_mut(2)));
-                for (((a, c), (oa, oc)), &gv) in windows.zip(grow) {
-                    let (best, _) = argmax2x2(a[0], a[1], c[0], c[1]);
-                    let mut v = [zero; 4];
-                    v[best] = zero + gv;
-                    oa.copy_from_slice(&v[..2]);
-                    oc.copy_from_slice(&v[2..]);
-                }
+                vectorized(
+                    #[inline(always)]
+                    || window_grads_2x2(x0, x1, o0, o1, grow),
+                );
             }
             return;
         }
@@ -418,5 +454,39 @@ impl candle_core::CustomOp2 for MaxPoolStridedBwd {
         let (_, _, h, w) = dims4(l1)?;
         let out = dispatch!((s1, l1) => x, (s2, l2) => g; maxpool_strided_bwd(&self.0, x, g, h, w));
         Ok((out, l1.shape().clone()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The 2x2 gradient (chunks of windows and the rest) against the general
+    /// window loop, with many ties and NaNs, odd and even sides, rows of up
+    /// to 70 columns.
+    #[test]
+    fn two_by_two_gradient_matches_the_general_windows() {
+        for (h, w) in [(2, 2), (3, 5), (4, 32), (5, 33), (2, 64), (6, 70), (16, 16)] {
+            let x: Vec<f32> = (0..2 * h * w)
+                .map(|i| match (i * 7919) % 13 {
+                    0 => f32::NAN,
+                    r => (r % 4) as f32,
+                })
+                .collect();
+            let (ho, wo) = (h / 2, w / 2);
+            let g: Vec<f32> = (0..2 * ho * wo).map(|i| i as f32 + 1.0).collect();
+            let got = maxpool_bwd(&x, &g, h, w, 2);
+            let mut want = vec![0f32; x.len()];
+            for p in 0..2 {
+                let plane = &x[p * h * w..(p + 1) * h * w];
+                for oy in 0..ho {
+                    for ox in 0..wo {
+                        want[p * h * w + argmax_window(plane, w, 2, oy, ox)] +=
+                            g[(p * ho + oy) * wo + ox];
+                    }
+                }
+            }
+            assert_eq!(got, want, "{h}x{w}");
+        }
     }
 }
