@@ -489,4 +489,47 @@ mod tests {
             assert_eq!(got, want, "{h}x{w}");
         }
     }
+
+    /// The 2x2 pooling and block sums of the colourization nets against the
+    /// general loops, bit for bit (NaNs compared as bits), odd and even
+    /// sides.
+    #[test]
+    fn two_by_two_windows_match_the_general_loops() {
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        for (h, w) in [(2, 2), (3, 5), (4, 32), (5, 33), (2, 64), (6, 70), (16, 16)] {
+            let x: Vec<f32> = (0..2 * h * w)
+                .map(|i| match (i * 7919) % 13 {
+                    0 => f32::NAN,
+                    r => (r % 4) as f32 - 1.5 + (i as f32) * 1e-3,
+                })
+                .collect();
+            let (ho, wo) = (h / 2, w / 2);
+            let mut want_max = Vec::new();
+            for p in 0..2 {
+                let plane = &x[p * h * w..(p + 1) * h * w];
+                for oy in 0..ho {
+                    for ox in 0..wo {
+                        want_max.push(plane[argmax_window(plane, w, 2, oy, ox)]);
+                    }
+                }
+            }
+            assert_eq!(
+                bits(&maxpool_fwd(&x, h, w, 2)),
+                bits(&want_max),
+                "max {h}x{w}"
+            );
+            if h % 2 == 0 && w % 2 == 0 {
+                let sums = block_sum(&x, ho, wo, 2);
+                let mut want = vec![0f32; sums.len()];
+                for p in 0..2 {
+                    for y in 0..h {
+                        for xg in 0..w {
+                            want[(p * ho + y / 2) * wo + xg / 2] += x[(p * h + y) * w + xg];
+                        }
+                    }
+                }
+                assert_eq!(bits(&sums), bits(&want), "sums {h}x{w}");
+            }
+        }
+    }
 }
