@@ -59,7 +59,7 @@ pub use pool::{
     max_pool2d, max_pool2d_portable, max_pool2d_strided, upsample_nearest,
     upsample_nearest_portable,
 };
-pub use resize::resize_bilinear;
+pub use resize::{resize_bilinear, resize_bilinear_portable};
 
 /// Threads the CPU kernels run on: the size of the rayon pool they use
 /// (`RAYON_NUM_THREADS`, else one per core).

@@ -1,11 +1,11 @@
-//! Bilinear resizing as two matrix products with interpolation matrices,
-//! so its backward is exact on every device.
+//! Bilinear resizing: on the CPU a direct kernel (`kernels/resize.rs`: two
+//! source rows and two source columns per output), elsewhere two matrix
+//! products with interpolation matrices; both backwards are exact.
 
 use candle_core::{Result, Tensor};
 
-/// Bilinear resizing (PyTorch's `F.interpolate(mode="bilinear")`), written
-/// as two matrix products with interpolation matrices, so its backward is
-/// exact on every device.
+/// Bilinear resizing (PyTorch's `F.interpolate(mode="bilinear")`), with an
+/// exact backward on every device.
 ///
 /// # Shapes
 /// `[N, C, H, W]` -> `[N, C, out_h, out_w]`.
@@ -15,9 +15,36 @@ pub fn resize_bilinear(
     out_w: usize,
     align_corners: bool,
 ) -> Result<Tensor> {
+    let (_, _, h, w) = x.dims4()?;
+    if (h, w) == (out_h, out_w) {
+        return Ok(x.clone());
+    }
+    if h == 0 || w == 0 {
+        candle_core::bail!("resize_bilinear: nothing to interpolate from a {h}x{w} input");
+    }
+    if crate::cpu_float(x) {
+        return crate::kernels::resize::resize_bilinear(x, out_h, out_w, align_corners);
+    }
+    resize_bilinear_portable(x, out_h, out_w, align_corners)
+}
+
+/// [`resize_bilinear`] from candle primitives (used on CUDA and Metal):
+/// two matrix products with interpolation matrices.
+///
+/// # Shapes
+/// As [`resize_bilinear`].
+pub fn resize_bilinear_portable(
+    x: &Tensor,
+    out_h: usize,
+    out_w: usize,
+    align_corners: bool,
+) -> Result<Tensor> {
     let (n, c, h, w) = x.dims4()?;
     if (h, w) == (out_h, out_w) {
         return Ok(x.clone());
+    }
+    if h == 0 || w == 0 {
+        candle_core::bail!("resize_bilinear: nothing to interpolate from a {h}x{w} input");
     }
     let ah = interpolation_matrix(h, out_h, align_corners, x)?; // [out_h, h]
     let aw = interpolation_matrix(w, out_w, align_corners, x)?; // [out_w, w]

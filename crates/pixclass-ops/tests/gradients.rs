@@ -1113,3 +1113,61 @@ fn batch_norm_after_a_convolution_matches_the_two_ops() {
     .to_string();
     assert!(err.contains("does not fit"), "{err}");
 }
+
+#[test]
+fn bilinear_resize_kernel_matches_the_interpolation_matrices() {
+    // The CPU kernel (two taps per side) against the portable matrix
+    // products: values and gradients, up and down, both corner conventions,
+    // a 1-pixel side, f64 and f32; and finite differences.
+    for (h, w, oh, ow) in [
+        (4, 5, 7, 9),
+        (28, 28, 224, 224),
+        (9, 8, 3, 2),
+        (1, 6, 4, 1),
+        (5, 5, 5, 7),
+    ] {
+        for ac in [false, true] {
+            let what = format!("{h}x{w} -> {oh}x{ow}, align_corners {ac}");
+            let x = rand_tensor(&[2, 3, h, w], 110);
+            let r = rand_tensor(&[2, 3, oh, ow], 111);
+            let fast = ops::resize_bilinear(&x, oh, ow, ac).unwrap();
+            let slow = ops::resize_bilinear_portable(&x, oh, ow, ac).unwrap();
+            assert!(max_rel(&fast, &slow) < 1e-14, "{what}: values");
+            let grad = |f: &dyn Fn(&Tensor) -> candle_core::Result<Tensor>| {
+                let v = candle_core::Var::from_tensor(&x).unwrap();
+                let g = weighted_sum(&f(v.as_tensor()).unwrap(), &r)
+                    .unwrap()
+                    .backward()
+                    .unwrap();
+                g.get(v.as_tensor()).unwrap().clone()
+            };
+            let g_fast = grad(&|t| ops::resize_bilinear(t, oh, ow, ac));
+            let g_slow = grad(&|t| ops::resize_bilinear_portable(t, oh, ow, ac));
+            assert!(max_rel(&g_fast, &g_slow) < 1e-13, "{what}: gradient");
+            if h * w <= 100 {
+                let f = |t: &Tensor| weighted_sum(&ops::resize_bilinear(t, oh, ow, ac)?, &r);
+                assert!(gradient_ok(&f, &x, 1e-6), "{what}: finite differences");
+            }
+            let x32 = x.to_dtype(candle_core::DType::F32).unwrap();
+            let fast = ops::resize_bilinear(&x32, oh, ow, ac).unwrap();
+            let slow = ops::resize_bilinear_portable(&x32, oh, ow, ac).unwrap();
+            assert!(max_rel(&fast, &slow) < 1e-6, "{what}: f32 values");
+        }
+    }
+    // A transposed (non-contiguous) input, and an empty one is an error.
+    let x = rand_tensor(&[1, 2, 5, 4], 112);
+    let t = x.transpose(2, 3).unwrap();
+    let fast = ops::resize_bilinear(&t, 6, 8, false).unwrap();
+    let slow = ops::resize_bilinear_portable(&t.contiguous().unwrap(), 6, 8, false).unwrap();
+    assert!(max_rel(&fast, &slow) < 1e-14, "transposed input");
+    let empty = Tensor::zeros(
+        (1, 1, 0, 3),
+        candle_core::DType::F32,
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    let err = ops::resize_bilinear(&empty, 2, 2, false)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("nothing to interpolate"), "{err}");
+}

@@ -19,6 +19,8 @@
 //!   pooling or upsampling, and a train-mode BatchNorm as one autograd node;
 //! - [`pool`]: max-pooling (window = stride, and strided/padded) and
 //!   nearest upsampling;
+//! - [`resize`]: bilinear resizing, direct (two taps per side) with its
+//!   adjoint as the backward;
 //! - [`loss`]: per-pixel cross-entropy and the two-class margin losses;
 //! - [`elementwise`]: channel bias (with an optional clamp: ReLU, ReLU6),
 //!   residual add+ReLU, argmax over classes;
@@ -45,6 +47,7 @@ pub(crate) mod im2col;
 pub(crate) mod loss;
 pub(crate) mod output;
 pub(crate) mod pool;
+pub(crate) mod resize;
 pub(crate) mod simd;
 #[cfg(test)]
 mod testing;
