@@ -746,8 +746,26 @@ pub fn run(args: &BenchArgs) -> Result<()> {
          builds once per image for both (`ConvTransposeGrads` in `kernels/conv.rs`, the two kernels' results \
          bit for bit), which took the UNet step from 68.5 to 60.8 ms and the ConvTranspose step from 54.5 to \
          51.0 (medians of 6 alternating rounds on the AMD EPYC machine of the evening of 7 December, whose \
-         speed drifted by up to 30 % between minutes). Tried and not kept \
-         (alternating rounds of the old and new kernels): 5 images per partial filter gradient instead of 8 \
+         speed drifted by up to 30 % between minutes). Rows split into their even and odd values and joined \
+         back (the Winograd transforms' parity planes, the stride-2 im2col's parity planes) go through \
+         fixed chunks of 16 and 8 pairs that compile to vector shuffles (`kernels/simd.rs`; a loop over pairs \
+         ran one value at a time on 32-wide rows, too short for a variable-length loop's vector body), which \
+         took the UNet step from 63.2 to 59.6 ms and the PoolUpsample step from 70.7 to 67.0 (medians of 10 \
+         and 5 alternating rounds, AMD EPYC machine, night of 7 to 8 December; results bit for bit as \
+         before); the 2x2 max-pool gradient computes 16 windows at a time, branch-free, from their corners \
+         split into four arrays (4.8 to 3.45 ms per PoolUpsample step). Bilinear resizing (DeepLab's logits \
+         to the input size, also in the head fine-tuning step) is a direct kernel on the CPU, two source rows \
+         and columns per output, its adjoint as the backward (`kernels/resize.rs`), where it was two \
+         products with dense interpolation matrices (28 or 33 multiply-adds per output and side instead of \
+         2): MobileNetV2 at 224, batch 8, resize 1.6 ms and \"other\" 13.3 ms of the profiled forward \
+         against 16.6 ms of \"other\" before (the resize was not timed on its own then); head step 136.5 to \
+         115.9 ms. Tried and not kept \
+         (alternating rounds of the old and new kernels): the UNet's grey-input taps added to the output \
+         per image from their 9-row column matrix in 16-lane sums, with no GEMM and no separate add (the \
+         tail op unchanged: 7.3-8.1 ms both ways, 4 rounds); the 2x2 max-pool forward and the upsampling \
+         gradient's block sums over deinterleaved corners like the max-pool gradient (slower: 0.87 against \
+         0.69 ms and 0.55 against 0.45 ms per PoolUpsample step); nearest upsampling through the \
+         interleaving helper (unchanged, 0.8-1.1 ms both ways); 5 images per partial filter gradient instead of 8 \
          (20 chunks, which 2 threads share evenly, instead of 13: within the noise, UNet 63.7 against 63.4 ms, \
          ConvTranspose 51.8 against 53.4, medians of 5 rounds); zero-filling each output chunk by the task that \
          writes it, just before, in its cache (the steps unchanged: the fill still pays for bringing the \
