@@ -1170,4 +1170,7 @@ fn bilinear_resize_kernel_matches_the_interpolation_matrices() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("nothing to interpolate"), "{err}");
+    // An empty output is an empty tensor.
+    let y = ops::resize_bilinear(&x, 0, 3, false).unwrap();
+    assert_eq!(y.dims(), &[1, 2, 0, 3]);
 }

@@ -88,7 +88,10 @@ pub(crate) fn resize_bilinear(
     out_w: usize,
     align_corners: bool,
 ) -> Result<Tensor> {
-    let (_, _, h, w) = x.dims4()?;
+    let (n, c, h, w) = x.dims4()?;
+    if out_h == 0 || out_w == 0 {
+        return Tensor::zeros((n, c, out_h, out_w), x.dtype(), x.device());
+    }
     let op = ResizeBilinear {
         rows: Taps::new(h, out_h, align_corners),
         cols: Taps::new(w, out_w, align_corners),
