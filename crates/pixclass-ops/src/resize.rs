@@ -56,7 +56,8 @@ pub fn resize_bilinear_portable(
     y.reshape((n, c, out_h, out_w))
 }
 
-/// `[out, in]` weights of 1-D linear interpolation, PyTorch's conventions.
+/// `[out, in]` weights of 1-D linear interpolation, PyTorch's conventions
+/// (the CPU kernel's source positions and weights, as a dense matrix).
 fn interpolation_matrix(
     input: usize,
     output: usize,
@@ -64,21 +65,10 @@ fn interpolation_matrix(
     like: &Tensor,
 ) -> Result<Tensor> {
     let mut m = vec![0f64; output * input];
-    for o in 0..output {
-        let src = if align_corners {
-            if output > 1 {
-                o as f64 * (input - 1) as f64 / (output - 1) as f64
-            } else {
-                0.0
-            }
-        } else {
-            ((o as f64 + 0.5) * input as f64 / output as f64 - 0.5).max(0.0)
-        };
-        let i0 = (src.floor() as usize).min(input - 1);
-        let i1 = (i0 + 1).min(input - 1);
-        let l = src - i0 as f64;
-        m[o * input + i0] += 1.0 - l;
-        m[o * input + i1] += l;
+    let taps = crate::kernels::resize::Taps::new(input, output, align_corners);
+    for (o, ((i0, i1), (a, b))) in taps.sources().enumerate() {
+        m[o * input + i0] += a;
+        m[o * input + i1] += b;
     }
     Tensor::from_vec(m, (output, input), like.device())?.to_dtype(like.dtype())
 }

@@ -48,6 +48,11 @@ impl Taps {
         Self { index, weight }
     }
 
+    /// `((i0, i1), (1 - l, l))` of each output position, in order.
+    pub(crate) fn sources(&self) -> impl Iterator<Item = ((usize, usize), (f64, f64))> + '_ {
+        self.index.iter().copied().zip(self.weight.iter().copied())
+    }
+
     /// The weights in the element type: where both sources are one position
     /// their weights are added first (as the interpolation matrix holds them).
     fn weights<T: WithDType>(&self) -> Vec<(T, T)> {
