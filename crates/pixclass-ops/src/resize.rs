@@ -15,12 +15,8 @@ pub fn resize_bilinear(
     out_w: usize,
     align_corners: bool,
 ) -> Result<Tensor> {
-    let (_, _, h, w) = x.dims4()?;
-    if (h, w) == (out_h, out_w) {
-        return Ok(x.clone());
-    }
-    if h == 0 || w == 0 {
-        candle_core::bail!("resize_bilinear: nothing to interpolate from a {h}x{w} input");
+    if let Some(same) = unchanged(x, out_h, out_w)? {
+        return Ok(same);
     }
     if crate::cpu_float(x) {
         return crate::kernels::resize::resize_bilinear(x, out_h, out_w, align_corners);
@@ -39,13 +35,10 @@ pub fn resize_bilinear_portable(
     out_w: usize,
     align_corners: bool,
 ) -> Result<Tensor> {
+    if let Some(same) = unchanged(x, out_h, out_w)? {
+        return Ok(same);
+    }
     let (n, c, h, w) = x.dims4()?;
-    if (h, w) == (out_h, out_w) {
-        return Ok(x.clone());
-    }
-    if h == 0 || w == 0 {
-        candle_core::bail!("resize_bilinear: nothing to interpolate from a {h}x{w} input");
-    }
     let ah = interpolation_matrix(h, out_h, align_corners, x)?; // [out_h, h]
     let aw = interpolation_matrix(w, out_w, align_corners, x)?; // [out_w, w]
                                                                 // Along W: [N·C·H, W] x [W, out_w].
@@ -54,6 +47,19 @@ pub fn resize_bilinear_portable(
     let y = y.reshape((n * c, h, out_w))?;
     let y = ah.broadcast_left(n * c)?.matmul(&y)?;
     y.reshape((n, c, out_h, out_w))
+}
+
+/// `x` itself when it already has the output size; an error for an empty
+/// input (nothing to interpolate from); `None` when there is work to do.
+fn unchanged(x: &Tensor, out_h: usize, out_w: usize) -> Result<Option<Tensor>> {
+    let (_, _, h, w) = x.dims4()?;
+    if (h, w) == (out_h, out_w) {
+        return Ok(Some(x.clone()));
+    }
+    if h == 0 || w == 0 {
+        candle_core::bail!("resize_bilinear: nothing to interpolate from a {h}x{w} input");
+    }
+    Ok(None)
 }
 
 /// `[out, in]` weights of 1-D linear interpolation, PyTorch's conventions
