@@ -73,7 +73,10 @@ impl<'a, T: WithDType> Slots<'a, T> {
     /// The chunk written in consecutive parts of `size` values (the last
     /// one may be shorter) by `write(index, part)`, which must write every
     /// part (a kernel bug otherwise, caught by a panic); then the whole
-    /// chunk, written.
+    /// chunk, written. Inlined into the caller, like [`Self::write`]: the
+    /// parts' writer is compiled with the caller's SIMD instruction set (a
+    /// kernel's `pulp` dispatch), not the crate's baseline.
+    #[inline(always)]
     pub(crate) fn write_parts(
         self,
         size: usize,
