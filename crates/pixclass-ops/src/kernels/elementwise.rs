@@ -306,21 +306,46 @@ fn argmax_classes<T: WithDType>(x: &[T], n: usize, k: usize, hw: usize) -> Vec<u
                 .map(move |(b, o)| (i, b * ARGMAX_BLOCK, o))
         })
         .for_each(|(i, p0, idx)| {
-            let len = idx.len();
-            let plane = |c: usize| &x[(i * k + c) * hw + p0..][..len];
-            let mut best = [T::zero(); ARGMAX_BLOCK];
-            let best = &mut best[..len];
-            best.copy_from_slice(plane(0));
-            for c in 1..k {
-                let cu = c as u32;
-                for ((b, j), &s) in best.iter_mut().zip(idx.iter_mut()).zip(plane(c)) {
-                    let gt = *b < s;
-                    *b = if gt { s } else { *b };
-                    *j = if gt { cu } else { *j };
-                }
-            }
+            let x = &x[i * k * hw..(i + 1) * k * hw];
+            pulp::Arch::new().dispatch(ArgmaxBlock { x, hw, p0, idx });
         });
     out
+}
+
+/// One block of [`argmax_classes`] (pixels `p0..p0 + idx.len()` of one
+/// image `x` `[K, hw]`), compiled for the CPU's SIMD instruction set: the
+/// comparisons and selects run as vector masks (baseline SSE2 before).
+struct ArgmaxBlock<'a, T> {
+    x: &'a [T],
+    hw: usize,
+    p0: usize,
+    idx: &'a mut [u32],
+}
+
+impl<T: WithDType> pulp::WithSimd for ArgmaxBlock<'_, T> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: pulp::Simd>(self, _: S) {
+        let Self { x, hw, p0, idx } = self;
+        let len = idx.len();
+        let mut best = [T::zero(); ARGMAX_BLOCK];
+        let best = &mut best[..len];
+        idx.fill(0);
+        for (c, plane) in x.chunks_exact(hw).enumerate() {
+            let plane = &plane[p0..p0 + len];
+            if c == 0 {
+                best.copy_from_slice(plane);
+                continue;
+            }
+            let cu = c as u32;
+            for ((b, j), &s) in best.iter_mut().zip(idx.iter_mut()).zip(plane) {
+                let gt = *b < s;
+                *b = if gt { s } else { *b };
+                *j = if gt { cu } else { *j };
+            }
+        }
+    }
 }
 
 impl CustomOp1 for ArgmaxClasses {
