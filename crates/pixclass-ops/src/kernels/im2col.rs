@@ -300,8 +300,16 @@ pub(crate) fn live_taps(g: &Geometry) -> Vec<(usize, usize)> {
 /// Adds one image's column matrix (rows `ld` apart) back into the image
 /// (overlaps summed).
 pub(crate) fn col2im_image<T: WithDType>(cols: &[T], g: &Geometry, ld: usize, out: &mut [T]) {
-    // Strided adds: no AVX-512 scatter.
-    super::simd::dispatch_without_scatter(Col2im { cols, g, ld, out })
+    let op = Col2im { cols, g, ld, out };
+    if Parity::of(g).is_some() {
+        // Unit-stride adds into the parity planes, then the planes
+        // interleaved: the widest instruction set (the interleave compiles
+        // to AVX-512 shuffles).
+        pulp::Arch::new().dispatch(op)
+    } else {
+        // Strided adds: no AVX-512 scatter.
+        super::simd::dispatch_without_scatter(op)
+    }
 }
 
 /// [`col2im_image`] compiled for the CPU's SIMD instruction set (see

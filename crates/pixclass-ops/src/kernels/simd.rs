@@ -220,12 +220,15 @@ fn deinterleave_chunks<T: Copy, const B: usize, const B2: usize>(
         .zip(second.chunks_exact_mut(B))
     {
         let s: &[T; B2] = s.try_into().expect("chunks of B2 values");
-        let a: &mut [T; B] = a.try_into().expect("chunks of B values");
-        let b: &mut [T; B] = b.try_into().expect("chunks of B values");
+        // Split into local arrays, then stored whole (see
+        // `interleave_chunks`).
+        let (mut even, mut odd) = ([s[0]; B], [s[0]; B]);
         for j in 0..B {
-            a[j] = s[2 * j];
-            b[j] = s[2 * j + 1];
+            even[j] = s[2 * j];
+            odd[j] = s[2 * j + 1];
         }
+        a.copy_from_slice(&even);
+        b.copy_from_slice(&odd);
     }
     chunks * B
 }
@@ -261,13 +264,18 @@ fn interleave_chunks<T: Copy, const B: usize, const B2: usize>(
         .zip(first.chunks_exact(B))
         .zip(second.chunks_exact(B))
     {
-        let d: &mut [T; B2] = d.try_into().expect("chunks of B2 values");
         let a: &[T; B] = a.try_into().expect("chunks of B values");
         let b: &[T; B] = b.try_into().expect("chunks of B values");
+        // Built in a local array, then stored whole: interleaving straight
+        // into `d` compiled to one scalar load and store per value inside
+        // the large kernels that call this (col2im's merge, the Winograd
+        // transforms), while the local array compiles to vector shuffles.
+        let mut pairs = [a[0]; B2];
         for j in 0..B {
-            d[2 * j] = f(a[j]);
-            d[2 * j + 1] = f(b[j]);
+            pairs[2 * j] = f(a[j]);
+            pairs[2 * j + 1] = f(b[j]);
         }
+        d.copy_from_slice(&pairs);
     }
     chunks * B
 }
