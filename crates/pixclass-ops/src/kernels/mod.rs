@@ -26,6 +26,8 @@
 //!   residual add+ReLU, argmax over classes;
 //! - [`simd`]: run-time SIMD dispatch, a vectorisable `exp`, fixed-order
 //!   lane sums;
+//! - [`scratch`]: per-thread scratch vectors reused from one parallel job
+//!   to the next;
 //! - [`output`]: kernel outputs written once, without a zero-fill first
 //!   (chunks of unwritten values that only full writers turn into
 //!   `&mut [T]`; the crate's other `unsafe`).
@@ -48,6 +50,7 @@ pub(crate) mod loss;
 pub(crate) mod output;
 pub(crate) mod pool;
 pub(crate) mod resize;
+pub(crate) mod scratch;
 pub(crate) mod simd;
 #[cfg(test)]
 mod testing;
@@ -137,9 +140,13 @@ pub(crate) fn zeros<T: WithDType>(len: usize) -> Vec<T> {
     if len < PARALLEL_ZEROS {
         return vec![T::zero(); len];
     }
-    let mut v = Vec::with_capacity(len);
-    v.par_extend(rayon::iter::repeat_n(T::zero(), len));
-    v
+    // Chunks of PARALLEL_ZEROS values, each one `memset` (a parallel
+    // `repeat_n` collect stored 16 bytes at a time, in baseline SSE2).
+    output::output(len, PARALLEL_ZEROS, |chunks| {
+        chunks.for_each(|c| {
+            c.zeroed();
+        })
+    })
 }
 
 /// The contiguous slice of a CPU storage described by `l`.

@@ -29,6 +29,7 @@ use rayon::prelude::*;
 
 use super::gemm::{gemm_abt, gemm_into, inner_threads};
 use super::output::{output, Slots};
+use super::scratch::Scratch;
 use super::simd::{deinterleave, interleave, Real};
 use super::{zeros, Geometry};
 
@@ -162,14 +163,14 @@ pub(crate) fn conv3x3<T: WithDType>(
     // block (both are overwritten entirely).
     output(n * cout * h * wd, images * cout * h * wd, |blocks| {
         blocks.enumerate().for_each_init(
-            || (Vec::new(), Vec::new()),
+            || (Scratch::take(), Scratch::take()),
             |(v, m), (b, yb)| {
                 let nb = yb.len() / (cout * h * wd);
                 let xb = &x[b * images * cin * h * wd..][..nb * cin * h * wd];
                 let t = Tiles::new(nb, h, wd);
                 let tb = t.len();
                 let v = transform_inputs(xb, cin, t, v);
-                let m = scratch(m, 16 * cout * tb);
+                let m = m.values(16 * cout * tb);
                 for xi in 0..16 {
                     gemm_into(
                         cout,
@@ -188,13 +189,6 @@ pub(crate) fn conv3x3<T: WithDType>(
     })
 }
 
-/// `buf` as a slice of `len` values whose contents are unspecified (left
-/// from an earlier use, zero where it grew): scratch for a caller that
-/// overwrites every value before reading it.
-fn scratch<T: WithDType>(buf: &mut Vec<T>, len: usize) -> &mut [T] {
-    buf.resize(len, T::zero());
-    buf
-}
 
 /// `a - b`, `a + b` into `out` (equal lengths: the loops vectorise).
 #[inline(always)]
@@ -276,7 +270,7 @@ pub(crate) fn filter_grad3x3<T: Real>(
     let partials: Vec<Vec<T>> = (0..chunks)
         .into_par_iter()
         .map_init(
-            || (Vec::new(), Vec::new()),
+            || (Scratch::take(), Scratch::take()),
             |(vbuf, gbuf), k| {
                 let mut du = vec![T::zero(); 16 * cout * cin];
                 let end = ((k + 1) * chunk).min(n);
@@ -356,9 +350,9 @@ fn transform_output_grads<'b, T: WithDType>(
     dy: &[T],
     cout: usize,
     t: Tiles,
-    buf: &'b mut Vec<T>,
+    buf: &'b mut Scratch<T>,
 ) -> &'b [T] {
-    let g = scratch(buf, 16 * cout * t.len());
+    let g = buf.values(16 * cout * t.len());
     pulp::Arch::new().dispatch(OutputGradTransform { dy, g, cout, t });
     g
 }
@@ -499,9 +493,9 @@ fn transform_inputs<'b, T: WithDType>(
     x: &[T],
     cin: usize,
     t: Tiles,
-    buf: &'b mut Vec<T>,
+    buf: &'b mut Scratch<T>,
 ) -> &'b [T] {
-    let v = scratch(buf, 16 * cin * t.len());
+    let v = buf.values(16 * cin * t.len());
     pulp::Arch::new().dispatch(InputTransform { x, v, cin, t });
     v
 }
