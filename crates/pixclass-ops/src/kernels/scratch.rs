@@ -120,6 +120,6 @@ mod tests {
             POOL.with(|p| assert_eq!(p.borrow().len(), KEPT));
         })
         .join()
-        .unwrap();
+        .expect("the test thread panicked");
     }
 }

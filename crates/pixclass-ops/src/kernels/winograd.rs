@@ -189,7 +189,6 @@ pub(crate) fn conv3x3<T: WithDType>(
     })
 }
 
-
 /// `a - b`, `a + b` into `out` (equal lengths: the loops vectorise).
 #[inline(always)]
 fn sub_into<T: WithDType>(out: &mut [T], a: &[T], b: &[T]) {
