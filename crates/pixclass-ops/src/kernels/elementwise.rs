@@ -5,8 +5,9 @@
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor, WithDType};
 use rayon::prelude::*;
 
+use super::output::output;
 use super::simd::Real;
-use super::{channel_total, contiguous_slice, dims4, dispatch, zeros};
+use super::{channel_total, contiguous_slice, dims4, dispatch};
 
 /// `y = clamp(x + b, lo, hi)` per channel (a convolution's bias and its
 /// activation: `(-inf, inf)` none, `(0, inf)` ReLU, `(0, 6)` ReLU6), one
@@ -112,22 +113,20 @@ impl CustomOp1 for ChannelSum {
 
 fn bias_fwd<T: WithDType>(x: &[T], b: &[T], c: usize, hw: usize, bounds: (f64, f64)) -> Vec<T> {
     let (lo, hi) = (T::from_f64(bounds.0), T::from_f64(bounds.1));
-    let mut out = zeros(x.len());
-    out.par_chunks_mut(hw.max(1))
-        .zip(x.par_chunks(hw.max(1)))
-        .enumerate()
-        .for_each(|(p, (o, xs))| {
-            let bv = b[p % c];
-            super::simd::vectorized(
-                #[inline(always)]
-                || {
-                    for (o, &v) in o.iter_mut().zip(xs) {
-                        *o = clamp_value(v + bv, lo, hi);
-                    }
-                },
-            )
-        });
-    out
+    output(x.len(), hw.max(1), |planes| {
+        planes
+            .zip(x.par_chunks(hw.max(1)))
+            .enumerate()
+            .for_each(|(p, (o, xs))| {
+                let bv = b[p % c];
+                super::simd::vectorized(
+                    #[inline(always)]
+                    || {
+                        o.write(xs.iter().map(|&v| clamp_value(v + bv, lo, hi)));
+                    },
+                )
+            })
+    })
 }
 
 fn clamp_mask<T: WithDType>(y: &[T], g: &[T], bounds: (f64, f64)) -> Vec<T> {
@@ -207,17 +206,22 @@ impl candle_core::CustomOp2 for ClampMask {
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct AddRelu;
 
+/// `f(a_i, b_i)` elementwise (equal lengths), in parallel chunks compiled
+/// for the CPU's SIMD instruction set, the output written once.
 fn zip_map<T: WithDType>(a: &[T], b: &[T], f: impl Fn(T, T) -> T + Sync) -> Vec<T> {
     const CHUNK: usize = 1 << 14;
-    let mut out = zeros(a.len());
-    out.par_chunks_mut(CHUNK)
-        .zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK)))
-        .for_each(|(o, (a, b))| {
-            for ((o, &x), &y) in o.iter_mut().zip(a).zip(b) {
-                *o = f(x, y);
-            }
-        });
-    out
+    output(a.len(), CHUNK, |chunks| {
+        chunks
+            .zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK)))
+            .for_each(|(o, (a, b))| {
+                super::simd::vectorized(
+                    #[inline(always)]
+                    || {
+                        o.write(a.iter().zip(b).map(|(&x, &y)| f(x, y)));
+                    },
+                )
+            })
+    })
 }
 
 fn add_relu_fwd<T: WithDType>(a: &[T], b: &[T]) -> Vec<T> {

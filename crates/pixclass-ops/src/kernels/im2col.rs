@@ -377,7 +377,12 @@ fn col2im_image_impl<T: WithDType>(cols: &[T], g: &Geometry, ld: usize, out: &mu
 /// the threads, so that a single image's bias is not one thread's work.
 pub(crate) fn add_bias<T: WithDType>(img: &mut [T], bias: Option<&[T]>, hw: usize, threads: usize) {
     let Some(bias) = bias else { return };
-    let add = |(plane, &b): (&mut [T], &T)| plane.iter_mut().for_each(|v| *v += b);
+    let add = |(plane, &b): (&mut [T], &T)| {
+        super::simd::vectorized(
+            #[inline(always)]
+            || plane.iter_mut().for_each(|v| *v += b),
+        )
+    };
     if threads > 1 {
         img.par_chunks_exact_mut(hw).zip(bias).for_each(add);
     } else {
