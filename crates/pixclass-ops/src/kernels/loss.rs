@@ -10,7 +10,7 @@ use std::sync::Arc;
 use candle_core::{CpuStorage, Layout, Result, Shape, Tensor, WithDType};
 use rayon::prelude::*;
 
-use super::output::{par_output, Slots};
+use super::output::{output, par_output, Slots};
 use super::simd::Real;
 use super::{contiguous_slice, dims4, dispatch};
 use crate::Loss;
@@ -310,28 +310,16 @@ struct BinaryLossBwd {
 }
 
 /// `exp(-|x|)` in the precision of the element type (single precision for
-/// f32 margins, like PyTorch; the sums are accumulated in f64 either way).
-#[inline]
-fn exp_neg_abs<T: WithDType>(x: f64) -> f64 {
-    if T::DTYPE == candle_core::DType::F32 {
-        f64::from((-(x.abs() as f32)).exp())
-    } else {
-        (-x.abs()).exp()
-    }
-}
-
-/// `ln(1 + e)` in the precision of the element type.
-#[inline]
-fn ln_1p_t<T: WithDType>(e: f64) -> f64 {
-    if T::DTYPE == candle_core::DType::F32 {
-        f64::from((e as f32).ln_1p())
-    } else {
-        e.ln_1p()
-    }
+/// f32 margins, like PyTorch; the sums are accumulated in f64 either way),
+/// by [`Real::exp_fast`]: vectorised for f32.
+#[inline(always)]
+fn exp_neg_abs<T: Real>(x: T) -> T {
+    let a = if x < T::zero() { T::zero() - x } else { x };
+    (T::zero() - a).exp_fast()
 }
 
 /// `sigmoid(x)` from `e = exp(-|x|)`, stable for either sign.
-#[inline]
+#[inline(always)]
 fn sigmoid_from(x: f64, e: f64) -> f64 {
     if x >= 0.0 {
         1.0 / (1.0 + e)
@@ -340,34 +328,82 @@ fn sigmoid_from(x: f64, e: f64) -> f64 {
     }
 }
 
+/// Accumulators per sum of [`BinaryChunk`]: independent lanes, added in a
+/// fixed order at the end (a single running sum cannot vectorise).
+const BINARY_LANES: usize = 16;
+
+/// One chunk of [`binary_sums`], compiled for the CPU's SIMD instruction
+/// set: the per-pixel `exp` (and the softplus's `ln(1 + e)`) in the
+/// element type, vectorised for f32, each sum over [`BINARY_LANES`] f64
+/// lanes in a fixed order.
+struct BinaryChunk<'a, T> {
+    kind: Loss,
+    d: &'a [T],
+    t: &'a [u32],
+}
+
+impl<T: Real> pulp::WithSimd for BinaryChunk<'_, T> {
+    type Output = [f64; 4];
+
+    #[inline(always)]
+    fn with_simd<S: pulp::Simd>(self, _: S) -> [f64; 4] {
+        let Self { kind, d, t } = self;
+        if kind == Loss::Ce {
+            // softplus(-(2y-1)·x) = max(z, 0) + ln(1 + exp(-|z|)), |z| = |x|.
+            let [ce, ..] = lanes3(d, t, |v, y| {
+                let x = v.to_f64();
+                let z = if y == 1 { -x } else { x };
+                let tail = exp_neg_abs(v).ln_1p_unit().to_f64();
+                [z.max(0.0) + tail, 0.0, 0.0]
+            });
+            [ce, 0.0, 0.0, 0.0]
+        } else {
+            let [i, p, y] = lanes3(d, t, |v, y| {
+                let p = sigmoid_from(v.to_f64(), exp_neg_abs(v).to_f64());
+                let y = f64::from(y);
+                [p * y, p, y]
+            });
+            [0.0, i, p, y]
+        }
+    }
+}
+
+/// `Σ f(d_i, t_i)` of three values per pixel, over [`BINARY_LANES`]
+/// interleaved f64 accumulators added in a fixed order.
+#[inline(always)]
+fn lanes3<T: Copy>(d: &[T], t: &[u32], f: impl Fn(T, u32) -> [f64; 3]) -> [f64; 3] {
+    const L: usize = BINARY_LANES;
+    let mut acc = [[0f64; L]; 3];
+    let whole = d.len().min(t.len()) / L * L;
+    for (dd, tt) in d[..whole].chunks_exact(L).zip(t[..whole].chunks_exact(L)) {
+        let dd: &[T; L] = dd.try_into().expect("chunks of L pixels");
+        let tt: &[u32; L] = tt.try_into().expect("chunks of L pixels");
+        for k in 0..L {
+            let [a, b, c] = f(dd[k], tt[k]);
+            acc[0][k] += a;
+            acc[1][k] += b;
+            acc[2][k] += c;
+        }
+    }
+    for (k, (&v, &y)) in d[whole..].iter().zip(&t[whole..]).enumerate() {
+        let [a, b, c] = f(v, y);
+        acc[0][k] += a;
+        acc[1][k] += b;
+        acc[2][k] += c;
+    }
+    acc.map(|lanes| lanes.iter().sum())
+}
+
 /// Batch sums: (CE sum, Σ p·y, Σ p, Σ y) with p = sigmoid(d); only what
 /// `kind` needs (the CE sum for CE, the p sums for IoU/Dice). One `exp` per
-/// pixel, shared by softplus and sigmoid. Fixed chunks of `chunk` pixels
-/// summed in order: the result never depends on the number of threads.
-fn binary_sums<T: WithDType>(kind: Loss, d: &[T], t: &[u32], chunk: usize) -> [f64; 4] {
-    let ce = kind == Loss::Ce;
+/// pixel, shared by softplus and sigmoid. Fixed chunks of `chunk` pixels,
+/// each summed in fixed lanes, added in order: the result never depends on
+/// the number of threads or the instruction set.
+fn binary_sums<T: Real>(kind: Loss, d: &[T], t: &[u32], chunk: usize) -> [f64; 4] {
     let parts: Vec<[f64; 4]> = d
         .par_chunks(chunk.max(1))
         .zip(t.par_chunks(chunk.max(1)))
-        .map(|(dd, tt)| {
-            let mut s = [0f64; 4];
-            for (v, &y) in dd.iter().zip(tt) {
-                let x = v.to_f64();
-                let e = exp_neg_abs::<T>(x);
-                if ce {
-                    // softplus(-(2y-1)·x) = max(z, 0) + ln(1 + exp(-|z|)), |z| = |x|.
-                    let z = if y == 1 { -x } else { x };
-                    s[0] += z.max(0.0) + ln_1p_t::<T>(e);
-                } else {
-                    let p = sigmoid_from(x, e);
-                    let y = y as f64;
-                    s[1] += p * y;
-                    s[2] += p;
-                    s[3] += y;
-                }
-            }
-            s
-        })
+        .map(|(d, t)| pulp::Arch::new().dispatch(BinaryChunk { kind, d, t }))
         .collect();
     parts.iter().fold([0f64; 4], |mut a, s| {
         for k in 0..4 {
@@ -391,7 +427,7 @@ fn binary_value(kind: Loss, s: [f64; 4], m: usize) -> f64 {
     }
 }
 
-fn binary_bwd<T: WithDType>(op: &BinaryLossBwd, d: &[T], t: &[u32]) -> Vec<T> {
+fn binary_bwd<T: Real>(op: &BinaryLossBwd, d: &[T], t: &[u32]) -> Vec<T> {
     let m = d.len();
     // CE's gradient needs no batch sums.
     let [_, i, ps, ys] = match (op.kind, op.sums) {
@@ -399,7 +435,6 @@ fn binary_bwd<T: WithDType>(op: &BinaryLossBwd, d: &[T], t: &[u32]) -> Vec<T> {
         (_, Some(s)) => s,
         (kind, None) => binary_sums(kind, d, t, BINARY_CHUNK),
     };
-    let mut out = vec![T::zero(); m];
     let g = op.grad;
     // Per-pixel factors that do not depend on the pixel.
     let (a1, a0) = match op.kind {
@@ -415,21 +450,28 @@ fn binary_bwd<T: WithDType>(op: &BinaryLossBwd, d: &[T], t: &[u32]) -> Vec<T> {
             (-(2.0 * den - num) / (den * den), num / (den * den))
         }
     };
-    out.par_chunks_mut(BINARY_CHUNK)
-        .zip(d.par_chunks(BINARY_CHUNK).zip(t.par_chunks(BINARY_CHUNK)))
-        .for_each(|(o, (dd, tt))| {
-            for ((o, v), &y) in o.iter_mut().zip(dd).zip(tt) {
-                let x = v.to_f64();
-                let p = sigmoid_from(x, exp_neg_abs::<T>(x));
-                let dl_dd = match op.kind {
-                    Loss::Ce => (p - y as f64) / m as f64,
-                    // dL/dp is a1 (y = 1) or a0 (y = 0); dp/dd = p(1 - p).
-                    _ => (if y == 1 { a1 } else { a0 }) * p * (1.0 - p),
-                };
-                *o = T::from_f64(g * dl_dd);
-            }
-        });
-    out
+    let per_pixel = |v: T, y: u32| {
+        let x = v.to_f64();
+        let p = sigmoid_from(x, exp_neg_abs(v).to_f64());
+        let dl_dd = match op.kind {
+            Loss::Ce => (p - f64::from(y)) / m as f64,
+            // dL/dp is a1 (y = 1) or a0 (y = 0); dp/dd = p(1 - p).
+            _ => (if y == 1 { a1 } else { a0 }) * p * (1.0 - p),
+        };
+        T::from_f64(g * dl_dd)
+    };
+    output(m, BINARY_CHUNK, |chunks| {
+        chunks
+            .zip(d.par_chunks(BINARY_CHUNK).zip(t.par_chunks(BINARY_CHUNK)))
+            .for_each(|(o, (dd, tt))| {
+                super::simd::vectorized(
+                    #[inline(always)]
+                    || {
+                        o.write(dd.iter().zip(tt).map(|(&v, &y)| per_pixel(v, y)));
+                    },
+                )
+            })
+    })
 }
 
 fn check_binary(l1: &Layout, l2: &Layout) -> Result<()> {

@@ -290,6 +290,13 @@ pub(crate) trait Real: WithDType {
     /// Whether `self` is NaN.
     fn is_nan_(self) -> bool;
 
+    /// `ln(1 + self)` for `self` in `[0, 1]` (a softplus's tail, `self =
+    /// exp(-|x|)`): f64 uses the standard library's `ln_1p`; f32 the series
+    /// `2·atanh(s)`, `s = self / (2 + self)` in `[0, 1/3]`, to `s¹³` (the
+    /// terms left out are below 1.5e-8 of the sum; a few ulp in all), branch
+    /// free so that it vectorises.
+    fn ln_1p_unit(self) -> Self;
+
     /// `(Σ (x_i - center), Σ (x_i - center)²)`, accumulated in f64 (f32:
     /// in f32 vectors over blocks of [`BLOCK`] vectors, each block's sums
     /// added in f64, as [`Real::relu_masked_sums`]; converting every value
@@ -318,6 +325,11 @@ impl Real for f64 {
     #[inline(always)]
     fn exp_fast(self) -> f64 {
         self.exp()
+    }
+
+    #[inline(always)]
+    fn ln_1p_unit(self) -> f64 {
+        self.ln_1p()
     }
 
     #[inline(always)]
@@ -381,6 +393,20 @@ impl Real for f32 {
 
     fn dot_block(a: [&[f32]; 4], b: [&[f32]; 4]) -> [f32; 16] {
         pulp::Arch::new().dispatch(super::gemm::DotBlockF32 { a, b })
+    }
+
+    #[inline(always)]
+    fn ln_1p_unit(self) -> f32 {
+        let s = self / (2.0 + self);
+        let s2 = s * s;
+        let p = 1.0 / 13.0;
+        let p = p * s2 + 1.0 / 11.0;
+        let p = p * s2 + 1.0 / 9.0;
+        let p = p * s2 + 1.0 / 7.0;
+        let p = p * s2 + 1.0 / 5.0;
+        let p = p * s2 + 1.0 / 3.0;
+        let p = p * s2 + 1.0;
+        2.0 * s * p
     }
 
     #[inline(always)]
@@ -502,6 +528,25 @@ mod tests {
         assert!(f32::NAN.exp_fast().is_nan());
         assert!(f32::NEG_INFINITY.exp_fast() < 1e-37);
         assert!((1f32.exp_fast() - std::f32::consts::E).abs() < 1e-6);
+    }
+
+    #[test]
+    fn ln_1p_unit_matches_std_ln_1p() {
+        let mut worst = 0f64;
+        // A dense grid of [0, 1], and e = exp(-|x|) of large margins.
+        let grid = (0..=100_000).map(|i| i as f32 / 100_000.0);
+        let tiny = (1..=80).map(|k| (-(k as f32)).exp());
+        for e in grid.chain(tiny) {
+            let (got, want) = (f64::from(e.ln_1p_unit()), f64::from(e).ln_1p());
+            if want > 0.0 {
+                worst = worst.max(((got - want) / want).abs());
+            }
+        }
+        assert!(worst < 3e-7, "worst relative error {worst}");
+        assert_eq!(0f32.ln_1p_unit(), 0.0);
+        assert!((1f32.ln_1p_unit() - std::f32::consts::LN_2).abs() < 1e-7);
+        assert!(f32::NAN.ln_1p_unit().is_nan());
+        assert_eq!(0.25f64.ln_1p_unit(), 0.25f64.ln_1p());
     }
 
     #[test]
