@@ -557,7 +557,12 @@ impl ConvBiasTail {
         const CHUNK: usize = 1 << 14;
         y.par_chunks_mut(CHUNK)
             .zip(yt.par_chunks(CHUNK))
-            .for_each(|(y, t)| y.iter_mut().zip(t).for_each(|(y, t)| *y += *t));
+            .for_each(|(y, t)| {
+                super::simd::vectorized(
+                    #[inline(always)]
+                    || y.iter_mut().zip(t).for_each(|(y, t)| *y += *t),
+                )
+            });
         clamp_in_place(&mut y, self.bounds);
         y
     }
