@@ -759,7 +759,24 @@ pub fn run(args: &BenchArgs) -> Result<()> {
          products with dense interpolation matrices (28 or 33 multiply-adds per output and side instead of \
          2): MobileNetV2 at 224, batch 8, resize 1.6 ms and \"other\" 13.3 ms of the profiled forward \
          against 16.6 ms of \"other\" before (the resize was not timed on its own then); head step 136.5 to \
-         115.9 ms. Tried and not kept \
+         115.9 ms. Instruction sets: the kernels are compiled for the CPU they run on through `pulp`'s \
+         run-time dispatch, but only code inlined into the dispatched function gets its instruction set; a \
+         loop in a generic helper that is not inlined, or in a closure passed to one, is compiled for the \
+         baseline (SSE2, 4 lanes), and `perf annotate` found such loops on hot paths (night of 7 to 8 \
+         December, AMD EPYC machine, alternating rounds): the cross-entropy's exponentials (its per-class \
+         writer inlined: 4.4-4.9 to 1.2-1.9 ms per UNet step), argmax over classes, the residual add+ReLU, \
+         clamp masks and channel bias (now written once, without a zero-filled buffer), the parallel \
+         zero-fill, the Winograd filter transform (one filter at a time in scalar code, ~3 % of a ResNet-101 \
+         forward at batch 1; now 64 input channels at a time, bit for bit), the depthwise stride-2 forward (a \
+         scalar gather; now a contiguous run of the plane's even or odd columns per tap and row), and the \
+         margin losses of Part D, which called libm's `log1pf` and `expf` per pixel (now `exp_fast` and a \
+         2·atanh series, relative error below 3e-7, over 16 fixed f64 lanes: head step 125 to 82 ms, \
+         medians of 4 rounds). The interleaving helpers' fixed chunks compiled to one scalar load and store \
+         per value inside the large kernels that call them (col2im, the Winograd transforms); built in a local \
+         array and stored whole they compile to shuffles. With per-thread scratch vectors for the Winograd \
+         kernels (rayon ran their initialiser ~15 times per convolution, each allocating and zero-filling \
+         0.5-1 MB): UNet step medians 60.9 to 58.4 ms, inference 19.2 to 17.3 ms, ResNet-101 at 224, batch \
+         1, 398 to 380 ms. Tried and not kept \
          (alternating rounds of the old and new kernels): the UNet's grey-input taps added to the output \
          per image from their 9-row column matrix in 16-lane sums, with no GEMM and no separate add (the \
          tail op unchanged: 7.3-8.1 ms both ways, 4 rounds); the 2x2 max-pool forward and the upsampling \
@@ -778,7 +795,9 @@ pub fn run(args: &BenchArgs) -> Result<()> {
          (batch 1 at 257: 4.8-6.0 ms against 4.1-5.8; batch 8: 38-50 ms against 34-52); adding the UNet's \
          grey-input taps to the output directly instead of through a 9-deep GEMM and an add made that op \
          slower (8.9-9.5 ms against 7.3); a branch-free 2x2 max-pool backward (selects instead of the \
-         window's local array) did not vectorise and took 11-12 ms against 5.5-5.9.\n",
+         window's local array) did not vectorise and took 11-12 ms against 5.5-5.9; the interleaving helper \
+         storing `[T; 2]` pairs, or applying its function to each run before interleaving, compiled to AVX-512 \
+         gathers or shuffles with no measurable change in the UNet or PoolUpsample step (4 rounds).\n",
         args.epochs
     );
     std::fs::write(out.join(page), &text)?;
