@@ -450,28 +450,62 @@ fn binary_bwd<T: Real>(op: &BinaryLossBwd, d: &[T], t: &[u32]) -> Vec<T> {
             (-(2.0 * den - num) / (den * den), num / (den * den))
         }
     };
-    let per_pixel = |v: T, y: u32| {
-        let x = v.to_f64();
-        let p = sigmoid_from(x, exp_neg_abs(v).to_f64());
-        let dl_dd = match op.kind {
-            Loss::Ce => (p - f64::from(y)) / m as f64,
-            // dL/dp is a1 (y = 1) or a0 (y = 0); dp/dd = p(1 - p).
-            _ => (if y == 1 { a1 } else { a0 }) * p * (1.0 - p),
-        };
-        T::from_f64(g * dl_dd)
-    };
     output(m, BINARY_CHUNK, |chunks| {
         chunks
             .zip(d.par_chunks(BINARY_CHUNK).zip(t.par_chunks(BINARY_CHUNK)))
-            .for_each(|(o, (dd, tt))| {
-                super::simd::vectorized(
-                    #[inline(always)]
-                    || {
-                        o.write(dd.iter().zip(tt).map(|(&v, &y)| per_pixel(v, y)));
-                    },
-                )
+            .for_each(|(o, (d, t))| {
+                let kind = op.kind;
+                let factors = (a1, a0, g, m as f64);
+                pulp::Arch::new().dispatch(BinaryGradChunk {
+                    kind,
+                    factors,
+                    d,
+                    t,
+                    o,
+                })
             })
     })
+}
+
+/// One chunk of [`binary_bwd`], compiled for the CPU's SIMD instruction
+/// set: `factors` are `(a1, a0, g, m)`. The chunk is zero-filled (in cache)
+/// and then overwritten by a plain loop over slices: written as an iterator
+/// into the unwritten chunk, the per-pixel function was left out of line,
+/// in baseline scalar code.
+struct BinaryGradChunk<'a, T> {
+    kind: Loss,
+    factors: (f64, f64, f64, f64),
+    d: &'a [T],
+    t: &'a [u32],
+    o: Slots<'a, T>,
+}
+
+impl<T: Real> pulp::WithSimd for BinaryGradChunk<'_, T> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: pulp::Simd>(self, _: S) {
+        let Self {
+            kind,
+            factors: (a1, a0, g, m),
+            d,
+            t,
+            o,
+        } = self;
+        let out = o.zeroed();
+        let p = |v: T| sigmoid_from(v.to_f64(), exp_neg_abs(v).to_f64());
+        if kind == Loss::Ce {
+            for ((o, &v), &y) in out.iter_mut().zip(d).zip(t) {
+                *o = T::from_f64(g * ((p(v) - f64::from(y)) / m));
+            }
+        } else {
+            for ((o, &v), &y) in out.iter_mut().zip(d).zip(t) {
+                // dL/dp is a1 (y = 1) or a0 (y = 0); dp/dd = p(1 - p).
+                let p = p(v);
+                *o = T::from_f64(g * ((if y == 1 { a1 } else { a0 }) * p * (1.0 - p)));
+            }
+        }
+    }
 }
 
 fn check_binary(l1: &Layout, l2: &Layout) -> Result<()> {
