@@ -771,9 +771,12 @@ pub fn run(args: &BenchArgs) -> Result<()> {
          scalar gather; now a contiguous run of the plane's even or odd columns per tap and row), and the \
          margin losses of Part D, which called libm's `log1pf` and `expf` per pixel (now `exp_fast` and a \
          2·atanh series, relative error below 3e-7, over 16 fixed f64 lanes: head step 125 to 82 ms, \
-         medians of 4 rounds). The interleaving helpers' fixed chunks compiled to one scalar load and store \
+         medians of 4 rounds; its backward, written as an iterator, still ran its per-pixel function out of \
+         line in scalar code, and as a loop over slices under the dispatch took the head step from 94-98 to \
+         49-52 ms, 3 rounds). The interleaving helpers' fixed chunks compiled to one scalar load and store \
          per value inside the large kernels that call them (col2im, the Winograd transforms); built in a local \
-         array and stored whole they compile to shuffles. With per-thread scratch vectors for the Winograd \
+         array and stored whole they compile to vector code (shuffles; AVX-512 gathers in the Winograd output \
+         transform, where the joined values get the bias). With per-thread scratch vectors for the Winograd \
          kernels (rayon ran their initialiser ~15 times per convolution, each allocating and zero-filling \
          0.5-1 MB): UNet step medians 60.9 to 58.4 ms, inference 19.2 to 17.3 ms, ResNet-101 at 224, batch \
          1, 398 to 380 ms. Tried and not kept \
